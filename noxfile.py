@@ -1,0 +1,43 @@
+"""Sessions that build, check and measure chanserv_trio: ``nox -s tests lint docs bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11", "3.12", "3.13"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite with branch coverage."""
+    session.install("-e", ".[test]")
+    session.run(
+        "coverage", "run", "-m", "pytest", *(session.posargs or ["-q"]),
+    )
+    session.run("coverage", "report", "--skip-covered", "--show-missing", "--fail-under=0")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy --strict over the package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy", "--strict", "chanserv_trio")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check that the documentation's code examples run against the package."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "tests/test_docs.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: ours beside the raw trio ceiling and gRPC (see benchmarks/README.md)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
