@@ -1,0 +1,4 @@
+"""chanserv_trio's benchmark suite: ours beside the raw trio ceiling and gRPC.
+
+Run it with ``python -m benchmarks`` (or ``nox -s bench``); see ``benchmarks/README.md``.
+"""

@@ -1,0 +1,176 @@
+"""Summaries of the runs: medians and spread, the ratios, the table and the JSON file."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._runner import Outcome
+from ._scenarios import SCENARIOS, Metric, Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The ratios reported: ours over each of these peers.
+BASELINES = ("ceiling", "grpc")
+
+
+@attrs.frozen
+class Spread:
+    median: float
+    low: float
+    high: float
+
+    def as_json(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high}
+
+
+def spread(outcome: Outcome, metric: Metric) -> Spread | None:
+    """Median, min and max of one figure over the runs, or None if it has no values."""
+    values = [run[metric.key] for run in outcome.runs if run.get(metric.key) is not None]
+    numbers = [float(value) for value in values if value is not None]
+    if outcome.status != "ok" or not numbers:
+        return None
+    return Spread(statistics.median(numbers), min(numbers), max(numbers))
+
+
+def ratio(results: dict[str, Outcome], metric: Metric, baseline: str) -> float | None:
+    """Ours / ``baseline`` on the medians, when both have one."""
+    if "ours" not in results or baseline not in results:
+        return None
+    ours = spread(results["ours"], metric)
+    theirs = spread(results[baseline], metric)
+    if ours is None or theirs is None or theirs.median == 0:
+        return None
+    return ours.median / theirs.median
+
+
+def number(value: float) -> str:
+    """A figure in at most four significant digits, large ones with a k or M suffix."""
+    magnitude = abs(value)
+    if magnitude >= 10_000_000:
+        return f"{value / 1e6:.1f}M"
+    if magnitude >= 1_000_000:
+        return f"{value / 1e6:.2f}M"
+    if magnitude >= 100_000:
+        return f"{value / 1e3:.0f}k"
+    if magnitude >= 10_000:
+        return f"{value / 1e3:.1f}k"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def cell(outcome: Outcome | None, metric: Metric) -> str:
+    if outcome is None:
+        return "-"
+    if outcome.status != "ok":
+        return outcome.status
+    figures = spread(outcome, metric)
+    if figures is None:
+        return "n/a"
+    if figures.low == figures.high:
+        return number(figures.median)
+    return f"{number(figures.median)} ({number(figures.low)}..{number(figures.high)})"
+
+
+def table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
+    """The results as a plain-text table: median (min..max) per peer, then the ratios."""
+    baselines = [name for name in BASELINES if "ours" in peers and name in peers]
+    heading = ["scenario", "figure", "unit", "better", *peers]
+    heading += [f"ours/{name}" for name in baselines]
+    rows = [heading]
+    for scenario, by_peer in results.items():
+        for metric in SCENARIOS[scenario].metrics:
+            row = [scenario, metric.label, metric.unit, metric.better]
+            row += [cell(by_peer.get(peer), metric) for peer in peers]
+            for name in baselines:
+                value = ratio(by_peer, metric, name)
+                row.append("-" if value is None else f"{value:.2f}x")
+            rows.append(row)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(heading))]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    notes = []
+    for scenario, by_peer in results.items():
+        for peer, outcome in by_peer.items():
+            if outcome.status != "ok":
+                notes.append(f"{scenario} / {peer}: {outcome.status}: {outcome.message}")
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def document(
+    results: dict[str, dict[str, Outcome]],
+    peers: list[str],
+    settings: Settings,
+    started: datetime.datetime,
+) -> dict[str, Any]:
+    """Everything measured, as one JSON-ready object."""
+    scenarios: dict[str, Any] = {}
+    for scenario, by_peer in results.items():
+        spec = SCENARIOS[scenario]
+        entry: dict[str, Any] = {"summary": spec.summary, "peers": {}, "ratios": {}}
+        for peer, outcome in by_peer.items():
+            summaries: dict[str, Any] = {}
+            for metric in spec.metrics:
+                figures = spread(outcome, metric)
+                summaries[metric.key] = None if figures is None else figures.as_json()
+            entry["peers"][peer] = {
+                "status": outcome.status,
+                "message": outcome.message,
+                "params": outcome.params,
+                "seconds": round(outcome.seconds, 3),
+                "runs": outcome.runs,
+                "details": outcome.details,
+                "summary": summaries,
+            }
+        for metric in spec.metrics:
+            entry["ratios"][metric.key] = {
+                f"ours/{name}": ratio(by_peer, metric, name) for name in BASELINES
+            }
+        entry["metrics"] = {
+            metric.key: {"label": metric.label, "unit": metric.unit, "better": metric.better}
+            for metric in spec.metrics
+        }
+        scenarios[scenario] = entry
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": attrs.asdict(settings),
+        "peers": peers,
+        "scenarios": scenarios,
+    }
+
+
+def default_path(started: datetime.datetime) -> Path:
+    return RESULTS / f"bench-{started:%Y%m%d-%H%M%S}.json"
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")

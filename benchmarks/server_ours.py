@@ -1,0 +1,97 @@
+"""Our server: chanserv_trio's public API, serving the benchmark workload.
+
+Registers ``bench`` (the workload) and ``bench-stats`` (begin/end sampling the multiplexer's
+buffered bytes, where ``statistics()`` tells them).
+Run as ``python -m benchmarks.server_ours --port 0``; prints the bound port.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import trio
+
+import chanserv_trio as cs
+
+from . import _ours_service as stats
+from ._server_cli import announce, server_port
+from ._workload import SERVICE, Shape, frames_for, header_for
+
+#: Seconds between two looks at the multiplexer's buffered bytes while sampling.
+SAMPLE_EVERY = 0.001
+
+
+async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+    shape = Shape.decode(request)
+    for index in shape.indices():
+        yield cs.Source(header=header_for(index), frames=frames_for(shape))
+
+
+async def no_frames() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+class BufferSampler:
+    """Tracks the multiplexer's peak buffered bytes between ``begin`` and ``end`` requests."""
+
+    def __init__(self, multiplexer: cs.Multiplexer) -> None:
+        self._multiplexer = multiplexer
+        self._peak: int | None = None
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _sample(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                value = stats.buffered_bytes(self._multiplexer)
+                if value is None:
+                    return
+                self._peak = value if self._peak is None else max(self._peak, value)
+                await trio.sleep(SAMPLE_EVERY)
+
+    async def source_fn(self, request: bytes) -> AsyncIterator[cs.Source]:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+        if request == stats.BEGIN:
+            assert self._nursery is not None
+            self._peak = None
+            self._scope = trio.CancelScope()
+            self._nursery.start_soon(self._sample, self._scope)
+            header = b"{}"
+        else:
+            header = json.dumps({"peak_buffered_bytes": self._peak}).encode()
+        yield cs.Source(header=header, frames=no_frames())
+
+
+def report(error: BaseException) -> None:
+    print(f"server_ours: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+async def main(port: int) -> None:
+    async with cs.Multiplexer() as multiplexer:
+        address = await multiplexer.listen(f"tcp://127.0.0.1:{port}")
+        server = cs.Server(multiplexer, on_error=report)
+        sampler = BufferSampler(multiplexer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sampler.run)
+            await server.listen_and_serve(SERVICE, source_fn)
+            await server.listen_and_serve(stats.STATS_SERVICE, sampler.source_fn)
+            bound = urlsplit(str(address)).port
+            assert bound is not None, f"no port in {address!r}"
+            announce(bound)
+            await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    trio.run(main, server_port())
