@@ -15,7 +15,11 @@ def tests(session: nox.Session) -> None:
     """Run the whole test suite with branch coverage."""
     session.install("-e", ".[test]")
     session.run(
-        "coverage", "run", "-m", "pytest", *(session.posargs or ["-q"]),
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        *(session.posargs or ["-q"]),
     )
     session.run("coverage", "report", "--skip-covered", "--show-missing", "--fail-under=0")
 

@@ -1,0 +1,183 @@
+"""The chanserv Client: posts a request to a named service and receives its sources."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from ._chanserv_protocol import Request, encode_request
+from ._driver import LinkStream
+from ._errors import ChanservError, DeadlineExceeded
+from ._multiplexer import Multiplexer
+from ._wire_codec import ErrorCode
+
+__all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
+
+
+@attrs.frozen
+class SourceMeta:
+    """Where a source came from."""
+
+    #: The serving node's address, as a URL.
+    remote_addr: str
+    #: The service the request was posted to.
+    service: str
+    #: The source's stream id on its link (unique per link while open).
+    stream_id: int
+
+
+class RemoteSource(trio.abc.ReceiveChannel[bytes]):
+    """One source announced by the server: a header and a channel of frames.
+
+    Iterate it (``async for frame in source``) for the frames, in order; the iteration
+    ends normally only when the server finished the source on purpose, and otherwise
+    raises a :class:`~chanserv_trio.ChanservError`. ``await source.aclose()`` stops this
+    source on the server without touching its siblings.
+    """
+
+    def __init__(self, stream: LinkStream, meta: SourceMeta, client: Client) -> None:
+        self._stream = stream
+        self._client = client
+        #: The header the server announced the source with.
+        self.header: bytes = stream.header
+        #: Where it came from.
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"<RemoteSource {self.header[:32]!r} from {self.meta.remote_addr}>"
+
+    async def receive(self) -> bytes:
+        """The next frame; raises ``trio.EndOfChannel`` after the last one."""
+        timeout = self._client.frame_read_timeout
+        try:
+            if timeout is None:
+                return await self._stream.receive()
+            with trio.move_on_after(timeout) as scope:
+                return await self._stream.receive()
+            if scope.cancelled_caught:  # pragma: no branch
+                message = f"no frame within frame_read_timeout ({timeout} s)"
+                self._stream.reset(ErrorCode.TIMEOUT, message)
+                raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except ChanservError as exc:
+            self._client._report(exc)
+            raise
+
+    def receive_nowait(self) -> bytes:
+        """The next frame if one is already buffered, else ``trio.WouldBlock``."""
+        return self._stream.receive_nowait()
+
+    def receive_buffered(self, max_frames: int = 2**31) -> list[bytes]:
+        """Every frame already buffered (up to ``max_frames``), without waiting.
+
+        A batch API for consumers that want to avoid one scheduler round trip per
+        frame; an empty list means nothing is buffered right now.
+        """
+        return self._stream.receive_buffered(max_frames)
+
+    async def aclose(self) -> None:
+        """Stop this source: the server's producer for it is cancelled."""
+        self._stream.reset(ErrorCode.CANCEL, "source closed by the client")
+        await trio.lowlevel.checkpoint()
+
+
+class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
+    """The sources of one request, as they are announced."""
+
+    def __init__(self, master: LinkStream, client: Client, service: str) -> None:
+        self._master = master
+        self._client = client
+        self._service = service
+        self._sources: list[RemoteSource] = []
+
+    async def receive(self) -> RemoteSource:
+        """The next source; ``trio.EndOfChannel`` once the server announced them all."""
+        try:
+            child = await self._master.receive_child()
+        except ChanservError as exc:
+            self._client._report(exc)
+            raise
+        meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
+        source = RemoteSource(child, meta, self._client)
+        self._sources = [s for s in self._sources if not s._stream.is_finished]
+        self._sources.append(source)
+        return source
+
+    def _abort(self) -> None:
+        self._master.reset(ErrorCode.CANCEL, "request abandoned by the client")
+        for source in self._sources:
+            source._stream.reset(ErrorCode.CANCEL, "request abandoned by the client")
+        self._sources.clear()
+
+    async def aclose(self) -> None:
+        """Cancel the request: everything still running for it on the server stops."""
+        self._abort()
+        await trio.lowlevel.checkpoint()
+
+
+class Client:
+    """Posts requests to services reachable through a :class:`Multiplexer`.
+
+    Options (all keyword, all optional):
+
+    - ``dial_timeout``: seconds to wait for a node offering the service before
+      :class:`~chanserv_trio.ServiceNotFound`.
+    - ``on_error(exc)``: called with every error that ends a request or a source on
+      this client, besides raising it to the consumer (for logging).
+    - ``frame_read_timeout``: longest gap, in seconds, between two frames of a source;
+      past it the source is cancelled and raises
+      :class:`~chanserv_trio.DeadlineExceeded`.
+    """
+
+    def __init__(
+        self,
+        mpx: Multiplexer,
+        *,
+        dial_timeout: float = 10.0,
+        on_error: Callable[[BaseException], object] | None = None,
+        frame_read_timeout: float | None = None,
+    ) -> None:
+        if dial_timeout < 0:
+            raise ValueError("dial_timeout must not be negative")
+        if frame_read_timeout is not None and frame_read_timeout <= 0:
+            raise ValueError("frame_read_timeout must be positive")
+        self.mpx = mpx
+        self.dial_timeout = dial_timeout
+        self.on_error = on_error
+        self.frame_read_timeout = frame_read_timeout
+
+    def _report(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+
+    @asynccontextmanager
+    async def lookup_and_post(
+        self, name: str, body: bytes = b"", tags: Mapping[str, str] | None = None
+    ) -> AsyncIterator[SourceChannel]:
+        """Post ``body`` to service ``name`` and receive the sources it announces.
+
+        Yields a ``trio.abc.ReceiveChannel`` of :class:`RemoteSource`. Leaving the block
+        cancels whatever is still running for the request on the server. The caller's
+        effective deadline travels with the request, so the server stops in time too.
+        Raises :class:`~chanserv_trio.ServiceNotFound` if no node offers ``name``
+        within ``dial_timeout``.
+        """
+        deadline = trio.current_effective_deadline()
+        timeout = None if math.isinf(deadline) else max(0.0, deadline - trio.current_time())
+        header = encode_request(Request(bytes(body), timeout, dict(tags or {})))
+        try:
+            master = await self.mpx.open_stream(
+                name, header, dial_timeout=self.dial_timeout, no_send=True
+            )
+        except ChanservError as exc:
+            self._report(exc)
+            raise
+        channel = SourceChannel(master, self, name)
+        try:
+            yield channel
+        finally:
+            channel._abort()

@@ -1,0 +1,83 @@
+"""The chanserv request envelope, carried in the master stream's OPEN header (sans-IO).
+
+::
+
+    version: u8 (1) | timeout: u64 BE microseconds (2**64-1 = no deadline)
+    | tag count: u16 BE | per tag: key length u16, key, value length u16, value (UTF-8)
+    | body (the rest)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Final
+
+import attrs
+
+from ._wire_codec import ErrorCode, WireProtocolError
+
+__all__ = ["Request", "decode_request", "encode_request"]
+
+ENVELOPE_VERSION: Final = 1
+NO_DEADLINE: Final = 2**64 - 1
+_HEAD = struct.Struct(">BQH")
+_LEN = struct.Struct(">H")
+
+
+@attrs.frozen
+class Request:
+    """A decoded request."""
+
+    #: The request body the client posted.
+    body: bytes
+    #: Seconds the client is willing to wait, or None for no deadline.
+    timeout: float | None = None
+    #: Routing and user tags.
+    tags: dict[str, str] = attrs.field(factory=dict)
+
+
+def encode_request(request: Request) -> bytes:
+    """The OPEN header of a master stream."""
+    if request.timeout is None or math.isinf(request.timeout):
+        micros = NO_DEADLINE
+    else:
+        micros = max(0, min(NO_DEADLINE - 1, int(request.timeout * 1_000_000)))
+    parts = [_HEAD.pack(ENVELOPE_VERSION, micros, len(request.tags))]
+    for key, value in request.tags.items():
+        for text in (key, value):
+            raw = text.encode()
+            if len(raw) > 0xFFFF:
+                raise ValueError("a tag key or value is longer than 65535 bytes")
+            parts.append(_LEN.pack(len(raw)))
+            parts.append(raw)
+    parts.append(request.body)
+    return b"".join(parts)
+
+
+def decode_request(header: bytes) -> Request:
+    """Parse a master stream's OPEN header; raises :class:`WireProtocolError` if malformed."""
+    if len(header) < _HEAD.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "request envelope too short")
+    version, micros, count = _HEAD.unpack_from(header)
+    if version != ENVELOPE_VERSION:
+        raise WireProtocolError(
+            ErrorCode.VERSION_MISMATCH, f"request envelope version {version} is not supported"
+        )
+    offset = _HEAD.size
+    tags: dict[str, str] = {}
+    try:
+        for _ in range(count):
+            texts = []
+            for _ in range(2):
+                (length,) = _LEN.unpack_from(header, offset)
+                offset += 2
+                if offset + length > len(header):
+                    raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "tag overruns envelope")
+                texts.append(header[offset : offset + length].decode())
+                offset += length
+            tags[texts[0]] = texts[1]
+    except (struct.error, UnicodeDecodeError):
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed request tags") from None
+    timeout = None if micros == NO_DEADLINE else micros / 1_000_000
+    return Request(header[offset:], timeout, tags)

@@ -1,0 +1,262 @@
+"""The chanserv Server: answers each request with a stream of sources, each with frames.
+
+For every request a client posts to a service, the server calls the user's *source
+function* with the request body. It returns an async iterable of :class:`Source`; each
+announced source becomes a child stream of the request's master stream, fed from the
+source's ``frames`` by its own task in the request's nursery.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterable, Callable
+from typing import Protocol, SupportsBytes
+
+import attrs
+import trio
+
+from ._chanserv_protocol import decode_request
+from ._driver import LinkStream
+from ._errors import ChanservError
+from ._multiplexer import Multiplexer
+from ._wire_codec import ErrorCode, Status, WireProtocolError
+
+__all__ = ["FrameLike", "Server", "Source", "SourceFunction"]
+
+#: Anything that can be sent as a frame.
+FrameLike = bytes | bytearray | memoryview | SupportsBytes
+
+
+class SourceFunction(Protocol):
+    """``source_fn(request)`` returns the request's sources as an async iterable."""
+
+    def __call__(self, request: bytes, /) -> AsyncIterable[Source]: ...
+
+
+@attrs.define
+class Source:
+    """One source a server announces: a header and a stream of frames.
+
+    ``frames`` is any async iterable of frames (an async generator, a trio memory
+    receive channel, ...). A frame is ``bytes``, ``bytearray``, ``memoryview`` or any
+    object with ``__bytes__``.
+    """
+
+    #: Sent to the client when the source is announced.
+    header: bytes = b""
+    #: The source's frames, sent in order.
+    frames: AsyncIterable[FrameLike] = attrs.field(factory=lambda: _no_frames())
+
+
+async def _no_frames() -> AsyncIterable[FrameLike]:  # pragma: no cover - trivially empty
+    return
+    yield b""
+
+
+def frame_bytes(frame: object) -> bytes:
+    """The bytes of a frame; a clear ``TypeError`` for things that are not frames."""
+    if type(frame) is bytes:
+        return frame
+    if isinstance(frame, bytearray | memoryview):
+        return bytes(frame)
+    if isinstance(frame, int) or not hasattr(frame, "__bytes__"):
+        raise TypeError(
+            f"a frame must be bytes, bytearray, memoryview or have __bytes__, "
+            f"not {type(frame).__name__}"
+        )
+    return bytes(frame)
+
+
+def _error_status(exc: BaseException) -> Status:
+    return Status(ErrorCode.APPLICATION_ERROR, type(exc).__name__, str(exc))
+
+
+async def _aclose_if_generator(iterable: object) -> None:
+    if isinstance(iterable, types.AsyncGeneratorType):
+        await iterable.aclose()
+
+
+class Server:
+    """Serves source functions under service names on a :class:`Multiplexer`.
+
+    Options (all keyword, all optional):
+
+    - ``on_error(exc)``: called with every error the server meets (a failing source
+      function or frames iterable, a malformed request); cancellations are not errors.
+    - ``serving_timeout``: seconds a whole request may take, children included.
+    - ``sourcing_timeout``: longest gap, in seconds, between two source announcements.
+    - ``frame_write_timeout``: longest time one frame may wait for the client to make
+      room for it (a client that stopped reading).
+    - ``max_error_mass`` / ``on_max_error_mass(count, last_error)``: after that many
+      errors without a request succeeding in between, the callback runs and the count
+      starts again from zero.
+    """
+
+    def __init__(
+        self,
+        mpx: Multiplexer,
+        *,
+        on_error: Callable[[BaseException], object] | None = None,
+        serving_timeout: float | None = None,
+        sourcing_timeout: float | None = None,
+        frame_write_timeout: float | None = None,
+        max_error_mass: int | None = None,
+        on_max_error_mass: Callable[[int, BaseException], object] | None = None,
+    ) -> None:
+        for name, value in (
+            ("serving_timeout", serving_timeout),
+            ("sourcing_timeout", sourcing_timeout),
+            ("frame_write_timeout", frame_write_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, not {value}")
+        if max_error_mass is not None and max_error_mass < 1:
+            raise ValueError("max_error_mass must be at least 1")
+        self.mpx = mpx
+        self.on_error = on_error
+        self.serving_timeout = serving_timeout
+        self.sourcing_timeout = sourcing_timeout
+        self.frame_write_timeout = frame_write_timeout
+        self.max_error_mass = max_error_mass
+        self.on_max_error_mass = on_max_error_mass
+        self._error_mass = 0
+
+    async def listen_and_serve(self, name: str, source_fn: SourceFunction) -> None:
+        """Serve ``source_fn`` as service ``name`` for as long as the multiplexer lives.
+
+        Returns at once: the service is registered and advertised to every linked
+        peer, and requests are handled in the multiplexer's tasks.
+        """
+
+        async def handler(master: LinkStream) -> None:
+            await self._serve_request(master, source_fn)
+
+        self.mpx.handle(name, handler)
+        await trio.lowlevel.checkpoint()
+
+    def stop_serving(self, name: str) -> None:
+        """Withdraw service ``name``; requests already running carry on."""
+        self.mpx.unhandle(name)
+
+    # ----------------------------------------------------------------- errors
+
+    def _report(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        if self.max_error_mass is not None:
+            self._error_mass += 1
+            if self._error_mass >= self.max_error_mass:
+                count, self._error_mass = self._error_mass, 0
+                if self.on_max_error_mass is not None:
+                    self.on_max_error_mass(count, exc)
+
+    def _succeeded(self) -> None:
+        self._error_mass = 0
+
+    # --------------------------------------------------------------- requests
+
+    async def _serve_request(self, master: LinkStream, source_fn: SourceFunction) -> None:
+        try:
+            request = decode_request(master.header)
+        except WireProtocolError as exc:
+            self._report(exc)
+            master.reset(exc.code, exc.message)
+            return
+        now = trio.current_time()
+        deadline = float("inf")
+        if request.timeout is not None:
+            deadline = now + request.timeout
+        if self.serving_timeout is not None:
+            deadline = min(deadline, now + self.serving_timeout)
+        ok = True
+        with trio.CancelScope(deadline=deadline) as request_scope:
+            async with trio.open_nursery() as nursery:
+                ok = await self._announce(master, source_fn, request.body, nursery, deadline)
+        if request_scope.cancelled_caught:
+            master.end(Status(ErrorCode.TIMEOUT, "", "request deadline exceeded on the server"))
+            ok = False
+        if ok:
+            self._succeeded()
+
+    async def _announce(
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        body: bytes,
+        nursery: trio.Nursery,
+        deadline: float,
+    ) -> bool:
+        sources = source_fn(body)
+        iterator = aiter(sources)
+        try:
+            while True:
+                if self.sourcing_timeout is not None:
+                    with trio.move_on_after(self.sourcing_timeout) as gap:
+                        source = await anext(iterator, None)
+                    if gap.cancelled_caught:
+                        exc = trio.TooSlowError(
+                            f"no source announced within sourcing_timeout "
+                            f"({self.sourcing_timeout} s)"
+                        )
+                        self._report(exc)
+                        master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
+                        return False
+                else:
+                    source = await anext(iterator, None)
+                if source is None:
+                    break
+                if not isinstance(source, Source):
+                    raise TypeError(
+                        f"a source function must yield Source, not {type(source).__name__}"
+                    )
+                child = await master.open_child(bytes(source.header))
+                nursery.start_soon(self._pump, child, source, deadline)
+        except ChanservError:
+            # The master stream broke (client went away, link lost): nothing to tell.
+            nursery.cancel_scope.cancel()
+            return False
+        except Exception as exc:
+            self._report(exc)
+            master.end(_error_status(exc))
+            return False
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aclose_if_generator(iterator)
+        master.end()
+        return True
+
+    async def _pump(self, child: LinkStream, source: Source, deadline: float) -> None:
+        frames = source.frames
+        write_timeout = self.frame_write_timeout
+        try:
+            with child.cancel_on_reset():
+                try:
+                    async for frame in frames:
+                        data = frame_bytes(frame)
+                        if write_timeout is None:
+                            await child.send(data)
+                            continue
+                        with trio.move_on_after(write_timeout) as stuck:
+                            await child.send(data)
+                        if stuck.cancelled_caught:
+                            exc = trio.TooSlowError(
+                                f"frame not taken within frame_write_timeout ({write_timeout} s)"
+                            )
+                            self._report(exc)
+                            child.reset(ErrorCode.TIMEOUT, str(exc))
+                            return
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _aclose_if_generator(frames)
+                child.end()
+        except trio.Cancelled:
+            if trio.current_time() >= deadline:
+                child.reset(ErrorCode.TIMEOUT, "request deadline exceeded on the server")
+            else:
+                child.reset(ErrorCode.CANCEL, "cancelled on the server")
+            raise
+        except ChanservError:
+            return  # the stream broke under us: the client already knows
+        except Exception as exc:
+            self._report(exc)
+            child.end(_error_status(exc))

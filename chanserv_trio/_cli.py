@@ -1,0 +1,157 @@
+"""The ``chanserv-trio`` command line (also ``python -m chanserv_trio``).
+
+- ``demo``: a server and a client in one process over real TCP loopback.
+- ``serve MODULE:FUNCTION --listen URL --name NAME``: serve a source function.
+- ``post URL NAME [BODY]``: post a request and print what comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import TextIO, cast
+
+import trio
+
+from ._chanserv_client import Client, RemoteSource
+from ._chanserv_server import Server, Source, SourceFunction
+from ._errors import ChanservError
+from ._multiplexer import Multiplexer
+
+__all__ = ["demo_source_fn", "main"]
+
+
+async def _demo_frames(index: int) -> AsyncIterator[bytes]:
+    yield b"wait for me!"
+    await trio.sleep(0.1 * (index + 1))
+    yield b"ok I'm ready"
+
+
+async def demo_source_fn(request: bytes) -> AsyncIterator[Source]:
+    """The demo's source function: five sources, two frames each, the second delayed."""
+    for index in range(5):
+        yield Source(header=b"source @%d" % index, frames=_demo_frames(index))
+
+
+def _show(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return repr(data)
+
+
+async def _print_source(source: RemoteSource, out: TextIO) -> None:
+    label = _show(source.header) or "<no header>"
+    print(f"[{label}] announced by {source.meta.remote_addr}", file=out, flush=True)
+    count = 0
+    async for frame in source:
+        count += 1
+        print(f"[{label}] frame {count}: {_show(frame)}", file=out, flush=True)
+    print(f"[{label}] done after {count} frames", file=out, flush=True)
+
+
+async def _post(client: Client, name: str, body: bytes, out: TextIO) -> None:
+    async with client.lookup_and_post(name, body) as sources, trio.open_nursery() as nursery:
+        async for source in sources:
+            nursery.start_soon(_print_source, source, out)
+
+
+async def run_demo(url: str = "tcp://127.0.0.1:0", out: TextIO = sys.stdout) -> None:
+    """Serve the demo source function and post to it, printing as frames arrive."""
+    async with Multiplexer() as server_mpx:
+        address = await server_mpx.listen(url)
+        print(f"server listening on {address}", file=out, flush=True)
+        server = Server(server_mpx, on_error=lambda exc: print(f"server error: {exc!r}"))
+        await server.listen_and_serve("chanserv", demo_source_fn)
+        async with Multiplexer() as client_mpx:
+            await client_mpx.join(address)
+            print(f"client joined {address}", file=out, flush=True)
+            client = Client(client_mpx, dial_timeout=5.0)
+            await _post(client, "chanserv", b"hello", out)
+    print("demo finished", file=out, flush=True)
+
+
+def load_source_fn(spec: str) -> SourceFunction:
+    """Import ``MODULE:FUNCTION``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:FUNCTION, got {spec!r}")
+    module = importlib.import_module(module_name)
+    fn: object = module
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"{spec} is not callable")
+    return cast(SourceFunction, fn)
+
+
+async def run_serve(
+    source_fn: SourceFunction,
+    urls: Sequence[str],
+    name: str,
+    out: TextIO = sys.stdout,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``source_fn`` as ``name`` on every URL until cancelled."""
+    async with Multiplexer() as mpx:
+        bound = [await mpx.listen(url) for url in urls]
+        server = Server(mpx, on_error=lambda exc: print(f"error: {exc!r}", file=sys.stderr))
+        await server.listen_and_serve(name, source_fn)
+        for address in bound:
+            print(f"serving {name!r} on {address}", file=out, flush=True)
+        task_status.started(bound)
+        await trio.sleep_forever()
+
+
+async def run_post(
+    url: str, name: str, body: bytes, dial_timeout: float, out: TextIO = sys.stdout
+) -> None:
+    """Join ``url``, post ``body`` to ``name`` and print the sources and frames."""
+    async with Multiplexer() as mpx:
+        await mpx.join(url)
+        await _post(Client(mpx, dial_timeout=dial_timeout), name, body, out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chanserv-trio",
+        description="Stream a stream of streams over one connection.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run a server and a client on loopback")
+    demo.add_argument("--listen", default="tcp://127.0.0.1:0", help="where the demo listens")
+    serve = commands.add_parser("serve", help="serve a source function")
+    serve.add_argument("function", help="MODULE:FUNCTION, an async generator of Source")
+    serve.add_argument(
+        "--listen", action="append", required=True, help="URL to listen on (repeatable)"
+    )
+    serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
+    post = commands.add_parser("post", help="post a request and print the answer")
+    post.add_argument("url", help="a node to join, e.g. tcp://127.0.0.1:7000")
+    post.add_argument("name", help="service name")
+    post.add_argument("body", nargs="?", default="", help="request body (UTF-8)")
+    post.add_argument("--dial-timeout", type=float, default=10.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            trio.run(run_demo, args.listen)
+        elif args.command == "serve":
+            sys.path.insert(0, "")
+            source_fn = load_source_fn(args.function)
+            trio.run(run_serve, source_fn, args.listen, args.name)
+        else:
+            trio.run(run_post, args.url, args.name, args.body.encode(), args.dial_timeout)
+    except KeyboardInterrupt:
+        return 130
+    except (ChanservError, ValueError, ImportError, AttributeError) as exc:
+        print(f"chanserv-trio: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,266 @@
+"""The multiplexer node: listens, joins, and routes streams to named services.
+
+A :class:`Multiplexer` owns its links and their tasks. Services registered on it with
+:meth:`Multiplexer.handle` are advertised to every linked peer; :meth:`open_stream`
+finds a peer that offers a name and opens a stream to it.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Self
+
+import attrs
+import trio
+
+from ._driver import Link, LinkStream, StreamHandler
+from ._errors import ConnectionLost, ServiceNotFound
+from ._transport import connect, serve
+from ._wire_codec import ErrorCode
+from ._wire_connection import Settings
+
+__all__ = ["Multiplexer", "MultiplexerStatistics"]
+
+
+@attrs.frozen
+class MultiplexerStatistics:
+    """A snapshot of a multiplexer's counters, summed over its links."""
+
+    #: Links currently up.
+    links: int
+    #: Streams open on all links.
+    open_streams: int
+    bytes_in: int
+    bytes_out: int
+    messages_in: int
+    messages_out: int
+    #: Received bytes not yet consumed by the application.
+    bytes_buffered: int
+    #: Bytes queued for transports, not yet written.
+    bytes_queued: int
+    #: Times a sender waited for flow-control credit.
+    window_stalls: int
+
+
+class Multiplexer:
+    """A node that links to peers over one connection each and multiplexes streams.
+
+    Use it as an async context manager; it owns every task it starts::
+
+        async with cs.Multiplexer() as mpx:
+            address = await mpx.listen("tcp://127.0.0.1:0")
+
+    ``settings`` are the wire limits and windows this node announces on each link.
+    ``keepalive_interval`` (seconds, None for off) pings idle peers; a peer silent for
+    ``keepalive_interval + keepalive_timeout`` is declared lost.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        handshake_timeout: float = 10.0,
+        keepalive_interval: float | None = None,
+        keepalive_timeout: float = 20.0,
+        on_error: object = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.handshake_timeout = handshake_timeout
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self._on_error = on_error if callable(on_error) else None
+        self._services: dict[str, StreamHandler] = {}
+        self._links: list[Link] = []
+        self._services_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: trio.Nursery | None = None
+        self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._closed = False
+        self._listening: list[str] = []
+
+    # ---------------------------------------------------------------- lifetime
+
+    async def __aenter__(self) -> Self:
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self._close_links()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        assert self._cm is not None
+        result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
+        self._nursery = None
+        return result
+
+    async def _close_links(self) -> None:
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            for link in list(self._links):
+                await link.aclose(ErrorCode.OK, "node closing")
+
+    def _require_nursery(self) -> trio.Nursery:
+        if self._nursery is None or self._closed:
+            raise RuntimeError("use the Multiplexer inside 'async with' (and before it exits)")
+        return self._nursery
+
+    # ------------------------------------------------------------------- links
+
+    @property
+    def links(self) -> list[Link]:
+        """The links currently up."""
+        return [link for link in self._links if link.is_alive]
+
+    @property
+    def listening(self) -> list[str]:
+        """Bound URLs this node listens on."""
+        return list(self._listening)
+
+    def _new_link(
+        self, transport: trio.abc.Stream, *, initiator: bool, local: str, remote: str
+    ) -> Link:
+        return Link(
+            transport,
+            initiator=initiator,
+            settings=self.settings,
+            remote_addr=remote,
+            local_addr=local,
+            handler_for=self._services.get,
+            on_services=self._services_changed,
+            handshake_timeout=self.handshake_timeout,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_timeout=self.keepalive_timeout,
+            on_error=self._on_error,
+        )
+
+    async def _run_link(
+        self, link: Link, *, task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._links.append(link)
+        for name in self._services:
+            link.advertise(name, True)
+        try:
+            await link.run(task_status=task_status)
+        finally:
+            self._links.remove(link)
+            self._services_changed(link)
+
+    async def listen(self, url: str) -> str:
+        """Accept links on ``url`` (``tcp://host:port``; port 0 picks a free one).
+
+        Returns the bound URL with the real port. Links are served until the
+        multiplexer closes; a connection that fails its handshake is reported to
+        ``on_error`` and dropped without disturbing anything else.
+        """
+        nursery = self._require_nursery()
+        bound: str = await nursery.start(serve, url, self._accept)
+        self._listening.append(bound)
+        return bound
+
+    async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
+        link = self._new_link(transport, initiator=False, local=local, remote=remote)
+        try:
+            await self._run_link(link)
+        except ConnectionLost as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+
+    async def join(self, url: str) -> Link:
+        """Link to the node listening at ``url``; returns once the handshake is done.
+
+        Raises :class:`ConnectionLost` if it cannot connect or the handshake fails.
+        """
+        nursery = self._require_nursery()
+        transport, local, remote = await connect(url)
+        link = self._new_link(transport, initiator=True, local=local, remote=remote)
+        started: Link = await nursery.start(self._run_link, link)
+        return started
+
+    async def attach(self, transport: trio.abc.Stream, *, initiator: bool = True) -> Link:
+        """Run a link over a stream you already have (one end must pass
+        ``initiator=False``); returns once the handshake is done."""
+        nursery = self._require_nursery()
+        link = self._new_link(transport, initiator=initiator, local="attached", remote="attached")
+        started: Link = await nursery.start(self._run_link, link)
+        return started
+
+    # ---------------------------------------------------------------- services
+
+    def handle(self, name: str, handler: StreamHandler) -> None:
+        """Serve ``name``: ``handler(stream)`` runs for each stream a peer opens to it."""
+        if not name:
+            raise ValueError("a service needs a name")
+        if name in self._services:
+            raise ValueError(f"service {name!r} is already registered")
+        self._services[name] = handler
+        for link in self._links:
+            link.advertise(name, True)
+
+    def unhandle(self, name: str) -> None:
+        """Stop serving ``name`` (streams already open carry on)."""
+        if self._services.pop(name, None) is not None:
+            for link in self._links:
+                link.advertise(name, False)
+
+    @property
+    def services(self) -> list[str]:
+        """Names served by this node."""
+        return list(self._services)
+
+    def _services_changed(self, link: Link) -> None:
+        self._services_lot.unpark_all()
+
+    def links_offering(self, name: str) -> list[Link]:
+        """Live links whose peer currently offers ``name``."""
+        return [link for link in self._links if link.is_alive and name in link.peer_services]
+
+    async def open_stream(
+        self,
+        service: str,
+        header: bytes,
+        *,
+        dial_timeout: float = 10.0,
+        no_send: bool = False,
+        no_reply: bool = False,
+    ) -> LinkStream:
+        """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
+        seconds for one to appear. Raises :class:`ServiceNotFound`."""
+        self._require_nursery()
+        with trio.move_on_after(dial_timeout):
+            while True:
+                candidates = self.links_offering(service)
+                if candidates:
+                    link = random.choice(candidates)
+                    try:
+                        return await link.open_stream(
+                            service, header, no_send=no_send, no_reply=no_reply
+                        )
+                    except ConnectionLost:
+                        if link.is_alive:
+                            raise
+                        continue  # that link died in between: try another
+                await self._services_lot.park()
+        raise ServiceNotFound(f"no linked node offers {service!r} (waited {dial_timeout} s)")
+
+    def statistics(self) -> MultiplexerStatistics:
+        """Counters summed over the live links."""
+        stats = [link.statistics() for link in self.links]
+        return MultiplexerStatistics(
+            links=len(stats),
+            open_streams=sum(s.open_streams for s in stats),
+            bytes_in=sum(s.bytes_in for s in stats),
+            bytes_out=sum(s.bytes_out for s in stats),
+            messages_in=sum(s.messages_in for s in stats),
+            messages_out=sum(s.messages_out for s in stats),
+            bytes_buffered=sum(s.bytes_buffered for s in stats),
+            bytes_queued=sum(s.bytes_queued for s in stats),
+            window_stalls=sum(s.window_stalls for s in stats),
+        )

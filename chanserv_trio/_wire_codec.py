@@ -1,0 +1,315 @@
+"""The frame codec of the chanserv_trio wire protocol (sans-IO: no trio, no sockets).
+
+Every frame is a 10-byte header followed by ``length`` payload bytes::
+
+    +----------------+--------+--------+-------------------+
+    | length: u32 BE | type:u8|flags:u8 | stream id: u32 BE |  payload (length bytes)
+    +----------------+--------+--------+-------------------+
+
+``docs/protocol.md`` describes each frame type's payload; this module is the
+reference. :class:`FrameDecoder` can be fed bytes split at any point and yields
+whole frames; anything malformed raises :class:`WireProtocolError` with the code
+that goes on the wire in the GOAWAY frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+import attrs
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "ErrorCode",
+    "Flags",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "Setting",
+    "Status",
+    "WireProtocolError",
+    "decode_goaway",
+    "decode_hello",
+    "decode_open",
+    "decode_status",
+    "encode_frame",
+    "encode_goaway",
+    "encode_hello",
+    "encode_open",
+    "encode_status",
+]
+
+HEADER: Final = struct.Struct(">IBBI")
+HEADER_SIZE: Final = HEADER.size  # 10
+MAGIC: Final = b"CSTR"
+PROTOCOL_VERSION: Final = 1
+#: A HELLO frame larger than this is refused before the peer's limits are known.
+MAX_HELLO_SIZE: Final = 4096
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_OPEN = struct.Struct(">IH")  # parent stream id, service name length
+_STATUS = struct.Struct(">IH")  # code, kind length
+_GOAWAY = struct.Struct(">II")  # last stream id, code
+_HELLO = struct.Struct(">4sHH")  # magic, version, number of settings
+_SETTING = struct.Struct(">HQ")  # setting id, value
+
+
+class FrameType(enum.IntEnum):
+    """The type byte of a frame."""
+
+    HELLO = 0
+    OPEN = 1
+    DATA = 2
+    END = 3
+    RESET = 4
+    WINDOW = 5
+    PING = 6
+    GOAWAY = 7
+    SERVICE = 8
+
+
+class Flags(enum.IntFlag):
+    """Flag bits; their meaning depends on the frame type."""
+
+    NONE = 0
+    #: DATA: the message continues in the next DATA frame of this stream.
+    MORE = 0x1
+    #: OPEN: the opener sends no data on this stream (its half starts closed).
+    OPEN_NO_SEND = 0x1
+    #: OPEN: the accepting side must not send data (its half starts closed).
+    OPEN_NO_REPLY = 0x2
+    #: PING: this is the answer to a PING with the same payload.
+    ACK = 0x1
+    #: SERVICE: the named service is withdrawn rather than offered.
+    REMOVE = 0x1
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by END, RESET and GOAWAY frames."""
+
+    OK = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    FLOW_CONTROL_ERROR = 3
+    FRAME_SIZE_ERROR = 4
+    REFUSED_STREAM = 5
+    CANCEL = 6
+    SERVICE_NOT_FOUND = 7
+    APPLICATION_ERROR = 8
+    TIMEOUT = 9
+    SHUTDOWN = 10
+    VERSION_MISMATCH = 11
+    ENHANCE_YOUR_CALM = 12
+    CONNECTION_LOST = 13
+
+    @classmethod
+    def coerce(cls, value: int) -> ErrorCode | int:
+        """The enum member for a known code, the plain int for an unknown one."""
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+class Setting(enum.IntEnum):
+    """Setting ids carried in HELLO. Unknown ids are ignored by receivers."""
+
+    INITIAL_STREAM_WINDOW = 1
+    CONNECTION_WINDOW = 2
+    MAX_FRAME_PAYLOAD = 3
+    MAX_MESSAGE_SIZE = 4
+    MAX_OPEN_PAYLOAD = 5
+    MAX_CONCURRENT_STREAMS = 6
+
+
+class WireProtocolError(Exception):
+    """The peer broke the wire protocol; ``code`` is what goes into GOAWAY."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen
+class Frame:
+    """One decoded frame."""
+
+    #: What kind of frame this is.
+    type: FrameType
+    #: The flag bits, interpreted per type.
+    flags: int
+    #: The stream it belongs to; 0 for connection-wide frames.
+    stream_id: int
+    #: The payload bytes.
+    payload: bytes
+
+
+@attrs.frozen
+class Status:
+    """How a stream ended: the body of END and RESET frames."""
+
+    #: :class:`ErrorCode` (``OK`` for a normal end).
+    code: int
+    #: For ``APPLICATION_ERROR``: the type name of the remote exception; else free text.
+    kind: str = ""
+    #: Human-readable detail.
+    message: str = ""
+
+
+def encode_frame(type: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """Encode a whole frame (header and payload) into one bytes object."""
+    return HEADER.pack(len(payload), type, flags, stream_id) + payload
+
+
+def encode_hello(settings: dict[Setting, int], version: int = PROTOCOL_VERSION) -> bytes:
+    """The payload of a HELLO frame."""
+    parts = [_HELLO.pack(MAGIC, version, len(settings))]
+    parts.extend(_SETTING.pack(key, value) for key, value in settings.items())
+    return b"".join(parts)
+
+
+def decode_hello(payload: bytes) -> tuple[int, dict[int, int]]:
+    """Return ``(version, settings)`` from a HELLO payload; unknown ids are kept as ints."""
+    if len(payload) < _HELLO.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO frame too short")
+    magic, version, count = _HELLO.unpack_from(payload)
+    if magic != MAGIC:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "peer does not speak chanserv_trio")
+    if len(payload) != _HELLO.size + count * _SETTING.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO settings have the wrong length")
+    settings: dict[int, int] = {}
+    for index in range(count):
+        key, value = _SETTING.unpack_from(payload, _HELLO.size + index * _SETTING.size)
+        settings[key] = value
+    return version, settings
+
+
+def encode_open(parent: int, service: str, header: bytes) -> bytes:
+    """The payload of an OPEN frame: parent stream id, service name, opaque header."""
+    name = service.encode()
+    return _OPEN.pack(parent, len(name)) + name + header
+
+
+def decode_open(payload: bytes) -> tuple[int, str, bytes]:
+    """Return ``(parent, service, header)`` from an OPEN payload."""
+    if len(payload) < _OPEN.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN frame too short")
+    parent, name_len = _OPEN.unpack_from(payload)
+    end = _OPEN.size + name_len
+    if end > len(payload):
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name overruns frame")
+    try:
+        service = payload[_OPEN.size : end].decode()
+    except UnicodeDecodeError:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name not UTF-8") from None
+    return parent, service, payload[end:]
+
+
+def encode_status(status: Status) -> bytes:
+    """The payload of END and RESET frames."""
+    kind = status.kind.encode()
+    return _STATUS.pack(status.code, len(kind)) + kind + status.message.encode()
+
+
+def decode_status(payload: bytes) -> Status:
+    """Parse an END or RESET payload (an empty payload means ``OK``)."""
+    if not payload:
+        return Status(ErrorCode.OK)
+    if len(payload) < _STATUS.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status too short")
+    code, kind_len = _STATUS.unpack_from(payload)
+    end = _STATUS.size + kind_len
+    if end > len(payload):
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status kind overruns frame")
+    kind = payload[_STATUS.size : end].decode(errors="replace")
+    message = payload[end:].decode(errors="replace")
+    return Status(code, kind, message)
+
+
+def encode_goaway(last_stream_id: int, code: int, message: str) -> bytes:
+    """The payload of a GOAWAY frame."""
+    return _GOAWAY.pack(last_stream_id, code) + message.encode()
+
+
+def decode_goaway(payload: bytes) -> tuple[int, int, str]:
+    """Return ``(last_stream_id, code, message)`` from a GOAWAY payload."""
+    if len(payload) < _GOAWAY.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY frame too short")
+    last, code = _GOAWAY.unpack_from(payload)
+    return last, code, payload[_GOAWAY.size :].decode(errors="replace")
+
+
+def decode_u32(payload: bytes, what: str) -> int:
+    """A payload that must be exactly one u32 (WINDOW)."""
+    if len(payload) != 4:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} payload must be 4 bytes")
+    value: int = _U32.unpack(payload)[0]
+    return value
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames; bytes may be fed split at any offset.
+
+    ``max_payload`` bounds every frame's payload, so a hostile length field can
+    never make the decoder buffer more than one header plus ``max_payload`` bytes.
+    """
+
+    __slots__ = ("_buffer", "_offset", "max_payload")
+
+    def __init__(self, max_payload: int) -> None:
+        self._buffer = bytearray()
+        self._offset = 0
+        self.max_payload = max_payload
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buffer) - self._offset
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes."""
+        if self._offset and self._offset == len(self._buffer):
+            self._buffer.clear()
+            self._offset = 0
+        self._buffer += data
+
+    def frames(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """Yield ``(type, flags, stream_id, payload)`` for each complete frame buffered.
+
+        Types are returned as plain ints (unknown types are the caller's to judge);
+        raises :class:`WireProtocolError` on an oversized length field.
+        """
+        buffer = self._buffer
+        unpack = HEADER.unpack_from
+        limit = self.max_payload
+        try:
+            while True:
+                offset = self._offset
+                available = len(buffer) - offset
+                if available < HEADER_SIZE:
+                    return
+                length, ftype, flags, stream_id = unpack(buffer, offset)
+                if length > limit:
+                    raise WireProtocolError(
+                        ErrorCode.FRAME_SIZE_ERROR,
+                        f"frame of {length} bytes exceeds the limit of {limit}",
+                    )
+                end = offset + HEADER_SIZE + length
+                if end > len(buffer):
+                    return
+                payload = bytes(buffer[offset + HEADER_SIZE : end])
+                self._offset = end
+                yield ftype, flags, stream_id, payload
+        finally:
+            # Compact now and then so the buffer does not grow without bound.
+            if self._offset > 65536 or self._offset == len(buffer):
+                del buffer[: self._offset]
+                self._offset = 0

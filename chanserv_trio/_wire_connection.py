@@ -1,0 +1,678 @@
+"""The connection state machine of the chanserv_trio wire protocol (sans-IO: no trio).
+
+Feed received bytes to :meth:`Connection.receive_data` and act on the events it
+returns; call the ``open_stream`` / ``send_data`` / ``end_stream`` / ``reset_stream``
+methods to act, then write out what :meth:`Connection.take_outgoing` returns. The
+class never blocks and never does I/O, so every rule of the protocol can be tested by
+pushing bytes through two instances.
+
+Flow control. Each stream has a receive window (``initial_stream_window``): the peer
+may have at most that many bytes of *complete* messages that our application has not
+yet consumed. The application returns credit with :meth:`Connection.acknowledge` as it
+consumes. Chunks of a message that is still incomplete are credited back on arrival,
+so a message larger than the window still gets through; per stream, buffered memory
+is bounded by the window plus one message in assembly (``max_message_size``).
+The connection window bounds bytes in transit: its credit is returned as soon as the
+bytes are handed to a stream, so a stream nobody reads stalls only itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from ._wire_codec import (
+    HEADER,
+    MAX_HELLO_SIZE,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Flags,
+    FrameDecoder,
+    FrameType,
+    Setting,
+    Status,
+    WireProtocolError,
+    decode_goaway,
+    decode_hello,
+    decode_open,
+    decode_status,
+    decode_u32,
+    encode_goaway,
+    encode_hello,
+    encode_open,
+    encode_status,
+)
+from ._wire_events import (
+    ConnectionTerminated,
+    Event,
+    GoAwayReceived,
+    HandshakeCompleted,
+    MessageReceived,
+    PingAcknowledged,
+    ServiceAdvertised,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowOpened,
+)
+
+__all__ = ["Connection", "LocalProtocolError", "Settings"]
+
+_MAX_WINDOW = 2**31 - 1
+_OK = Status(ErrorCode.OK)
+
+
+class LocalProtocolError(Exception):
+    """Our own side tried something the protocol does not allow (a bug or misuse)."""
+
+
+@attrs.frozen
+class Settings:
+    """Limits one side announces in HELLO and enforces on what it receives."""
+
+    #: Bytes of complete, unconsumed messages the peer may send ahead on one stream.
+    initial_stream_window: int = 1 << 20
+    #: Bytes the peer may have in transit on the whole connection.
+    connection_window: int = 16 << 20
+    #: Largest DATA payload in one frame; longer messages are sent in chunks.
+    max_frame_payload: int = 256 << 10
+    #: Largest message (all chunks joined).
+    max_message_size: int = 100 << 20
+    #: Largest OPEN header (a source header or a request body).
+    max_open_payload: int = 1 << 20
+    #: Most streams the peer may have open towards us at once.
+    max_concurrent_streams: int = 16384
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "initial_stream_window",
+            "connection_window",
+            "max_frame_payload",
+            "max_message_size",
+            "max_open_payload",
+            "max_concurrent_streams",
+        ):
+            value = getattr(self, name)
+            if not 0 < value <= _MAX_WINDOW:
+                raise ValueError(f"{name} must be between 1 and {_MAX_WINDOW}, not {value}")
+        if self.max_frame_payload < 1024:
+            raise ValueError("max_frame_payload must be at least 1024")
+
+    def to_wire(self) -> dict[Setting, int]:
+        """The settings as HELLO carries them."""
+        return {
+            Setting.INITIAL_STREAM_WINDOW: self.initial_stream_window,
+            Setting.CONNECTION_WINDOW: self.connection_window,
+            Setting.MAX_FRAME_PAYLOAD: self.max_frame_payload,
+            Setting.MAX_MESSAGE_SIZE: self.max_message_size,
+            Setting.MAX_OPEN_PAYLOAD: self.max_open_payload,
+            Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+        }
+
+    @classmethod
+    def from_wire(cls, values: dict[int, int]) -> Settings:
+        """Settings from a HELLO; missing ids take their defaults, unknown ids are ignored."""
+        known = {setting.value: setting.name.lower() for setting in Setting}
+        kwargs = {known[key]: value for key, value in values.items() if key in known}
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise WireProtocolError(
+                ErrorCode.PROTOCOL_ERROR, f"bad HELLO setting: {exc}"
+            ) from None
+
+
+class _Stream:
+    """Per-stream protocol state."""
+
+    __slots__ = (
+        "chunks",
+        "chunks_size",
+        "local_open",
+        "parent",
+        "pending_credit",
+        "recv_window",
+        "remote_open",
+        "send_window",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: int, parent: int, send_window: int, recv_window: int) -> None:
+        self.stream_id = stream_id
+        self.parent = parent
+        #: We may still send DATA/END.
+        self.local_open = True
+        #: The peer may still send DATA/END.
+        self.remote_open = True
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.pending_credit = 0
+        self.chunks: list[bytes] = []
+        self.chunks_size = 0
+
+
+class Connection:
+    """Both ends of the protocol are the same class; ``initiator`` picks stream id parity.
+
+    The side that dialed (``initiator=True``) opens odd stream ids, the side that
+    accepted opens even ones, so both may open streams without coordination.
+    """
+
+    def __init__(self, *, initiator: bool, settings: Settings | None = None) -> None:
+        self.initiator = initiator
+        self.local_settings = settings or Settings()
+        #: The peer's settings; defaults until its HELLO arrives.
+        self.peer_settings = Settings()
+        self.handshake_done = False
+        self.closed = False
+        self.version = 0
+        self._decoder = FrameDecoder(MAX_HELLO_SIZE)
+        self._streams: dict[int, _Stream] = {}
+        self._next_local_id = 1 if initiator else 2
+        self._highest_peer_id = 0
+        self._local_open_count = 0
+        self._peer_open_count = 0
+        self._send_window = self.peer_settings.connection_window
+        self._recv_window = self.local_settings.connection_window
+        self._pending_conn_credit = 0
+        self._outgoing: list[bytes | memoryview] = []
+        self._outgoing_size = 0
+        #: The peer sent GOAWAY: ``(last_stream_id, code)``.
+        self.peer_goaway: tuple[int, int] | None = None
+        #: We sent GOAWAY.
+        self.local_goaway = False
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self._queue_hello()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def open_stream_count(self) -> int:
+        """Streams not yet closed in both directions."""
+        return len(self._streams)
+
+    @property
+    def outgoing_size(self) -> int:
+        """Bytes queued for writing."""
+        return self._outgoing_size
+
+    def can_open_stream(self) -> bool:
+        """Whether the peer's concurrency limit allows us another stream now."""
+        return (
+            self.handshake_done
+            and not self.closed
+            and self.peer_goaway is None
+            and self._local_open_count < self.peer_settings.max_concurrent_streams
+        )
+
+    def is_open(self, stream_id: int) -> bool:
+        """Whether the stream is still known (not closed both ways, not reset)."""
+        return stream_id in self._streams
+
+    def can_send(self, stream_id: int) -> bool:
+        """Whether our half of the stream is open."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and stream.local_open
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes of DATA we may send on the stream right now."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.local_open:
+            return 0
+        return min(stream.send_window, self._send_window)
+
+    def connection_send_window(self) -> int:
+        """The connection-wide send credit left."""
+        return self._send_window
+
+    def buffered_bytes(self) -> int:
+        """Bytes received into streams but not yet acknowledged by the application."""
+        total = 0
+        initial = self.local_settings.initial_stream_window
+        for stream in self._streams.values():
+            total += initial - stream.recv_window - stream.pending_credit + stream.chunks_size
+        return total
+
+    # ---------------------------------------------------------------- outgoing
+
+    def take_outgoing(self) -> list[bytes | memoryview]:
+        """Everything queued for the wire, in order; the queue is emptied."""
+        out = self._outgoing
+        self._outgoing = []
+        self.bytes_sent += self._outgoing_size
+        self._outgoing_size = 0
+        return out
+
+    def _queue(self, ftype: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        header = HEADER.pack(len(payload), ftype, flags, stream_id)
+        if payload:
+            self._outgoing.append(header + payload)
+        else:
+            self._outgoing.append(header)
+        self._outgoing_size += len(header) + len(payload)
+
+    def _queue_hello(self) -> None:
+        self._queue(FrameType.HELLO, 0, 0, encode_hello(self.local_settings.to_wire()))
+
+    # ----------------------------------------------------------------- actions
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise LocalProtocolError("connection is closed")
+        if not self.handshake_done:
+            raise LocalProtocolError("handshake not complete")
+
+    def open_stream(
+        self,
+        service: str,
+        header: bytes,
+        *,
+        parent: int = 0,
+        no_send: bool = False,
+        no_reply: bool = False,
+    ) -> int:
+        """Open a stream and return its id.
+
+        ``no_send``: we will send no data (our half starts closed); ``no_reply``: the
+        peer must send none. Raises :class:`LocalProtocolError` when the peer's
+        concurrency limit is reached (check :meth:`can_open_stream` first) or the
+        header is larger than the peer accepts.
+        """
+        self._check_usable()
+        if not self.can_open_stream():
+            raise LocalProtocolError("no stream may be opened now (limit or GOAWAY)")
+        if len(header) > self.peer_settings.max_open_payload:
+            raise LocalProtocolError(
+                f"header of {len(header)} bytes exceeds the peer's limit of "
+                f"{self.peer_settings.max_open_payload}"
+            )
+        if parent and parent not in self._streams:
+            raise LocalProtocolError(f"parent stream {parent} is not open")
+        stream_id = self._next_local_id
+        self._next_local_id += 2
+        stream = _Stream(
+            stream_id,
+            parent,
+            self.peer_settings.initial_stream_window,
+            self.local_settings.initial_stream_window,
+        )
+        stream.local_open = not no_send
+        stream.remote_open = not no_reply
+        self._streams[stream_id] = stream
+        self._local_open_count += 1
+        flags = (Flags.OPEN_NO_SEND if no_send else 0) | (Flags.OPEN_NO_REPLY if no_reply else 0)
+        self._queue(FrameType.OPEN, flags, stream_id, encode_open(parent, service, header))
+        self._maybe_forget(stream)
+        return stream_id
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, *, more: bool = False) -> None:
+        """Queue one DATA frame; ``more`` says the message continues in the next one.
+
+        ``len(data)`` must fit :meth:`send_window` and the peer's ``max_frame_payload``.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.local_open:
+            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        size = len(data)
+        if size > stream.send_window or size > self._send_window:
+            raise LocalProtocolError("DATA exceeds the flow-control window")
+        if size > self.peer_settings.max_frame_payload:
+            raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
+        stream.send_window -= size
+        self._send_window -= size
+        self._outgoing.append(
+            HEADER.pack(size, FrameType.DATA, Flags.MORE if more else 0, stream_id)
+        )
+        if size:
+            self._outgoing.append(data)
+        self._outgoing_size += 10 + size
+        if not more:
+            self.messages_sent += 1
+
+    def end_stream(self, stream_id: int, status: Status = _OK) -> None:
+        """Close our half of the stream with a status (OK or an error)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.local_open:
+            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        stream.local_open = False
+        payload = b"" if status == _OK else encode_status(status)
+        self._queue(FrameType.END, 0, stream_id, payload)
+        self._maybe_forget(stream)
+
+    def reset_stream(self, stream_id: int, status: Status) -> bool:
+        """Abort the stream both ways. Returns False (and sends nothing) if already gone."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        self._queue(FrameType.RESET, 0, stream_id, encode_status(status))
+        self._forget(stream)
+        return True
+
+    def acknowledge(self, stream_id: int, credit: int) -> None:
+        """The application consumed ``credit`` bytes of the stream's messages."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.remote_open or credit <= 0:
+            return
+        stream.pending_credit += credit
+        if stream.pending_credit >= self.local_settings.initial_stream_window >> 2:
+            increment = stream.pending_credit
+            stream.pending_credit = 0
+            stream.recv_window += increment
+            self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+
+    def ping(self, payload: bytes) -> None:
+        """Queue a PING; its echo comes back as :class:`PingAcknowledged`."""
+        if len(payload) != 8:
+            raise LocalProtocolError("PING payload must be 8 bytes")
+        if not self.closed:
+            self._queue(FrameType.PING, 0, 0, payload)
+
+    def advertise(self, name: str, available: bool = True) -> None:
+        """Tell the peer we offer (or no longer offer) a named service."""
+        if not self.closed:
+            self._queue(FrameType.SERVICE, 0 if available else Flags.REMOVE, 0, name.encode())
+
+    def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
+        """Refuse new streams from the peer; with an error code, close the connection."""
+        if self.closed:
+            return
+        self.local_goaway = True
+        self._queue(FrameType.GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
+        if code != ErrorCode.OK:
+            self.closed = True
+
+    # ---------------------------------------------------------------- incoming
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed received bytes; ``b""`` means the byte stream ended.
+
+        Returns the events, in order. On a protocol violation a GOAWAY with the
+        error code is queued, the connection is marked closed and
+        :class:`WireProtocolError` is raised.
+        """
+        if self.closed:
+            return []
+        events: list[Event] = []
+        if not data:
+            self.closed = True
+            events.append(
+                ConnectionTerminated(ErrorCode.CONNECTION_LOST, "peer closed the connection")
+            )
+            return events
+        self.bytes_received += len(data)
+        self._decoder.feed(data)
+        try:
+            for ftype, flags, stream_id, payload in self._decoder.frames():
+                self._handle_frame(ftype, flags, stream_id, payload, events)
+                if self.closed:
+                    break
+        except WireProtocolError as exc:
+            self.go_away(exc.code, exc.message)
+            raise
+        if self._pending_conn_credit >= self.local_settings.connection_window >> 2:
+            increment = self._pending_conn_credit
+            self._pending_conn_credit = 0
+            self._recv_window += increment
+            self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
+        return events
+
+    def _handle_frame(
+        self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
+    ) -> None:
+        if ftype == FrameType.DATA:
+            self._on_data(flags, stream_id, payload, events)
+            return
+        if not self.handshake_done:
+            if ftype != FrameType.HELLO:
+                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
+            self._on_hello(payload, events)
+            return
+        if ftype == FrameType.OPEN:
+            self._on_open(flags, stream_id, payload, events)
+        elif ftype == FrameType.END:
+            self._on_end(stream_id, payload, events)
+        elif ftype == FrameType.RESET:
+            self._on_reset(stream_id, payload, events)
+        elif ftype == FrameType.WINDOW:
+            self._on_window(stream_id, payload, events)
+        elif ftype == FrameType.PING:
+            if stream_id or len(payload) != 8:
+                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed PING")
+            if flags & Flags.ACK:
+                events.append(PingAcknowledged(payload))
+            else:
+                self._queue(FrameType.PING, Flags.ACK, 0, payload)
+        elif ftype == FrameType.GOAWAY:
+            self._on_goaway(stream_id, payload, events)
+        elif ftype == FrameType.SERVICE:
+            if stream_id:
+                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "SERVICE on a stream")
+            try:
+                name = payload.decode()
+            except UnicodeDecodeError:
+                raise WireProtocolError(
+                    ErrorCode.PROTOCOL_ERROR, "SERVICE name not UTF-8"
+                ) from None
+            events.append(ServiceAdvertised(name, not flags & Flags.REMOVE))
+        elif ftype == FrameType.HELLO:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO sent twice")
+        else:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type {ftype}")
+
+    def _on_hello(self, payload: bytes, events: list[Event]) -> None:
+        version, values = decode_hello(payload)
+        if version < 1:
+            raise WireProtocolError(
+                ErrorCode.VERSION_MISMATCH, f"peer speaks version {version}, we need 1"
+            )
+        self.version = min(version, PROTOCOL_VERSION)
+        self.peer_settings = Settings.from_wire(values)
+        self._send_window = self.peer_settings.connection_window
+        self.handshake_done = True
+        local = self.local_settings
+        # OPEN frames carry a u16-prefixed name and a parent id besides the header.
+        self._decoder.max_payload = max(local.max_frame_payload, local.max_open_payload + 65541)
+        events.append(HandshakeCompleted(self.version))
+
+    def _is_peer_id(self, stream_id: int) -> bool:
+        return (stream_id % 2 == 0) == self.initiator
+
+    def _was_used(self, stream_id: int) -> bool:
+        if self._is_peer_id(stream_id):
+            return stream_id <= self._highest_peer_id
+        return stream_id < self._next_local_id
+
+    def _lookup(self, stream_id: int, what: str) -> _Stream | None:
+        """The stream, or None for one that existed and closed; errors for one never opened."""
+        if stream_id == 0:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} on stream 0")
+        stream = self._streams.get(stream_id)
+        if stream is None and not self._was_used(stream_id):
+            raise WireProtocolError(
+                ErrorCode.PROTOCOL_ERROR, f"{what} on stream {stream_id}, which was never opened"
+            )
+        return stream
+
+    def _on_open(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id == 0 or not self._is_peer_id(stream_id):
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN with bad id {stream_id}")
+        if stream_id <= self._highest_peer_id:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN reuses id {stream_id}")
+        self._highest_peer_id = stream_id
+        parent, service, header = decode_open(payload)
+        if len(header) > self.local_settings.max_open_payload:
+            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "OPEN header exceeds the limit")
+        if self.local_goaway:
+            self._queue(
+                FrameType.RESET,
+                0,
+                stream_id,
+                encode_status(Status(ErrorCode.REFUSED_STREAM, "", "going away")),
+            )
+            return
+        if self._peer_open_count >= self.local_settings.max_concurrent_streams:
+            self._queue(
+                FrameType.RESET,
+                0,
+                stream_id,
+                encode_status(Status(ErrorCode.REFUSED_STREAM, "", "too many concurrent streams")),
+            )
+            return
+        if parent and parent not in self._streams:
+            if not self._was_used(parent):
+                raise WireProtocolError(
+                    ErrorCode.PROTOCOL_ERROR, f"OPEN with unknown parent {parent}"
+                )
+            # The parent closed while this OPEN was in flight: refuse the child quietly.
+            self._queue(
+                FrameType.RESET,
+                0,
+                stream_id,
+                encode_status(Status(ErrorCode.CANCEL, "", "parent stream closed")),
+            )
+            return
+        stream = _Stream(
+            stream_id,
+            parent,
+            self.peer_settings.initial_stream_window,
+            self.local_settings.initial_stream_window,
+        )
+        stream.remote_open = not flags & Flags.OPEN_NO_SEND
+        stream.local_open = not flags & Flags.OPEN_NO_REPLY
+        self._streams[stream_id] = stream
+        self._peer_open_count += 1
+        events.append(
+            StreamOpened(stream_id, parent, service, header, stream.remote_open, stream.local_open)
+        )
+        self._maybe_forget(stream)
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if not self.handshake_done:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
+        size = len(payload)
+        if size > self.local_settings.max_frame_payload:
+            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "DATA exceeds max_frame_payload")
+        if size > self._recv_window:
+            raise WireProtocolError(
+                ErrorCode.FLOW_CONTROL_ERROR, "DATA exceeds the connection window"
+            )
+        self._recv_window -= size
+        self._pending_conn_credit += size
+        stream = self._lookup(stream_id, "DATA")
+        if stream is None:
+            return  # closed or reset on our side: drop it
+        if not stream.remote_open:
+            raise WireProtocolError(
+                ErrorCode.PROTOCOL_ERROR, f"DATA on stream {stream_id} after its end"
+            )
+        if size > stream.recv_window:
+            raise WireProtocolError(
+                ErrorCode.FLOW_CONTROL_ERROR, f"DATA exceeds the window of stream {stream_id}"
+            )
+        if flags & Flags.MORE:
+            total = stream.chunks_size + size
+            if total > self.local_settings.max_message_size:
+                raise WireProtocolError(
+                    ErrorCode.FRAME_SIZE_ERROR,
+                    f"message exceeds max_message_size ({self.local_settings.max_message_size})",
+                )
+            # Credit for an incomplete message comes back at once, or a message larger
+            # than the window could never complete.
+            stream.chunks.append(payload)
+            stream.chunks_size = total
+            return
+        stream.recv_window -= size
+        if stream.chunks:
+            stream.chunks.append(payload)
+            total = stream.chunks_size + size
+            if total > self.local_settings.max_message_size:
+                raise WireProtocolError(
+                    ErrorCode.FRAME_SIZE_ERROR,
+                    f"message exceeds max_message_size ({self.local_settings.max_message_size})",
+                )
+            payload = b"".join(stream.chunks)
+            stream.chunks = []
+            stream.chunks_size = 0
+        self.messages_received += 1
+        events.append(MessageReceived(stream_id, payload, size))
+
+    def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        status = decode_status(payload)
+        stream = self._lookup(stream_id, "END")
+        if stream is None:
+            return
+        if not stream.remote_open:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"END twice on stream {stream_id}")
+        if stream.chunks:
+            raise WireProtocolError(
+                ErrorCode.PROTOCOL_ERROR, f"END inside a message on stream {stream_id}"
+            )
+        stream.remote_open = False
+        events.append(StreamEnded(stream_id, status))
+        self._maybe_forget(stream)
+
+    def _on_reset(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        status = decode_status(payload)
+        stream = self._lookup(stream_id, "RESET")
+        if stream is None:
+            return
+        self._forget(stream)
+        events.append(StreamReset(stream_id, status))
+
+    def _on_window(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        increment = decode_u32(payload, "WINDOW")
+        if increment == 0:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "WINDOW increment of 0")
+        if stream_id == 0:
+            self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+            events.append(WindowOpened(0))
+            return
+        stream = self._lookup(stream_id, "WINDOW")
+        if stream is None:
+            return
+        stream.send_window += increment
+        if stream.send_window > _MAX_WINDOW:
+            raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow")
+        events.append(WindowOpened(stream_id))
+
+    def _on_goaway(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id:
+            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        last, code, message = decode_goaway(payload)
+        self.peer_goaway = (last, code)
+        if code != ErrorCode.OK:
+            self.closed = True
+            events.append(ConnectionTerminated(code, message or ErrorCode.coerce(code).__str__()))
+            return
+        events.append(GoAwayReceived(last, code, message))
+        # Our streams the peer will never process are refused now.
+        refused = Status(ErrorCode.REFUSED_STREAM, "", "peer is going away")
+        for stream in list(self._streams.values()):
+            sid = stream.stream_id
+            if not self._is_peer_id(sid) and sid > last:
+                self._forget(stream)
+                events.append(StreamReset(sid, refused))
+
+    # ------------------------------------------------------------------ upkeep
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        if not stream.local_open and not stream.remote_open:
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        if self._is_peer_id(stream.stream_id):
+            self._peer_open_count -= 1
+        else:
+            self._local_open_count -= 1
+
+    def stream_ids(self) -> Sequence[int]:
+        """Ids of every stream still open."""
+        return list(self._streams)

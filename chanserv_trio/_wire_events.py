@@ -1,0 +1,145 @@
+"""Events that :class:`~chanserv_trio._wire_connection.Connection` returns from received bytes.
+
+Each is a small frozen record (sans-IO: no trio). A driver reads them in order and
+acts: wake a reader, start a handler, cancel a task.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._wire_codec import Status
+
+__all__ = [
+    "ConnectionTerminated",
+    "Event",
+    "GoAwayReceived",
+    "HandshakeCompleted",
+    "MessageReceived",
+    "PingAcknowledged",
+    "ServiceAdvertised",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamReset",
+    "WindowOpened",
+]
+
+
+@attrs.frozen
+class HandshakeCompleted:
+    """The peer's HELLO arrived and was accepted; streams may now be opened."""
+
+    #: The protocol version both sides now speak.
+    version: int
+
+
+@attrs.frozen
+class StreamOpened:
+    """The peer opened a stream."""
+
+    #: The new stream's id (chosen by the peer, so of the peer's parity).
+    stream_id: int
+    #: 0 for a top-level stream, else the stream this one is a child of.
+    parent: int
+    #: The service the stream is addressed to ("" for child streams).
+    service: str
+    #: The opaque header bytes from the OPEN frame.
+    header: bytes
+    #: True when the peer will send no data on it.
+    peer_sends: bool
+    #: True when we are allowed to send data on it.
+    we_send: bool
+
+
+@attrs.frozen
+class MessageReceived:
+    """A whole message arrived on a stream (chunks already joined)."""
+
+    #: The stream it arrived on.
+    stream_id: int
+    #: The message bytes.
+    data: bytes
+    #: Flow-control credit the receiver must return with ``acknowledge`` once consumed.
+    credit: int
+
+
+@attrs.frozen
+class StreamEnded:
+    """The peer finished its half of a stream with a status (OK or an error)."""
+
+    #: The stream it ended.
+    stream_id: int
+    #: How it ended.
+    status: Status
+
+
+@attrs.frozen
+class StreamReset:
+    """The peer aborted a stream in both directions."""
+
+    #: The stream it reset.
+    stream_id: int
+    #: Why.
+    status: Status
+
+
+@attrs.frozen
+class WindowOpened:
+    """Send credit grew: on one stream, or on every stream (``stream_id`` 0)."""
+
+    #: The stream whose window grew, or 0 for the connection window.
+    stream_id: int
+
+
+@attrs.frozen
+class PingAcknowledged:
+    """The answer to one of our PINGs arrived."""
+
+    #: The 8 bytes we sent.
+    payload: bytes
+
+
+@attrs.frozen
+class ServiceAdvertised:
+    """The peer offers (or withdraws) a named service."""
+
+    #: The service name.
+    name: str
+    #: True when offered, False when withdrawn.
+    available: bool
+
+
+@attrs.frozen
+class GoAwayReceived:
+    """The peer will accept no new streams above ``last_stream_id``."""
+
+    #: The highest of our stream ids the peer will still process.
+    last_stream_id: int
+    #: Why (``OK`` for a graceful shutdown).
+    code: int
+    #: Human-readable detail.
+    message: str
+
+
+@attrs.frozen
+class ConnectionTerminated:
+    """The connection is over: GOAWAY with an error, or the byte stream ended."""
+
+    #: Why.
+    code: int
+    #: Human-readable detail.
+    message: str
+
+
+Event = (
+    HandshakeCompleted
+    | StreamOpened
+    | MessageReceived
+    | StreamEnded
+    | StreamReset
+    | WindowOpened
+    | PingAcknowledged
+    | ServiceAdvertised
+    | GoAwayReceived
+    | ConnectionTerminated
+)
