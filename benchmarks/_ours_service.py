@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 #: Service the server's peak buffered bytes are asked for on; bodies below.
 STATS_SERVICE = "bench-stats"
 BEGIN = b"begin"
 END = b"end"
 
-#: Fields of ``Multiplexer.statistics()`` that count bytes held in buffers, looked for in order.
-_BUFFERED_FIELDS = (
-    "buffered_bytes",
-    "bytes_buffered",
-    "send_buffered_bytes",
-    "buffered_send_bytes",
-    "queued_bytes",
-)
+#: Fields of ``Multiplexer.statistics()`` that count bytes the library holds: received and not
+#: yet consumed, and queued for the transport. Any that exist are added up.
+_HELD_FIELDS = ("bytes_buffered", "bytes_queued")
 
 
 def buffered_bytes(multiplexer: Any) -> int | None:
@@ -25,12 +22,27 @@ def buffered_bytes(multiplexer: Any) -> int | None:
     if statistics is None:
         return None
     snapshot = statistics()
-    for field in _BUFFERED_FIELDS:
-        value = getattr(snapshot, field, None)
-        if isinstance(value, int):
-            return value
-    # Otherwise add up whatever fields speak of buffered bytes.
-    names = [name for name in dir(snapshot) if "buffer" in name and not name.startswith("_")]
-    values = [getattr(snapshot, name) for name in names]
-    counts = [value for value in values if isinstance(value, int) and not isinstance(value, bool)]
+    values = [getattr(snapshot, field, None) for field in _HELD_FIELDS]
+    counts = [value for value in values if isinstance(value, int)]
     return sum(counts) if counts else None
+
+
+class PeakSampler:
+    """Tracks the peak of :func:`buffered_bytes` while :meth:`sample` runs."""
+
+    #: Seconds between two looks.
+    EVERY = 0.001
+
+    def __init__(self, multiplexer: Any) -> None:
+        self._multiplexer = multiplexer
+        self.peak: int | None = None
+
+    async def sample(self) -> None:
+        """Look every :attr:`EVERY` seconds until cancelled (or there is nothing to see)."""
+        self.peak = None
+        while True:
+            value = buffered_bytes(self._multiplexer)
+            if value is None:
+                return
+            self.peak = value if self.peak is None else max(self.peak, value)
+            await trio.sleep(self.EVERY)

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from ._runner import Outcome
-from ._scenarios import SCENARIOS, Metric, Settings
+from ._scenarios import SCENARIOS, Metric, Settings, number
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The ratios reported: ours over each of these peers.
@@ -50,26 +50,6 @@ def ratio(results: dict[str, Outcome], metric: Metric, baseline: str) -> float |
     return ours.median / theirs.median
 
 
-def number(value: float) -> str:
-    """A figure in at most four significant digits, large ones with a k or M suffix."""
-    magnitude = abs(value)
-    if magnitude >= 10_000_000:
-        return f"{value / 1e6:.1f}M"
-    if magnitude >= 1_000_000:
-        return f"{value / 1e6:.2f}M"
-    if magnitude >= 100_000:
-        return f"{value / 1e3:.0f}k"
-    if magnitude >= 10_000:
-        return f"{value / 1e3:.1f}k"
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
 def cell(outcome: Outcome | None, metric: Metric) -> str:
     if outcome is None:
         return "-"
@@ -103,13 +83,17 @@ def table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    notes = []
+    # One note per reason, naming the scenarios it applies to.
+    reasons: dict[tuple[str, str, str], list[str]] = {}
     for scenario, by_peer in results.items():
         for peer, outcome in by_peer.items():
             if outcome.status != "ok":
-                notes.append(f"{scenario} / {peer}: {outcome.status}: {outcome.message}")
-    if notes:
-        lines += ["", *notes]
+                key = (peer, outcome.status, outcome.message)
+                reasons.setdefault(key, []).append(scenario)
+    if reasons:
+        lines.append("")
+        for (peer, status, message), scenarios in reasons.items():
+            lines.append(f"{peer} {status} in {', '.join(scenarios)}: {message}")
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any, Literal
 
 import attrs
 
-from ._scenarios import SCENARIOS, Settings
+from ._scenarios import SCENARIOS, Settings, number
 
 PEERS = ("ours", "ceiling", "grpc")
 #: The project root, so ``python -m benchmarks...`` finds the package from the subprocesses.
@@ -179,7 +179,7 @@ def run_client(
                 outcome.details.append(event.get("detail", {}))
                 first = metrics[0]
                 value = event["metrics"].get(first.key)
-                shown = "n/a" if value is None else f"{value:,.4g} {first.unit}"
+                shown = "n/a" if value is None else f"{number(value)} {first.unit}"
                 progress(f"run {event['index'] + 1}/{settings.runs}: {first.label} {shown}")
             elif kind == "done":
                 done = True

@@ -29,6 +29,28 @@ SLOW_SOURCES = 10
 SLOW_FRACTION = 0.1
 
 
+def number(value: float) -> str:
+    """A figure in at most four significant digits, large ones with a k or M suffix."""
+    magnitude = abs(value)
+    if magnitude >= 10_000_000:
+        return f"{value / 1e6:.1f}M"
+    if magnitude >= 1_000_000:
+        return f"{value / 1e6:.2f}M"
+    if magnitude >= 100_000:
+        return f"{value / 1e3:.0f}k"
+    if magnitude >= 10_000:
+        return f"{value / 1e3:.1f}k"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    if value == 0:
+        return "0"
+    return f"{value:.3f}"
+
+
 @attrs.frozen
 class Metric:
     """One figure a scenario reports."""
@@ -83,6 +105,7 @@ SCENARIOS: dict[str, ScenarioSpec] = {
                 Metric("kept_pct", "others' rate kept", "%", "higher"),
                 Metric("others_mb_per_s", "others' payload, throttled", "MB/s", "higher"),
                 Metric("peak_buffered_bytes", "server peak buffered", "bytes", "lower"),
+                Metric("client_peak_buffered_bytes", "client peak buffered", "bytes", "lower"),
             ),
         ),
     )
@@ -110,6 +133,14 @@ class Fetched:
     done_at: list[float]
 
 
+@attrs.frozen
+class Buffered:
+    """Peak bytes held in buffers by the library on each side; None where it cannot tell."""
+
+    server: int | None = None
+    client: int | None = None
+
+
 class PeerClient(Protocol):
     """What a peer's client offers the scenarios."""
 
@@ -127,10 +158,10 @@ class PeerClient(Protocol):
         connection's teardown is not counted)."""
 
     async def begin_sampling(self) -> None:
-        """Start tracking the server's peak buffered bytes, if this peer can tell."""
+        """Start tracking the peak bytes buffered on each side, if this peer can tell."""
 
-    async def end_sampling(self) -> int | None:
-        """The server's peak buffered bytes since :meth:`begin_sampling`, or None."""
+    async def end_sampling(self) -> Buffered:
+        """The peak buffered bytes since :meth:`begin_sampling`, where the peer can tell."""
 
 
 def check_complete(shape: Shape, fetched: Fetched) -> Fetched:
@@ -167,21 +198,34 @@ def emit_json(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+@attrs.frozen
+class Scale:
+    """How big each timed run is: ``repeats`` requests of ``count`` (sources, frames...)."""
+
+    count: int
+    repeats: int = 1
+
+
 async def calibrate(
     measure: Callable[[int], Awaitable[float]], start: int, cap: int, target: float
-) -> int:
-    """The count that makes ``measure`` take about ``target`` seconds.
+) -> Scale:
+    """The count (and, at the cap, the number of requests) that make a run take ``target``
+    seconds.
 
     Runs ``measure`` on growing counts until one takes a quarter of the target (these runs are
-    the warm-up), then scales linearly, within ``[1, cap]``.
+    the warm-up), then scales linearly, within ``[1, cap]``. A shape that is done sooner than
+    the target even at the cap is repeated within a run instead.
     """
     count = min(start, cap)
     while True:
-        elapsed = await measure(count)
+        elapsed = max(await measure(count), 1e-9)
         if elapsed >= target / 4 or count >= cap:
             break
         count = min(cap, count * (8 if elapsed < target / 32 else 2))
-    return max(1, min(cap, round(count * target / max(elapsed, 1e-9))))
+    scaled = round(count * target / elapsed)
+    if scaled <= cap:
+        return Scale(max(1, scaled))
+    return Scale(cap, max(1, round(target / (elapsed * cap / count))))
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -207,7 +251,8 @@ async def run_empty(client: PeerClient, settings: Settings, emit: Emit) -> None:
         return sum(await requests(count))
 
     # The cold connects take their share of the run too; leave them a fifth of it.
-    count = await calibrate(measure, 50, 200_000, settings.per_run * 0.8)
+    scale = await calibrate(measure, 50, 200_000, settings.per_run * 0.8)
+    count = scale.count * scale.repeats
     emit({"event": "calibrated", "params": {"requests": count, "cold_connects": cold_count}})
     for index in range(settings.runs):
         latencies = await requests(count)
@@ -232,10 +277,10 @@ async def run_flood(client: PeerClient, settings: Settings, emit: Emit) -> None:
     async def measure(frames: int) -> float:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
-    frames = await calibrate(measure, 1, 5_000, settings.per_run)
-    emit({"event": "calibrated", "params": {"sources": 1_000, "frames": frames, "size": 64}})
+    scale = await calibrate(measure, 1, 5_000, settings.per_run)
+    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
-        fetched = check_complete(shape(frames), await client.fetch(shape(frames)))
+        fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
         emit(
             {
                 "event": "run",
@@ -246,18 +291,16 @@ async def run_flood(client: PeerClient, settings: Settings, emit: Emit) -> None:
 
 
 async def run_heavy(client: PeerClient, settings: Settings, emit: Emit) -> None:
-    size = 1 << 20
-
     def shape(frames: int) -> Shape:
-        return Shape(sources=10, frames=frames, size=size)
+        return Shape(sources=10, frames=frames, size=1 << 20)
 
     async def measure(frames: int) -> float:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
-    frames = await calibrate(measure, 1, 500, settings.per_run)
-    emit({"event": "calibrated", "params": {"sources": 10, "frames": frames, "size": size}})
+    scale = await calibrate(measure, 1, 500, settings.per_run)
+    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
-        fetched = check_complete(shape(frames), await client.fetch(shape(frames)))
+        fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
         emit(
             {
                 "event": "run",
@@ -274,22 +317,35 @@ async def run_open(client: PeerClient, settings: Settings, emit: Emit) -> None:
     async def measure(sources: int) -> float:
         return check_complete(shape(sources), await client.fetch(shape(sources))).elapsed
 
-    sources = await calibrate(measure, 100, 10_000, settings.per_run)
-    emit(
-        {
-            "event": "calibrated",
-            "params": {"sources": sources, "frames": 1, "size": OPEN_FRAME_SIZE},
-        }
-    )
+    scale = await calibrate(measure, 100, 10_000, settings.per_run)
+    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
-        fetched = check_complete(shape(sources), await client.fetch(shape(sources)))
+        fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
         emit(
             {
                 "event": "run",
                 "index": index,
-                "metrics": {"streams_per_s": sources / fetched.elapsed},
+                "metrics": {"streams_per_s": fetched.frames / fetched.elapsed},
             }
         )
+
+
+async def fetch_repeated(client: PeerClient, shape: Shape, repeats: int) -> Fetched:
+    """``repeats`` complete requests one after the other, added up."""
+    total = Fetched(0, 0, 0.0, [])
+    for _ in range(repeats):
+        fetched = check_complete(shape, await client.fetch(shape))
+        total.frames += fetched.frames
+        total.payload_bytes += fetched.payload_bytes
+        total.elapsed += fetched.elapsed
+    return total
+
+
+def _params(shape: Shape, scale: Scale) -> dict[str, Any]:
+    params: dict[str, Any] = {"sources": shape.sources, "frames": shape.frames, "size": shape.size}
+    if scale.repeats > 1:
+        params["requests_per_run"] = scale.repeats
+    return params
 
 
 def _others(fetched: Fetched, slow: int) -> float:
@@ -308,7 +364,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
     # A run is one unthrottled request and one throttled request of the same shape.
-    frames = await calibrate(measure, 4, 100_000, settings.per_run / 2)
+    frames = (await calibrate(measure, 4, 100_000, settings.per_run / 2)).count
     emit(
         {
             "event": "calibrated",
@@ -328,7 +384,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
         throttle = Throttle(slow, per_source_fps * SLOW_FRACTION)
         await client.begin_sampling()
         held = await client.fetch(shape(frames), throttle)
-        peak = await client.end_sampling()
+        peaks = await client.end_sampling()
         held_rate = others_bytes / _others(held, slow)
         emit(
             {
@@ -337,7 +393,8 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
                 "metrics": {
                     "kept_pct": 100.0 * held_rate / free_rate,
                     "others_mb_per_s": held_rate / 1e6,
-                    "peak_buffered_bytes": peak,
+                    "peak_buffered_bytes": peaks.server,
+                    "client_peak_buffered_bytes": peaks.client,
                 },
                 "detail": {
                     "unthrottled_others_mb_per_s": free_rate / 1e6,

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from . import _framing as wire
-from ._scenarios import Fetched, Throttle, client_arguments, drive, emit_json
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import Shape, index_of
 
 HOST = "127.0.0.1"
@@ -153,8 +153,8 @@ class CeilingClient:
     async def begin_sampling(self) -> None:
         """The kernel holds the ceiling's buffers; there is nothing to sample."""
 
-    async def end_sampling(self) -> int | None:
-        return None
+    async def end_sampling(self) -> Buffered:
+        return Buffered()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import grpc
 
 from . import _grpc_service as service
-from ._scenarios import Fetched, Throttle, client_arguments, drive, emit_json
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import Shape, index_of
 
 TARGET = "127.0.0.1:{port}"
@@ -100,8 +100,8 @@ class GrpcClient:
     async def begin_sampling(self) -> None:
         """grpcio does not say how much it buffers; there is nothing to sample."""
 
-    async def end_sampling(self) -> int | None:
-        return None
+    async def end_sampling(self) -> Buffered:
+        return Buffered()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import trio
 import chanserv_trio as cs
 
 from . import _ours_service as stats
-from ._scenarios import Fetched, Throttle, client_arguments, drive, emit_json
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import SERVICE, Shape, index_of
 
 DIAL_TIMEOUT = 5.0
@@ -82,13 +82,19 @@ class OursClient:
         self._url = f"tcp://127.0.0.1:{port}"
         self._stack = contextlib.AsyncExitStack()
         self._client: cs.Client | None = None
+        self._nursery: trio.Nursery | None = None
+        self._sampler: stats.PeakSampler | None = None
+        self._sampling = trio.CancelScope()
 
     async def connect(self) -> None:
         multiplexer = await self._stack.enter_async_context(cs.Multiplexer())
         await multiplexer.join(self._url)
         self._client = cs.Client(multiplexer, dial_timeout=DIAL_TIMEOUT)
+        self._sampler = stats.PeakSampler(multiplexer)
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
 
     async def aclose(self) -> None:
+        self._sampling.cancel()
         await self._stack.aclose()
 
     async def fetch(self, shape: Shape, throttle: Throttle | None = None) -> Fetched:
@@ -112,12 +118,22 @@ class OursClient:
                     pass
         return headers[0]
 
-    async def begin_sampling(self) -> None:
-        await self._ask_stats(stats.BEGIN)
+    async def _sample(self) -> None:
+        assert self._sampler is not None
+        with self._sampling:
+            await self._sampler.sample()
 
-    async def end_sampling(self) -> int | None:
+    async def begin_sampling(self) -> None:
+        assert self._nursery is not None
+        await self._ask_stats(stats.BEGIN)
+        self._sampling = trio.CancelScope()
+        self._nursery.start_soon(self._sample)
+
+    async def end_sampling(self) -> Buffered:
+        assert self._sampler is not None
+        self._sampling.cancel()
         peak = json.loads(await self._ask_stats(stats.END))["peak_buffered_bytes"]
-        return None if peak is None else int(peak)
+        return Buffered(server=None if peak is None else int(peak), client=self._sampler.peak)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,6 @@ from . import _ours_service as stats
 from ._server_cli import announce, server_port
 from ._workload import SERVICE, Shape, frames_for, header_for
 
-#: Seconds between two looks at the multiplexer's buffered bytes while sampling.
-SAMPLE_EVERY = 0.001
-
 
 async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
     shape = Shape.decode(request)
@@ -35,42 +32,28 @@ async def no_frames() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-class BufferSampler:
-    """Tracks the multiplexer's peak buffered bytes between ``begin`` and ``end`` requests."""
+class StatsService:
+    """Samples the multiplexer's peak buffered bytes between ``begin`` and ``end`` requests."""
 
-    def __init__(self, multiplexer: cs.Multiplexer) -> None:
-        self._multiplexer = multiplexer
-        self._peak: int | None = None
+    def __init__(self, multiplexer: cs.Multiplexer, nursery: trio.Nursery) -> None:
+        self._sampler = stats.PeakSampler(multiplexer)
+        self._nursery = nursery
         self._scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
 
     async def _sample(self, scope: trio.CancelScope) -> None:
         with scope:
-            while True:
-                value = stats.buffered_bytes(self._multiplexer)
-                if value is None:
-                    return
-                self._peak = value if self._peak is None else max(self._peak, value)
-                await trio.sleep(SAMPLE_EVERY)
+            await self._sampler.sample()
 
     async def source_fn(self, request: bytes) -> AsyncIterator[cs.Source]:
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
         if request == stats.BEGIN:
-            assert self._nursery is not None
-            self._peak = None
             self._scope = trio.CancelScope()
             self._nursery.start_soon(self._sample, self._scope)
             header = b"{}"
         else:
-            header = json.dumps({"peak_buffered_bytes": self._peak}).encode()
+            header = json.dumps({"peak_buffered_bytes": self._sampler.peak}).encode()
         yield cs.Source(header=header, frames=no_frames())
 
 
@@ -82,11 +65,10 @@ async def main(port: int) -> None:
     async with cs.Multiplexer() as multiplexer:
         address = await multiplexer.listen(f"tcp://127.0.0.1:{port}")
         server = cs.Server(multiplexer, on_error=report)
-        sampler = BufferSampler(multiplexer)
         async with trio.open_nursery() as nursery:
-            await nursery.start(sampler.run)
+            sampling = StatsService(multiplexer, nursery)
             await server.listen_and_serve(SERVICE, source_fn)
-            await server.listen_and_serve(stats.STATS_SERVICE, sampler.source_fn)
+            await server.listen_and_serve(stats.STATS_SERVICE, sampling.source_fn)
             bound = urlsplit(str(address)).port
             assert bound is not None, f"no port in {address!r}"
             announce(bound)
