@@ -27,6 +27,7 @@ from ._errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
+    ServerShuttingDown,
     error_from_status,
 )
 from ._wire_codec import ErrorCode, Status, WireProtocolError
@@ -350,6 +351,9 @@ class Link:
         handshake_timeout: float = 10.0,
         keepalive_interval: float | None = None,
         keepalive_timeout: float = 20.0,
+        write_timeout: float | None = None,
+        reset_burst: int = 1000,
+        reset_rate: float = 100.0,
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.transport = transport
@@ -359,6 +363,14 @@ class Link:
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        self.write_timeout = write_timeout
+        self.reset_burst = reset_burst
+        self.reset_rate = reset_rate
+        self._reset_tokens = float(reset_burst)
+        self._reset_time = 0.0
+        # Control frames (WINDOW, PING answers, RESET) may pile up when the peer does not
+        # read; past this many queued bytes the reader waits for the writer.
+        self._outgoing_limit = self.conn.local_settings.connection_window + (4 << 20)
         self._handler_for = handler_for or (lambda name: None)
         self._on_services = on_services
         self._on_error = on_error
@@ -370,6 +382,7 @@ class Link:
         self._writer_done = False
         self._window_lot = trio.lowlevel.ParkingLot()
         self._open_lot = trio.lowlevel.ParkingLot()
+        self._released_lot = trio.lowlevel.ParkingLot()
         self._handshake = trio.Event()
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -435,10 +448,36 @@ class Link:
             rtt=self.rtt,
         )
 
+    @property
+    def going_away(self) -> bool:
+        """True once either side said GOAWAY: no new streams start on this link."""
+        return self.conn.peer_goaway is not None or self.conn.local_goaway
+
+    async def shutdown(self, grace: float, message: str = "server is shutting down") -> None:
+        """Refuse new streams, let the open ones finish for up to ``grace`` seconds, then
+        reset what is left with ``SHUTDOWN`` (the peer sees
+        :class:`~chanserv_trio.ServerShuttingDown`) and close the link."""
+        if self._error is not None:
+            return
+        if not self.conn.local_goaway:
+            self.conn.go_away(ErrorCode.OK, message)
+            self._kick_writer()
+        self._closing = True
+        with trio.move_on_after(grace):
+            while self._streams and self._error is None:
+                await self._released_lot.park()
+        if self._error is None:
+            error = ServerShuttingDown(message, ErrorCode.SHUTDOWN)
+            for stream in list(self._streams.values()):
+                stream.reset(ErrorCode.SHUTDOWN, message)
+                stream._broken(error)
+        await self.aclose(ErrorCode.OK, message)
+
     async def aclose(self, code: int = ErrorCode.OK, message: str = "link closed") -> None:
         """Say goodbye to the peer, flush what is queued and close the link."""
         if self._error is None:
-            self.conn.go_away(code if code != ErrorCode.OK else ErrorCode.OK, message)
+            if not self.conn.local_goaway or code != ErrorCode.OK:
+                self.conn.go_away(code, message)
             self._closing = True
             self._kick_writer()
             await self._drain(1.0)
@@ -533,6 +572,8 @@ class Link:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
             self._open_lot.unpark()
+            if self._released_lot:
+                self._released_lot.unpark_all()
 
     # ------------------------------------------------------------------ writer
 
@@ -552,7 +593,18 @@ class Link:
                     continue
                 chunks = conn.take_outgoing()
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                await transport.send_all(data)
+                if self.write_timeout is None:
+                    await transport.send_all(data)
+                else:
+                    with trio.move_on_after(self.write_timeout) as stuck:
+                        await transport.send_all(data)
+                    if stuck.cancelled_caught:
+                        self._fail(
+                            ConnectionLost(
+                                f"peer took no data for write_timeout ({self.write_timeout} s)"
+                            )
+                        )
+                        return
                 if self._drained_lot:
                     self._drained_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -572,15 +624,21 @@ class Link:
                 self._last_heard = trio.current_time()
                 try:
                     events = conn.receive_data(data)
+                    for event in events:
+                        self._dispatch(event)
                 except WireProtocolError as exc:
+                    if not conn.closed:
+                        conn.go_away(exc.code, exc.message)
                     error = ProtocolError(f"peer broke the protocol: {exc}", exc.code)
                     self._report(error)
                     await self._flush_and_fail(error)
                     return
-                for event in events:
-                    self._dispatch(event)
                 if conn.outgoing_size:
                     self._kick_writer()
+                    if conn.outgoing_size > self._outgoing_limit:
+                        # The peer is not reading what we owe it: wait for the writer.
+                        while conn.outgoing_size > self._outgoing_limit and not self._writer_done:
+                            await self._drained_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_lost("receiving failed", exc))
 
@@ -628,6 +686,8 @@ class Link:
                 stream._lot.unpark_all()
                 self._maybe_release(stream)
         elif type(event) is StreamReset:
+            if (event.stream_id % 2 == 0) == self.conn.initiator:
+                self._count_peer_reset()
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 self._release(stream)
@@ -649,12 +709,30 @@ class Link:
             self._handshake.set()
         elif type(event) is GoAwayReceived:
             self._open_lot.unpark_all()
+            if self._on_services is not None:
+                self._on_services(self)
         elif type(event) is ConnectionTerminated:
             if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
                 self._fail(ConnectionLost(f"connection closed by peer: {event.message}"))
             else:
                 error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
                 self._fail(error)
+
+    def _count_peer_reset(self) -> None:
+        """A token bucket against a peer that opens and resets streams to burn our CPU."""
+        now = trio.current_time()
+        elapsed = now - self._reset_time
+        self._reset_time = now
+        self._reset_tokens = min(
+            float(self.reset_burst), self._reset_tokens + elapsed * self.reset_rate
+        )
+        self._reset_tokens -= 1
+        if self._reset_tokens < 0:
+            raise WireProtocolError(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                f"peer reset more than {self.reset_burst} of its streams "
+                f"(sustained limit {self.reset_rate:g}/s)",
+            )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = LinkStream(self, event.stream_id, event.service, event.header, event.parent)

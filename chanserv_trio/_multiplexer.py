@@ -18,7 +18,6 @@ import trio
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ConnectionLost, ServiceNotFound
 from ._transport import connect, serve
-from ._wire_codec import ErrorCode
 from ._wire_connection import Settings
 
 __all__ = ["Multiplexer", "MultiplexerStatistics"]
@@ -42,6 +41,8 @@ class MultiplexerStatistics:
     bytes_queued: int
     #: Times a sender waited for flow-control credit.
     window_stalls: int
+    #: The largest last-measured round-trip time over the links (None: none measured).
+    rtt: float | None
 
 
 class Multiplexer:
@@ -54,7 +55,13 @@ class Multiplexer:
 
     ``settings`` are the wire limits and windows this node announces on each link.
     ``keepalive_interval`` (seconds, None for off) pings idle peers; a peer silent for
-    ``keepalive_interval + keepalive_timeout`` is declared lost.
+    ``keepalive_interval + keepalive_timeout`` is declared lost; ``write_timeout``
+    (seconds, None for off) declares lost a peer that stops taking our bytes.
+    Leaving the ``async with`` block normally shuts down gracefully: peers are told to
+    start nothing new, streams still open get ``shutdown_grace`` seconds to finish,
+    then the rest are reset with :class:`~chanserv_trio.ServerShuttingDown`.
+    ``reset_burst`` and ``reset_rate`` bound how fast a peer may open and reset its
+    streams before its link is closed with ``ENHANCE_YOUR_CALM``.
     """
 
     def __init__(
@@ -64,9 +71,18 @@ class Multiplexer:
         handshake_timeout: float = 10.0,
         keepalive_interval: float | None = None,
         keepalive_timeout: float = 20.0,
+        write_timeout: float | None = None,
+        shutdown_grace: float = 5.0,
+        reset_burst: int = 1000,
+        reset_rate: float = 100.0,
         on_error: object = None,
     ) -> None:
         self.settings = settings or Settings()
+        self.write_timeout = write_timeout
+        self.shutdown_grace = shutdown_grace
+        self.reset_burst = reset_burst
+        self.reset_rate = reset_rate
+        self._accepting = True
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
@@ -93,7 +109,7 @@ class Multiplexer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self._close_links()
+        await self.shutdown(self.shutdown_grace if exc_type is None else 0.0)
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         assert self._cm is not None
@@ -101,11 +117,16 @@ class Multiplexer:
         self._nursery = None
         return result
 
-    async def _close_links(self) -> None:
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Close gracefully: accept no new links or streams, tell every peer so, give
+        open streams ``grace`` seconds to finish, then reset the rest with
+        ``SHUTDOWN`` and close the links. Safe to call more than once."""
+        self._accepting = False
         self._closed = True
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            for link in list(self._links):
-                await link.aclose(ErrorCode.OK, "node closing")
+        with trio.CancelScope(shield=True), trio.move_on_after(grace + 2.0):
+            async with trio.open_nursery() as nursery:
+                for link in list(self._links):
+                    nursery.start_soon(link.shutdown, grace, "server is shutting down")
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None or self._closed:
@@ -138,6 +159,9 @@ class Multiplexer:
             handshake_timeout=self.handshake_timeout,
             keepalive_interval=self.keepalive_interval,
             keepalive_timeout=self.keepalive_timeout,
+            write_timeout=self.write_timeout,
+            reset_burst=self.reset_burst,
+            reset_rate=self.reset_rate,
             on_error=self._on_error,
         )
 
@@ -166,6 +190,9 @@ class Multiplexer:
         return bound
 
     async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
+        if not self._accepting:
+            await trio.aclose_forcefully(transport)
+            return
         link = self._new_link(transport, initiator=False, local=local, remote=remote)
         try:
             await self._run_link(link)
@@ -220,7 +247,11 @@ class Multiplexer:
 
     def links_offering(self, name: str) -> list[Link]:
         """Live links whose peer currently offers ``name``."""
-        return [link for link in self._links if link.is_alive and name in link.peer_services]
+        return [
+            link
+            for link in self._links
+            if link.is_alive and not link.going_away and name in link.peer_services
+        ]
 
     async def open_stream(
         self,
@@ -263,4 +294,5 @@ class Multiplexer:
             bytes_buffered=sum(s.bytes_buffered for s in stats),
             bytes_queued=sum(s.bytes_queued for s in stats),
             window_stalls=sum(s.window_stalls for s in stats),
+            rtt=max((s.rtt for s in stats if s.rtt is not None), default=None),
         )
