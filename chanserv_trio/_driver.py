@@ -380,6 +380,7 @@ class Link:
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
         self._writer_done = False
+        self._writing = False
         self._window_lot = trio.lowlevel.ParkingLot()
         self._open_lot = trio.lowlevel.ParkingLot()
         self._released_lot = trio.lowlevel.ParkingLot()
@@ -401,6 +402,7 @@ class Link:
     async def run(self, *, task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the link until it closes; reports itself through ``task_status`` once the
         handshake completed. Raises :class:`ConnectionLost` if the handshake fails."""
+        started = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -410,18 +412,20 @@ class Link:
                     await self._handshake.wait()
                 if scope.cancelled_caught:
                     self._fail(ConnectionLost("handshake timed out"))
-                if self._error is not None and not self._handshake.is_set():
-                    nursery.cancel_scope.cancel()
-                    raise self._error
-                task_status.started(self)
-                if self.keepalive_interval:
-                    nursery.start_soon(self._keepalive)
-                await self._closed.wait()
+                if self._error is None:
+                    started = True
+                    task_status.started(self)
+                    if self.keepalive_interval:
+                        nursery.start_soon(self._keepalive)
+                    await self._closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._fail(ConnectionLost("link closed"))
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await trio.aclose_forcefully(self.transport)
+        if not started:
+            assert self._error is not None
+            raise self._error
 
     @property
     def is_alive(self) -> bool:
@@ -502,6 +506,7 @@ class Link:
         if self._error is not None:
             return
         self._error = error
+        self._handshake.set()  # wake run() if it still waits for the handshake
         for stream in list(self._streams.values()):
             stream._broken(error)
         self._streams.clear()
@@ -593,6 +598,7 @@ class Link:
                     continue
                 chunks = conn.take_outgoing()
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._writing = True
                 if self.write_timeout is None:
                     await transport.send_all(data)
                 else:
@@ -605,6 +611,7 @@ class Link:
                             )
                         )
                         return
+                self._writing = False
                 if self._drained_lot:
                     self._drained_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -650,7 +657,7 @@ class Link:
         """Wait (at most ``limit`` seconds) until the writer sent everything queued."""
         self._kick_writer()
         with trio.move_on_after(limit):
-            while self.conn.outgoing_size and not self._writer_done:
+            while (self.conn.outgoing_size or self._writing) and not self._writer_done:
                 await self._drained_lot.park()
 
     def _report(self, error: BaseException) -> None:

@@ -196,7 +196,8 @@ class Multiplexer:
         link = self._new_link(transport, initiator=False, local=local, remote=remote)
         try:
             await self._run_link(link)
-        except ConnectionLost as exc:
+        except Exception as exc:
+            # One bad connection must never take the listener (and everyone else) down.
             if self._on_error is not None:
                 self._on_error(exc)
 
