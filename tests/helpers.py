@@ -1,0 +1,96 @@
+"""Building blocks shared by the driver and chanserv tests (not fixtures: plain helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import attrs
+import trio
+import trio.testing
+
+import chanserv_trio as cs
+from chanserv_trio._driver import StreamHandler
+
+
+@attrs.define
+class LinkPair:
+    """Two linked :class:`cs.Link` over an in-memory stream pair.
+
+    ``left`` dialed (odd stream ids), ``right`` accepted (even ids); each serves the
+    handlers it was given. The transports are exposed so a test can break them.
+    """
+
+    left: cs.Link
+    right: cs.Link
+    left_transport: trio.StapledStream[
+        trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream
+    ]
+    right_transport: trio.StapledStream[
+        trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream
+    ]
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def link_pair(
+    *,
+    left_handlers: Mapping[str, StreamHandler] | None = None,
+    right_handlers: Mapping[str, StreamHandler] | None = None,
+    left_settings: cs.Settings | None = None,
+    right_settings: cs.Settings | None = None,
+    on_error: Callable[[BaseException], object] | None = None,
+) -> AsyncIterator[LinkPair]:
+    """Run two links over ``trio.testing.memory_stream_pair`` until the block ends."""
+    left_transport, right_transport = trio.testing.memory_stream_pair()
+    left_map = dict(left_handlers or {})
+    right_map = dict(right_handlers or {})
+    left = cs.Link(
+        left_transport,
+        initiator=True,
+        settings=left_settings,
+        remote_addr="memory://right",
+        local_addr="memory://left",
+        handler_for=left_map.get,
+        on_error=on_error,
+    )
+    right = cs.Link(
+        right_transport,
+        initiator=False,
+        settings=right_settings,
+        remote_addr="memory://left",
+        local_addr="memory://right",
+        handler_for=right_map.get,
+        on_error=on_error,
+    )
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(right.run)
+            await nursery.start(left.run)
+            with trio.fail_after(5):
+                await wait_until(lambda: right.conn.handshake_done)
+            try:
+                yield LinkPair(left, right, left_transport, right_transport, nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` every millisecond; wrap the call in ``trio.fail_after``."""
+    while not predicate():  # noqa: ASYNC110 - the conditions are other objects' state
+        await trio.sleep(0.001)
+
+
+class _Receiver(Protocol):
+    async def receive(self) -> bytes: ...
+
+
+async def drain(channel: _Receiver) -> list[bytes]:
+    """Every message of a stream or channel until its normal end (``EndOfChannel``)."""
+    messages: list[bytes] = []
+    while True:
+        try:
+            messages.append(await channel.receive())
+        except trio.EndOfChannel:
+            return messages
