@@ -584,6 +584,8 @@ class Connection:
             # than the window could never complete.
             stream.chunks.append(payload)
             stream.chunks_size = total
+            stream.recv_window -= size
+            self.acknowledge(stream_id, size)
             return
         stream.recv_window -= size
         if stream.chunks:

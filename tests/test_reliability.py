@@ -283,3 +283,20 @@ async def test_buffered_bytes_stay_within_the_window_when_nobody_reads() -> None
                 frame = await got[0].receive()
                 assert frame == b"y" * 1000
         assert produced < 4 * (settings.initial_stream_window // 1000 + 10)
+
+
+async def test_many_messages_larger_than_the_window_all_arrive(autojump_clock: object) -> None:
+    # Chunks of an incomplete message are credited back; if that credit never reached the
+    # sender, its window would shrink with every large message until the stream stalled.
+    settings = cs.Settings(initial_stream_window=16 * 1024, max_frame_payload=4096)
+    payloads = [bytes([index]) * (100 * 1024) for index in range(20)]
+
+    async def big(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(b"big", _frames(*payloads))
+
+    async with linked_pair(settings=settings) as (server, client, _, _):
+        await cs.Server(server).listen_and_serve("svc", big)
+        with trio.fail_after(10):
+            async with cs.Client(client).lookup_and_post("svc") as sources:
+                source = await sources.receive()
+                assert [frame async for frame in source] == payloads
