@@ -289,7 +289,6 @@ class FrameDecoder:
         """
         buffer = self._buffer
         unpack = HEADER.unpack_from
-        limit = self.max_payload
         try:
             while True:
                 offset = self._offset
@@ -297,6 +296,9 @@ class FrameDecoder:
                 if available < HEADER_SIZE:
                     return
                 length, ftype, flags, stream_id = unpack(buffer, offset)
+                # Read the limit per frame: the caller may raise it between frames
+                # (once HELLO is handled, with more frames of the same read pending).
+                limit = self.max_payload
                 if length > limit:
                     raise WireProtocolError(
                         ErrorCode.FRAME_SIZE_ERROR,
