@@ -94,3 +94,27 @@ async def drain(channel: _Receiver) -> list[bytes]:
             messages.append(await channel.receive())
         except trio.EndOfChannel:
             return messages
+
+
+@asynccontextmanager
+async def chanserv_nodes(
+    *,
+    server_settings: cs.Settings | None = None,
+    client_settings: cs.Settings | None = None,
+    shutdown_grace: float = 1.0,
+) -> AsyncIterator[tuple[cs.Multiplexer, cs.Multiplexer]]:
+    """A server node listening on TCP loopback and a client node joined to it."""
+    async with cs.Multiplexer(
+        settings=server_settings, shutdown_grace=shutdown_grace
+    ) as server_mpx:
+        address = await server_mpx.listen("tcp://127.0.0.1:0")
+        async with cs.Multiplexer(
+            settings=client_settings, shutdown_grace=shutdown_grace
+        ) as client_mpx:
+            await client_mpx.join(address)
+            yield server_mpx, client_mpx
+
+
+async def wait_quiet(*nodes: cs.Multiplexer) -> None:
+    """Wait until no node has an open stream; wrap the call in ``trio.fail_after``."""
+    await wait_until(lambda: all(node.statistics().open_streams == 0 for node in nodes))
