@@ -49,6 +49,9 @@ __all__ = ["Link", "LinkStatistics", "LinkStream", "StreamHandler"]
 
 _OK = Status(ErrorCode.OK)
 _RECEIVE_SIZE = 256 * 1024
+#: A task that sends or receives without having to wait still yields to the scheduler
+#: once every this many calls on a link (it checks for cancellation on every call).
+_SCHEDULE_EVERY = 32
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -92,6 +95,7 @@ class LinkStream:
         "_remote_status",
         "_scopes",
         "_sending",
+        "_unacked",
         "_window_lot",
         "header",
         "parent",
@@ -119,6 +123,7 @@ class LinkStream:
         self._error: ChanservError | None = None
         self._closed_locally = False
         self._sending = False
+        self._unacked = 0
         self._scopes: list[trio.CancelScope] = []
 
     def __repr__(self) -> str:
@@ -158,7 +163,10 @@ class LinkStream:
         if size <= max_chunk and conn.send_window(self.stream_id) >= size:
             conn.send_data(self.stream_id, data)
             link._kick_writer()
-            await _cancel_shielded_checkpoint()
+            link._budget -= 1
+            if link._budget <= 0:
+                link._budget = _SCHEDULE_EVERY
+                await _cancel_shielded_checkpoint()
             return
         self._sending = True
         view = memoryview(data)
@@ -220,13 +228,22 @@ class LinkStream:
 
     # --------------------------------------------------------------- receiving
 
+    def _consumed(self, credit: int) -> None:
+        # Credit goes back in batches: one call into the state machine per batch.
+        unacked = self._unacked + credit
+        if unacked >= self._link._ack_batch:
+            self._unacked = 0
+            self._link._acknowledge(self.stream_id, unacked)
+        else:
+            self._unacked = unacked
+
     def receive_nowait(self) -> bytes:
         """The next buffered message; raises ``trio.WouldBlock`` if none is buffered,
         ``trio.EndOfChannel`` at a normal end, or the error the stream ended with."""
         if self._inbox:
             data, credit = self._inbox.popleft()
             if credit:
-                self._link._acknowledge(self.stream_id, credit)
+                self._consumed(credit)
             return data
         if self._closed_locally:
             raise trio.ClosedResourceError("stream was closed")
@@ -240,18 +257,39 @@ class LinkStream:
         raise trio.WouldBlock
 
     async def receive(self) -> bytes:
-        """Wait for the next message."""
+        """Wait for the next message.
+
+        Always a cancellation point. When messages are already buffered it returns
+        without a trip through the scheduler, except once every few calls per link,
+        so a fast consumer stays fair to other tasks without paying a full
+        scheduling round for every message.
+        """
         await _checkpoint_if_cancelled()
+        inbox = self._inbox
+        if inbox:
+            data, credit = inbox.popleft()
+            if credit:
+                self._consumed(credit)
+            link = self._link
+            link._budget -= 1
+            if link._budget <= 0:
+                link._budget = _SCHEDULE_EVERY
+                await _cancel_shielded_checkpoint()
+            return data
+        parked = False
         while True:
             try:
                 data = self.receive_nowait()
             except trio.WouldBlock:
                 await self._lot.park()
+                parked = True
                 continue
             except BaseException:
-                await _cancel_shielded_checkpoint()
+                if not parked:
+                    await _cancel_shielded_checkpoint()
                 raise
-            await _cancel_shielded_checkpoint()
+            if not parked:
+                await _cancel_shielded_checkpoint()
             return data
 
     def receive_buffered(self, max_messages: int = 2**31) -> list[bytes]:
@@ -264,7 +302,7 @@ class LinkStream:
             credit += c
             out.append(data)
         if credit:
-            self._link._acknowledge(self.stream_id, credit)
+            self._consumed(credit)
         return out
 
     async def receive_child(self) -> LinkStream:
@@ -371,6 +409,8 @@ class Link:
         # Control frames (WINDOW, PING answers, RESET) may pile up when the peer does not
         # read; past this many queued bytes the reader waits for the writer.
         self._outgoing_limit = self.conn.local_settings.connection_window + (4 << 20)
+        self._budget = _SCHEDULE_EVERY
+        self._ack_batch = max(1, self.conn.local_settings.initial_stream_window >> 3)
         self._handler_for = handler_for or (lambda name: None)
         self._on_services = on_services
         self._on_error = on_error

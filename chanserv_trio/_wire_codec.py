@@ -260,26 +260,44 @@ class FrameDecoder:
 
     ``max_payload`` bounds every frame's payload, so a hostile length field can
     never make the decoder buffer more than one header plus ``max_payload`` bytes.
+
+    Received chunks are kept as they came: while a large frame is still incomplete
+    they wait in a list and are joined once, when the frame is whole, so a frame
+    costs at most one join and one slice however it was split.
     """
 
-    __slots__ = ("_buffer", "_offset", "max_payload")
+    __slots__ = ("_buffer", "_offset", "_pending", "_pending_size", "max_payload")
 
     def __init__(self, max_payload: int) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
         self._offset = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.max_payload = max_payload
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buffer) - self._offset
+        return len(self._buffer) - self._offset + self._pending_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
-        if self._offset and self._offset == len(self._buffer):
-            self._buffer.clear()
+        if not data:
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        if self._offset == len(self._buffer) and not self._pending:
+            self._buffer = chunk
             self._offset = 0
-        self._buffer += data
+        else:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+
+    def _merge(self) -> None:
+        self._pending.insert(0, self._buffer[self._offset :])
+        self._buffer = b"".join(self._pending)
+        self._offset = 0
+        self._pending = []
+        self._pending_size = 0
 
     def frames(self) -> Iterator[tuple[int, int, int, bytes]]:
         """Yield ``(type, flags, stream_id, payload)`` for each complete frame buffered.
@@ -287,31 +305,30 @@ class FrameDecoder:
         Types are returned as plain ints (unknown types are the caller's to judge);
         raises :class:`WireProtocolError` on an oversized length field.
         """
-        buffer = self._buffer
         unpack = HEADER.unpack_from
-        try:
-            while True:
-                offset = self._offset
-                available = len(buffer) - offset
-                if available < HEADER_SIZE:
+        while True:
+            buffer = self._buffer
+            offset = self._offset
+            contiguous = len(buffer) - offset
+            if contiguous < HEADER_SIZE:
+                if contiguous + self._pending_size < HEADER_SIZE:
                     return
-                length, ftype, flags, stream_id = unpack(buffer, offset)
-                # Read the limit per frame: the caller may raise it between frames
-                # (once HELLO is handled, with more frames of the same read pending).
-                limit = self.max_payload
-                if length > limit:
-                    raise WireProtocolError(
-                        ErrorCode.FRAME_SIZE_ERROR,
-                        f"frame of {length} bytes exceeds the limit of {limit}",
-                    )
-                end = offset + HEADER_SIZE + length
-                if end > len(buffer):
+                self._merge()
+                continue
+            length, ftype, flags, stream_id = unpack(buffer, offset)
+            # Read the limit per frame: the caller may raise it between frames
+            # (once HELLO is handled, with more frames of the same read pending).
+            limit = self.max_payload
+            if length > limit:
+                raise WireProtocolError(
+                    ErrorCode.FRAME_SIZE_ERROR,
+                    f"frame of {length} bytes exceeds the limit of {limit}",
+                )
+            end = offset + HEADER_SIZE + length
+            if end > len(buffer):
+                if contiguous + self._pending_size < HEADER_SIZE + length:
                     return
-                payload = bytes(buffer[offset + HEADER_SIZE : end])
-                self._offset = end
-                yield ftype, flags, stream_id, payload
-        finally:
-            # Compact now and then so the buffer does not grow without bound.
-            if self._offset > 65536 or self._offset == len(buffer):
-                del buffer[: self._offset]
-                self._offset = 0
+                self._merge()
+                continue
+            self._offset = end
+            yield ftype, flags, stream_id, buffer[offset + HEADER_SIZE : end]
