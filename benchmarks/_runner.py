@@ -233,6 +233,9 @@ def run_suite(
                 outcome.seconds = time.monotonic() - began
                 if outcome.status == "failed":
                     say(f"FAILED: {outcome.message}")
+                    server_tail = _tail(workdir / f"server_{peer}.err")
+                    if server_tail:
+                        say("server stderr:\n    " + server_tail.replace("\n", "\n    "))
                 elif outcome.status == "ok":
                     say(f"done in {outcome.seconds:.1f} s")
                 results[scenario][peer] = outcome

@@ -47,7 +47,9 @@ class GrpcClient:
     async def _fetch(
         self, channel: grpc.aio.Channel, shape: Shape, throttle: Throttle | None
     ) -> Fetched:
-        call_for = channel.unary_stream(service.PATH)
+        call_for: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            service.PATH
+        )
         done_at = [math.nan] * shape.sources
         frames = payload_bytes = 0
         slow = throttle.index if throttle is not None else -1
