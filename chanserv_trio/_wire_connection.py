@@ -6,12 +6,15 @@ methods to act, then write out what :meth:`Connection.take_outgoing` returns. Th
 class never blocks and never does I/O, so every rule of the protocol can be tested by
 pushing bytes through two instances.
 
-Flow control. Each stream has a receive window (``initial_stream_window``): the peer
-may have at most that many bytes of *complete* messages that our application has not
-yet consumed. The application returns credit with :meth:`Connection.acknowledge` as it
-consumes. Chunks of a message that is still incomplete are credited back on arrival,
-so a message larger than the window still gets through; per stream, buffered memory
-is bounded by the window plus one message in assembly (``max_message_size``).
+Flow control. Each stream has a receive window (``initial_stream_window``): every DATA
+byte is charged to it, and the application returns credit with
+:meth:`Connection.acknowledge` as it consumes whole messages (each
+:class:`MessageReceived` says how much). So that a message larger than the window still
+gets through, the chunks of a message in assembly are credited back on arrival, but only
+while the application holds no unconsumed message of that stream (once it consumes them
+all, the chunks that arrived meanwhile are credited). Per stream, buffered memory is
+thus bounded by the window plus one message (``max_message_size``), whatever the sender
+does and however slowly the application reads.
 The connection window bounds bytes in transit: its credit is returned as soon as the
 bytes are handed to a stream, so a stream nobody reads stalls only itself.
 """
@@ -127,11 +130,15 @@ class _Stream:
     """Per-stream protocol state."""
 
     __slots__ = (
+        "assembling",
+        "assembly_credited",
         "chunks",
         "chunks_size",
+        "held",
         "local_open",
         "parent",
         "pending_credit",
+        "prepaid",
         "recv_window",
         "remote_open",
         "send_window",
@@ -147,9 +154,19 @@ class _Stream:
         self.remote_open = True
         self.send_window = send_window
         self.recv_window = recv_window
+        #: Credit owed to the peer but not yet sent in a WINDOW frame.
         self.pending_credit = 0
+        #: The non-empty chunks of the message in assembly, and their total size.
         self.chunks: list[bytes] = []
         self.chunks_size = 0
+        #: A DATA frame with MORE arrived and the message has not completed yet.
+        self.assembling = False
+        #: Bytes of ``chunks`` already credited back to the peer.
+        self.assembly_credited = 0
+        #: Bytes of whole messages handed to the application and not yet acknowledged.
+        self.held = 0
+        #: Bytes of ``held`` already credited back while they were chunks.
+        self.prepaid = 0
 
 
 class Connection:
@@ -231,11 +248,7 @@ class Connection:
 
     def buffered_bytes(self) -> int:
         """Bytes received into streams but not yet acknowledged by the application."""
-        total = 0
-        initial = self.local_settings.initial_stream_window
-        for stream in self._streams.values():
-            total += initial - stream.recv_window - stream.pending_credit + stream.chunks_size
-        return total
+        return sum(stream.held + stream.chunks_size for stream in self._streams.values())
 
     # ---------------------------------------------------------------- outgoing
 
@@ -355,14 +368,32 @@ class Connection:
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The application consumed ``credit`` bytes of the stream's messages."""
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.remote_open or credit <= 0:
+        if stream is None or credit <= 0:
+            return
+        credit = min(credit, stream.held)
+        stream.held -= credit
+        prepaid = min(credit, stream.prepaid)
+        stream.prepaid -= prepaid
+        credit -= prepaid
+        if not stream.held and stream.chunks_size > stream.assembly_credited:
+            # Nothing left to consume: the message in assembly may now use the window.
+            credit += stream.chunks_size - stream.assembly_credited
+            stream.assembly_credited = stream.chunks_size
+        self._return_credit(stream, credit)
+
+    def _return_credit(self, stream: _Stream, credit: int) -> None:
+        if credit <= 0:
             return
         stream.pending_credit += credit
-        if stream.pending_credit >= self.local_settings.initial_stream_window >> 2:
+        if not stream.remote_open:
+            # The peer sends no more: restore the window without telling it.
+            stream.recv_window += stream.pending_credit
+            stream.pending_credit = 0
+        elif stream.pending_credit >= self.local_settings.initial_stream_window >> 2:
             increment = stream.pending_credit
             stream.pending_credit = 0
             stream.recv_window += increment
-            self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+            self._queue(FrameType.WINDOW, 0, stream.stream_id, increment.to_bytes(4, "big"))
 
     def ping(self, payload: bytes) -> None:
         """Queue a PING; its echo comes back as :class:`PingAcknowledged`."""
@@ -573,34 +604,35 @@ class Connection:
             raise WireProtocolError(
                 ErrorCode.FLOW_CONTROL_ERROR, f"DATA exceeds the window of stream {stream_id}"
             )
-        if flags & Flags.MORE:
-            total = stream.chunks_size + size
-            if total > self.local_settings.max_message_size:
-                raise WireProtocolError(
-                    ErrorCode.FRAME_SIZE_ERROR,
-                    f"message exceeds max_message_size ({self.local_settings.max_message_size})",
-                )
-            # Credit for an incomplete message comes back at once, or a message larger
-            # than the window could never complete.
-            stream.chunks.append(payload)
-            stream.chunks_size = total
-            stream.recv_window -= size
-            self.acknowledge(stream_id, size)
-            return
+        total = stream.chunks_size + size
+        if total > self.local_settings.max_message_size:
+            raise WireProtocolError(
+                ErrorCode.FRAME_SIZE_ERROR,
+                f"message exceeds max_message_size ({self.local_settings.max_message_size})",
+            )
         stream.recv_window -= size
+        if flags & Flags.MORE:
+            stream.assembling = True
+            if size:
+                stream.chunks.append(payload)
+                stream.chunks_size = total
+            if not stream.held:
+                # Credit the chunk back at once, or a message larger than the window
+                # could never complete.
+                stream.assembly_credited += size
+                self._return_credit(stream, size)
+            return
         if stream.chunks:
             stream.chunks.append(payload)
-            total = stream.chunks_size + size
-            if total > self.local_settings.max_message_size:
-                raise WireProtocolError(
-                    ErrorCode.FRAME_SIZE_ERROR,
-                    f"message exceeds max_message_size ({self.local_settings.max_message_size})",
-                )
             payload = b"".join(stream.chunks)
             stream.chunks = []
-            stream.chunks_size = 0
+        stream.chunks_size = 0
+        stream.assembling = False
+        stream.held += total
+        stream.prepaid += stream.assembly_credited
+        stream.assembly_credited = 0
         self.messages_received += 1
-        events.append(MessageReceived(stream_id, payload, size))
+        events.append(MessageReceived(stream_id, payload, total))
 
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
@@ -609,7 +641,7 @@ class Connection:
             return
         if not stream.remote_open:
             raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"END twice on stream {stream_id}")
-        if stream.chunks:
+        if stream.assembling:
             raise WireProtocolError(
                 ErrorCode.PROTOCOL_ERROR, f"END inside a message on stream {stream_id}"
             )

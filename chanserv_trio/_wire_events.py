@@ -59,7 +59,7 @@ class MessageReceived:
     stream_id: int
     #: The message bytes.
     data: bytes
-    #: Flow-control credit the receiver must return with ``acknowledge`` once consumed.
+    #: Flow-control credit (the message size) to return with ``acknowledge`` once consumed.
     credit: int
 
 
