@@ -158,7 +158,8 @@ class LinkStream:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         await _checkpoint_if_cancelled()
-        self._check_sendable()
+        if self._error is not None or self._closed_locally:
+            self._check_sendable()
         max_chunk = conn.peer_settings.max_frame_payload
         if size <= max_chunk and conn.send_window(self.stream_id) >= size:
             conn.send_data(self.stream_id, data)
@@ -168,6 +169,7 @@ class LinkStream:
                 link._budget = _SCHEDULE_EVERY
                 await _cancel_shielded_checkpoint()
             return
+        self._check_sendable()
         self._sending = True
         view = memoryview(data)
         offset = 0
@@ -418,6 +420,7 @@ class Link:
         self.peer_services: set[str] = set()
         self._streams: dict[int, LinkStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_parked = False
         self._drained_lot = trio.lowlevel.ParkingLot()
         self._writer_done = False
         self._writing = False
@@ -552,6 +555,7 @@ class Link:
         self._streams.clear()
         self._window_lot.unpark_all()
         self._open_lot.unpark_all()
+        self._writer_parked = False
         self._writer_lot.unpark_all()
         self._closed.set()
         if self._on_services is not None and self.peer_services:
@@ -623,7 +627,8 @@ class Link:
     # ------------------------------------------------------------------ writer
 
     def _kick_writer(self) -> None:
-        if self._writer_lot:
+        if self._writer_parked:
+            self._writer_parked = False
             self._writer_lot.unpark()
 
     async def _writer(self) -> None:
@@ -634,6 +639,7 @@ class Link:
                 if not conn.outgoing_size:
                     if self._error is not None:
                         return
+                    self._writer_parked = True
                     await self._writer_lot.park()
                     continue
                 chunks = conn.take_outgoing()
