@@ -63,7 +63,25 @@ from ._wire_events import (
 __all__ = ["Connection", "LocalProtocolError", "Settings"]
 
 _MAX_WINDOW = 2**31 - 1
+#: Every peer accepts frames this large (the least ``max_frame_payload`` allowed).
+_MIN_FRAME_PAYLOAD = 1024
+#: The longest exception type name an END or RESET carries.
+_MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: max(limit, 0)].decode(errors="ignore")
+
+
+def _code_name(code: int) -> str:
+    """``SHUTDOWN`` for a known code, the number for an unknown one."""
+    known = ErrorCode.coerce(code)
+    return known.name if isinstance(known, ErrorCode) else str(code)
 
 
 class LocalProtocolError(Exception):
@@ -268,6 +286,19 @@ class Connection:
             self._outgoing.append(header)
         self._outgoing_size += len(header) + len(payload)
 
+    def _peer_frame_limit(self) -> int:
+        """The largest payload the peer is sure to accept for a control frame."""
+        if not self.handshake_done:
+            return _MIN_FRAME_PAYLOAD
+        return self.peer_settings.max_frame_payload
+
+    def _status_payload(self, status: Status) -> bytes:
+        """An END or RESET payload, with texts cut so that the peer accepts the frame."""
+        kind = _clip(status.kind, _MAX_KIND)
+        # 6 bytes of code and kind length precede the texts.
+        room = self._peer_frame_limit() - 6 - len(kind.encode())
+        return encode_status(Status(status.code, kind, _clip(status.message, room)))
+
     def _queue_hello(self) -> None:
         self._queue(FrameType.HELLO, 0, 0, encode_hello(self.local_settings.to_wire()))
 
@@ -305,6 +336,8 @@ class Connection:
             )
         if parent and parent not in self._streams:
             raise LocalProtocolError(f"parent stream {parent} is not open")
+        if len(service.encode()) > 0xFFFF:
+            raise LocalProtocolError("service name longer than 65535 bytes")
         stream_id = self._next_local_id
         self._next_local_id += 2
         stream = _Stream(
@@ -352,7 +385,7 @@ class Connection:
         if stream is None or not stream.local_open:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending")
         stream.local_open = False
-        payload = b"" if status == _OK else encode_status(status)
+        payload = b"" if status == _OK else self._status_payload(status)
         self._queue(FrameType.END, 0, stream_id, payload)
         self._maybe_forget(stream)
 
@@ -361,7 +394,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
-        self._queue(FrameType.RESET, 0, stream_id, encode_status(status))
+        self._queue(FrameType.RESET, 0, stream_id, self._status_payload(status))
         self._forget(stream)
         return True
 
@@ -412,6 +445,8 @@ class Connection:
         if self.closed:
             return
         self.local_goaway = True
+        # 8 bytes of last stream id and code precede the message.
+        message = _clip(message, self._peer_frame_limit() - 8)
         self._queue(FrameType.GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
         if code != ErrorCode.OK:
             self.closed = True
@@ -682,7 +717,7 @@ class Connection:
         self.peer_goaway = (last, code)
         if code != ErrorCode.OK:
             self.closed = True
-            events.append(ConnectionTerminated(code, message or ErrorCode.coerce(code).__str__()))
+            events.append(ConnectionTerminated(code, message or _code_name(code)))
             return
         events.append(GoAwayReceived(last, code, message))
         # Our streams the peer will never process are refused now.

@@ -1272,3 +1272,50 @@ def test_over_acknowledging_grants_no_extra_credit() -> None:
     assert pair.server.buffered_bytes() == 0
     pair.to_client()
     assert pair.client.send_window(sid) == SMALL.initial_stream_window
+
+
+# ------------------------------------------------------------------ oversized texts
+
+
+@pytest.mark.parametrize("action", ["end", "reset"])
+def test_status_longer_than_the_peer_frame_limit_is_truncated(action: str) -> None:
+    pair = ConnectionPair()
+    sid = pair.server.open_stream("svc", b"")
+    pair.to_client()
+    status = Status(ErrorCode.APPLICATION_ERROR, "ValueError", "é" * 100_000)
+    if action == "end":
+        pair.server.end_stream(sid, status)
+    else:
+        pair.server.reset_stream(sid, status)
+    (event,) = pair.to_client()
+    assert isinstance(event, StreamEnded if action == "end" else StreamReset)
+    assert event.status.code == ErrorCode.APPLICATION_ERROR
+    assert event.status.kind == "ValueError"
+    assert "é" * 100 in event.status.message
+    assert "\ufffd" not in event.status.message  # not cut inside a character
+    assert not pair.client.closed
+
+
+def test_goaway_message_longer_than_the_peer_frame_limit_is_truncated() -> None:
+    pair = ConnectionPair()
+    pair.server.go_away(ErrorCode.SHUTDOWN, "x" * 200_000)
+    (event,) = pair.to_client()
+    assert isinstance(event, ConnectionTerminated)
+    assert event.code == ErrorCode.SHUTDOWN and event.message.startswith("x" * 100)
+
+
+def test_goaway_without_message_names_its_code() -> None:
+    conn = ConnectionPair().client
+    events = conn.receive_data(
+        raw(FrameType.GOAWAY, 0, 0, encode_goaway(0, ErrorCode.SHUTDOWN, ""))
+    )
+    assert events == [ConnectionTerminated(ErrorCode.SHUTDOWN, "SHUTDOWN")]
+
+
+def test_service_name_too_long_to_encode_is_refused_without_side_effects() -> None:
+    pair = ConnectionPair()
+    with pytest.raises(LocalProtocolError, match="service name"):
+        pair.client.open_stream("s" * 70_000, b"")
+    assert pair.client.open_stream_count == 0
+    assert pair.client.outgoing_size == 0
+    assert pair.client.open_stream("svc", b"") == 1
