@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Protocol
 
 import attrs
@@ -102,16 +103,28 @@ async def chanserv_nodes(
     server_settings: cs.Settings | None = None,
     client_settings: cs.Settings | None = None,
     shutdown_grace: float = 1.0,
+    memory: bool = False,
 ) -> AsyncIterator[tuple[cs.Multiplexer, cs.Multiplexer]]:
-    """A server node listening on TCP loopback and a client node joined to it."""
+    """A server node and a client node linked over TCP loopback.
+
+    ``memory=True`` links them over ``trio.testing.memory_stream_pair`` instead, for
+    tests on the ``autojump_clock``: bytes in flight on a real socket are invisible
+    to the clock, which could then jump past a deadline while data is on its way.
+    """
     async with cs.Multiplexer(
         settings=server_settings, shutdown_grace=shutdown_grace
     ) as server_mpx:
-        address = await server_mpx.listen("tcp://127.0.0.1:0")
+        address = "" if memory else await server_mpx.listen("tcp://127.0.0.1:0")
         async with cs.Multiplexer(
             settings=client_settings, shutdown_grace=shutdown_grace
         ) as client_mpx:
-            await client_mpx.join(address)
+            if memory:
+                client_end, server_end = trio.testing.memory_stream_pair()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(server_mpx.attach, server_end, initiator=False))
+                    await client_mpx.attach(client_end)
+            else:
+                await client_mpx.join(address)
             yield server_mpx, client_mpx
 
 
