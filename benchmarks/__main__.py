@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
 
-from ._report import default_path, document, table, write_json
+from ._report import default_path, document, load_average, table, write_json
 from ._runner import PEERS, run_suite
 from ._scenarios import SCENARIOS, Settings
 
@@ -83,14 +84,18 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
     )
     started = datetime.datetime.now(datetime.UTC)
+    load_before = load_average()
+    cpus = os.cpu_count()
+    progress(f"load average (1 min) {load_before} on {cpus} CPUs; other work skews the figures")
     progress(
         f"{len(args.scenarios)} scenario(s) x {len(args.peers)} peer(s); "
         f"{settings.runs} timed runs in about {settings.budget:g} s each time, after warm-up"
     )
     results = run_suite(args.scenarios, args.peers, settings, progress)
     path = args.json or default_path(started)
-    write_json(path, document(results, args.peers, settings, started))
+    write_json(path, document(results, args.peers, settings, started, load_before))
     print(table(results, args.peers))
+    print(f"\nload average (1 min): {load_before} before, {load_average()} after, {cpus} CPUs")
     print(f"\nresults: {path}")
     failed = any(
         outcome.status == "failed" for by_peer in results.values() for outcome in by_peer.values()

@@ -97,6 +97,14 @@ def table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def load_average() -> float | None:
+    """The one-minute load average, where the platform has one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -112,6 +120,7 @@ def document(
     peers: list[str],
     settings: Settings,
     started: datetime.datetime,
+    load_before: float | None,
 ) -> dict[str, Any]:
     """Everything measured, as one JSON-ready object."""
     scenarios: dict[str, Any] = {}
@@ -145,6 +154,7 @@ def document(
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "load_average_1min": {"before": load_before, "after": load_average()},
         "settings": attrs.asdict(settings),
         "peers": peers,
         "scenarios": scenarios,

@@ -212,9 +212,10 @@ async def calibrate(
     """The count (and, at the cap, the number of requests) that make a run take ``target``
     seconds.
 
-    Runs ``measure`` on growing counts until one takes a quarter of the target (these runs are
-    the warm-up), then scales linearly, within ``[1, cap]``. A shape that is done sooner than
-    the target even at the cap is repeated within a run instead.
+    Runs ``measure`` on growing counts until one takes a quarter of the target, scales
+    linearly within ``[1, cap]``, then runs once more at that size and scales again from it:
+    first runs are slower (allocation, caches), and these runs are the warm-up. A shape that
+    is done sooner than the target even at the cap is repeated within a run instead.
     """
     count = min(start, cap)
     while True:
@@ -222,6 +223,8 @@ async def calibrate(
         if elapsed >= target / 4 or count >= cap:
             break
         count = min(cap, count * (8 if elapsed < target / 32 else 2))
+    count = max(1, min(cap, round(count * target / elapsed)))
+    elapsed = max(await measure(count), 1e-9)
     scaled = round(count * target / elapsed)
     if scaled <= cap:
         return Scale(max(1, scaled))
