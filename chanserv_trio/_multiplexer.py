@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import random
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import attrs
 import trio
 
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ConnectionLost, ServiceNotFound
-from ._transport import connect, serve
+from ._transport import dial, serve
 from ._wire_connection import Settings
 
 __all__ = ["Multiplexer", "MultiplexerStatistics"]
@@ -177,15 +178,32 @@ class Multiplexer:
             self._links.remove(link)
             self._services_changed(link)
 
-    async def listen(self, url: str) -> str:
-        """Accept links on ``url`` (``tcp://host:port``; port 0 picks a free one).
+    async def listen(self, url: str, **options: Any) -> str:
+        """Accept links on ``url``: ``tcp://host:port``, ``tls://host:port``,
+        ``ws://host:port/path``, ``wss://host:port/path`` or ``unix:///path`` (port 0
+        picks a free one). Call it again to listen on more URLs; every one serves the
+        same services.
+
+        ``options``: ``ssl_context=`` (an ``ssl.SSLContext`` holding the server's
+        certificate) for ``tls://`` and ``wss://``, where it is required.
 
         Returns the bound URL with the real port. Links are served until the
-        multiplexer closes; a connection that fails its handshake is reported to
-        ``on_error`` and dropped without disturbing anything else.
+        multiplexer closes; a connection that fails its TLS, WebSocket or protocol
+        handshake is reported to ``on_error`` and dropped without disturbing anything
+        else. Raises ``ValueError`` for a bad URL and ``OSError`` if it cannot bind.
         """
         nursery = self._require_nursery()
-        bound: str = await nursery.start(serve, url, self._accept)
+        bound: str = await nursery.start(
+            partial(
+                serve,
+                url,
+                self._accept,
+                on_error=self._on_error,
+                settings=self.settings,
+                handshake_timeout=self.handshake_timeout,
+                **options,
+            )
+        )
         self._listening.append(bound)
         return bound
 
@@ -201,15 +219,35 @@ class Multiplexer:
             if self._on_error is not None:
                 self._on_error(exc)
 
-    async def join(self, url: str) -> Link:
-        """Link to the node listening at ``url``; returns once the handshake is done.
+    async def join(self, url: str, **options: Any) -> Link:
+        """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns
+        once the handshake is done.
 
-        Raises :class:`ConnectionLost` if it cannot connect or the handshake fails.
+        ``options``: ``ssl_context=`` for ``tls://`` and ``wss://`` (default: the
+        system's trusted authorities; the certificate must name the URL's host).
+
+        Raises :class:`ConnectionLost` if it cannot connect, the TLS or WebSocket
+        handshake fails, or the other end does not speak this protocol; ``ValueError``
+        for a bad URL.
         """
         nursery = self._require_nursery()
-        transport, local, remote = await connect(url)
-        link = self._new_link(transport, initiator=True, local=local, remote=remote)
-        started: Link = await nursery.start(self._run_link, link)
+
+        async def run(
+            transport: trio.abc.Stream, local: str, remote: str, task_status: trio.TaskStatus[Link]
+        ) -> None:
+            link = self._new_link(transport, initiator=True, local=local, remote=remote)
+            await self._run_link(link, task_status=task_status)
+
+        started: Link = await nursery.start(
+            partial(
+                dial,
+                url,
+                run,
+                settings=self.settings,
+                handshake_timeout=self.handshake_timeout,
+                **options,
+            )
+        )
         return started
 
     async def attach(self, transport: trio.abc.Stream, *, initiator: bool = True) -> Link:

@@ -1,115 +1,178 @@
-"""Transports: turning a URL into a listening socket or a connected ``trio.abc.Stream``.
+"""Transports: a URL names how to reach a node; every link runs over a ``trio.abc.Stream``.
 
-Every link runs over a ``trio.abc.Stream``; this module is the one place that knows
-URL schemes and maps transport failures to chanserv_trio's own errors.
+========================  ====================================================
+``tcp://host:port``       TCP
+``tls://host:port``       TLS over TCP (``trio.SSLStream``), ``ssl_context=``
+``ws://host:port/path``   WebSocket, one binary message per write
+``wss://host:port/path``  WebSocket over TLS, ``ssl_context=``
+``unix:///path``          Unix domain socket
+========================  ====================================================
+
+:func:`serve` listens and runs a handler per accepted connection; :func:`dial`
+connects and runs a handler over the one connection. Both own the transport for as
+long as the handler runs, which is what a WebSocket needs (its reader task and close
+handshake). Every transport failure reaches the caller as
+:class:`~chanserv_trio.ConnectionLost` (see ``_transport_errors``); a malformed URL or
+option is a ``ValueError``.
 """
 
 from __future__ import annotations
 
-import socket
+import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
-from urllib.parse import urlsplit
+from typing import TypeAlias, TypeVar
 
-import attrs
 import trio
 
 from ._errors import ConnectionLost
+from ._transport_errors import failures_as_connection_lost
+from ._transport_socket import (
+    SCHEMES,
+    Endpoint,
+    format_address,
+    listening,
+    open_byte_stream,
+    parse_url,
+    stream_addresses,
+    tls_accept,
+)
+from ._transport_websocket import WebSocketStream, accept_websocket, dial_websocket
+from ._wire_connection import Settings
 
-__all__ = ["Endpoint", "connect", "format_address", "parse_url", "serve"]
+__all__ = [
+    "SCHEMES",
+    "ConnectionHandler",
+    "Endpoint",
+    "LinkRunner",
+    "WebSocketStream",
+    "dial",
+    "format_address",
+    "parse_url",
+    "serve",
+]
 
-SCHEMES = ("tcp",)
+T = TypeVar("T")
 
-
-@attrs.frozen
-class Endpoint:
-    """A parsed URL."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str = ""
-
-
-def parse_url(url: str) -> Endpoint:
-    """Parse ``tcp://host:port``; raises ``ValueError`` with what is wrong."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r} (use tcp://)")
-    host = parts.hostname
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
-    if not host or port is None:
-        raise ValueError(f"{url!r} needs a host and a port, like tcp://127.0.0.1:7000")
-    return Endpoint(scheme, host, port, parts.path)
-
-
-def format_address(scheme: str, sockaddr: tuple[object, ...] | str) -> str:
-    """A socket address as a URL."""
-    if isinstance(sockaddr, str):
-        return f"{scheme}://{sockaddr}"
-    host, port = str(sockaddr[0]), sockaddr[1]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+#: Runs a link over an accepted connection: ``handler(stream, local_addr, remote_addr)``.
+ConnectionHandler: TypeAlias = Callable[[trio.abc.Stream, str, str], Awaitable[None]]
+#: Runs a link over a dialled connection and reports it through the task status.
+LinkRunner: TypeAlias = Callable[
+    [trio.abc.Stream, str, str, "trio.TaskStatus[T]"], Awaitable[None]
+]
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
-    try:
-        return format_address("tcp", stream.socket.getpeername())
-    except OSError:
-        return "tcp://?"
-
-
-def _local_address(stream: trio.SocketStream) -> str:
-    try:
-        return format_address("tcp", stream.socket.getsockname())
-    except OSError:
-        return "tcp://?"
-
-
-def _tune(stream: trio.SocketStream) -> None:
-    # Nagle would hold back small frames that the writer already coalesced.
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-
-
-async def connect(url: str) -> tuple[trio.abc.Stream, str, str]:
-    """Connect to ``url``; returns ``(stream, local_addr, remote_addr)``.
-
-    Raises :class:`ConnectionLost` (with the ``OSError`` chained) when it cannot.
-    """
-    endpoint = parse_url(url)
-    try:
-        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    except OSError as exc:
-        raise ConnectionLost(f"cannot connect to {url}: {exc}") from exc
-    _tune(stream)
-    return stream, _local_address(stream), _peer_address(stream)
-
-
-ConnectionHandler = Callable[[trio.abc.Stream, str, str], Awaitable[None]]
+def _tls_option(
+    endpoint: Endpoint, ssl_context: ssl.SSLContext | None, *, server_side: bool
+) -> ssl.SSLContext | None:
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)!r}")
+    if not endpoint.tls:
+        if ssl_context is not None:
+            raise ValueError(
+                f"ssl_context= applies to tls:// and wss:// URLs, not {endpoint.scheme}://"
+            )
+        return None
+    if server_side and ssl_context is None:
+        raise ValueError(
+            f"listening on {endpoint.scheme}:// needs ssl_context= with the server's certificate"
+        )
+    return ssl_context
 
 
 async def serve(
     url: str,
     handler: ConnectionHandler,
     *,
+    on_error: Callable[[BaseException], object] | None = None,
+    settings: Settings | None = None,
+    handshake_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``url`` and run ``handler(stream, local_addr, remote_addr)`` for each
-    connection in its own task; reports the bound URL (real port) once listening."""
+    """Listen on ``url`` and run ``handler(stream, local, remote)`` for each connection
+    in its own task; reports the bound URL (with the real port) once listening.
+
+    The TLS handshake and the WebSocket upgrade happen here, within
+    ``handshake_timeout``; a connection that fails them is reported to ``on_error`` as
+    :class:`ConnectionLost` and closed, touching nothing else. Binding errors are
+    raised as ``OSError``.
+    """
     endpoint = parse_url(url)
+    context = _tls_option(endpoint, ssl_context, server_side=True)
+    link_settings = settings or Settings()
 
-    async def on_connection(stream: trio.SocketStream) -> None:
-        _tune(stream)
-        await handler(stream, _local_address(stream), _peer_address(stream))
+    def report(error: BaseException) -> None:
+        if on_error is not None:
+            on_error(error)
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, on_connection, endpoint.port, host=endpoint.host)
+    async def on_connection(raw: trio.SocketStream) -> None:
+        deadline = trio.current_time() + handshake_timeout
+        local, remote = stream_addresses(endpoint.scheme, raw)
+        stream: trio.abc.Stream = raw
+        if context is not None:
+            try:
+                with failures_as_connection_lost(f"TLS handshake with {remote}"):
+                    with trio.fail_at(deadline):
+                        stream = await tls_accept(
+                            raw, context, https_compatible=endpoint.websocket
+                        )
+            except ConnectionLost as exc:
+                report(exc)
+                await trio.aclose_forcefully(raw)
+                return
+        if endpoint.websocket:
+            await accept_websocket(
+                stream,
+                endpoint,
+                handler,
+                local=local + endpoint.path,
+                remote=remote,
+                settings=link_settings,
+                deadline=deadline,
+                report=report,
+            )
+        else:
+            await handler(stream, local, remote)
+
+    async with listening(endpoint) as (listeners, bound):
+        task_status.started(bound)
+        await trio.serve_listeners(on_connection, listeners)
+
+
+async def dial(
+    url: str,
+    handler: LinkRunner[T],
+    *,
+    settings: Settings | None = None,
+    handshake_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[T] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect to ``url`` and run ``handler(stream, local, remote, task_status)`` over
+    the connection, holding the transport open until the handler returns.
+
+    Connecting, the TLS handshake and the WebSocket upgrade must finish within
+    ``handshake_timeout``; any failure there raises :class:`ConnectionLost` with the
+    transport's exception as its cause. For ``tls://`` and ``wss://`` the server's
+    certificate is checked against ``ssl_context`` (default: the system's trusted
+    authorities) and the host named in the URL.
+    """
+    endpoint = parse_url(url)
+    context = _tls_option(endpoint, ssl_context, server_side=False)
+    deadline = trio.current_time() + handshake_timeout
+    with failures_as_connection_lost(f"cannot connect to {url}"), trio.fail_at(deadline):
+        stream = await open_byte_stream(endpoint, context)
+    local, remote = stream_addresses(endpoint.scheme, stream)
+    if endpoint.websocket:
+        await dial_websocket(
+            stream,
+            endpoint,
+            handler,
+            local=local,
+            remote=endpoint.url(),
+            settings=settings or Settings(),
+            deadline=deadline,
+            task_status=task_status,
         )
-        sockname = listeners[0].socket.getsockname()
-        task_status.started(format_address("tcp", sockname))
+    else:
+        await handler(stream, local, remote, task_status)

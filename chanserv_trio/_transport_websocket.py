@@ -1,0 +1,326 @@
+"""WebSocket links (``ws://`` and ``wss://``): protocol frames as binary messages.
+
+The WebSocket runs over a TCP or TLS stream from ``_transport_socket``; trio-websocket
+does the HTTP upgrade, framing, pings and the close handshake. The link sees a
+:class:`WebSocketStream`, a ``trio.abc.Stream`` whose ``send_all`` sends one binary
+message and whose ``receive_some`` returns one message's bytes: the wire decoder takes
+bytes split anywhere, so message boundaries mean nothing and nothing emulates a
+continuous byte stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+
+from ._errors import ConnectionLost
+from ._transport_errors import TRANSPORT_ERRORS, describe_close, transport_failure
+from ._transport_socket import Endpoint
+from ._wire_connection import Settings
+
+__all__ = ["WebSocketStream", "accept_websocket", "dial_websocket", "message_limit"]
+
+T = TypeVar("T")
+
+#: Bytes trio-websocket asks the socket for at a time (its default, 4 KiB, would read
+#: a large message in thousands of small pieces).
+RECEIVE_BUFFER = 256 * 1024
+#: Seconds the close handshake may take once a link is done with its WebSocket.
+CLOSE_TIMEOUT = 2.0
+#: Complete messages trio-websocket holds for the link's reader. The link's reader
+#: never waits on application code, so one is enough and keeps memory bounded.
+MESSAGE_QUEUE = 1
+_NORMAL_CLOSE = (1000, 1001)
+_FIRST_BYTES = 32
+
+
+def message_limit(settings: Settings) -> int:
+    """The largest WebSocket message a node with ``settings`` accepts.
+
+    A peer's writer sends whatever it has queued as one message: DATA bounded by the
+    connection window we announce, plus OPEN and control frames. The protocol's own
+    limits do the real policing; this cap only stops something that is not a
+    chanserv_trio peer from making trio-websocket buffer without end.
+    """
+    return settings.max_message_size + settings.connection_window + (16 << 20)
+
+
+class WebSocketStream(trio.abc.Stream):
+    """A link's byte stream over a WebSocket connection.
+
+    ``send_all(data)`` sends ``data`` as exactly one binary message. ``receive_some``
+    returns the next message whole, or its next ``max_bytes`` when it is longer; a
+    normal close (1000 or 1001) reads as end of stream, any other close, or a text
+    message, as ``trio.BrokenResourceError``. Pings and the close handshake are
+    answered by trio-websocket's reader task, which keeps running while the link is
+    busy.
+
+    ``aclose`` only marks the stream closed: the transport task that opened the
+    WebSocket performs the close handshake as soon as the link is done with it, because
+    the link closes its transport from a cancelled scope where a handshake cannot run.
+    """
+
+    def __init__(self, websocket: trio_websocket.WebSocketConnection) -> None:
+        #: The trio-websocket connection (for pings, the negotiated path...).
+        self.websocket = websocket
+        self._rest = memoryview(b"")
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        self._sending = True
+        try:
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            await self.websocket.send_message(data if type(data) is bytes else bytes(data))
+        except trio_websocket.ConnectionClosed as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed") from None
+            raise trio.BrokenResourceError(describe_close(exc.reason)) from exc
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        self._receiving = True
+        try:
+            if self._rest:
+                await trio.lowlevel.checkpoint()
+                return self._take(self._rest, max_bytes)
+            while True:
+                try:
+                    message = await self.websocket.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("stream was closed") from None
+                    if exc.reason is not None and exc.reason.code in _NORMAL_CLOSE:
+                        return b""
+                    raise trio.BrokenResourceError(describe_close(exc.reason)) from exc
+                if isinstance(message, str):
+                    raise trio.BrokenResourceError(
+                        "the peer sent a text message; chanserv_trio links carry binary"
+                        " messages only"
+                    )
+                if message:  # an empty message would read as end of stream
+                    break
+            if max_bytes is None or len(message) <= max_bytes:
+                return message
+            return self._take(memoryview(message), max_bytes)
+        finally:
+            self._receiving = False
+
+    def _take(self, view: memoryview, max_bytes: int | None) -> bytes:
+        # Longer messages go out in max_bytes pieces, one copy each.
+        n = len(view) if max_bytes is None else max_bytes
+        self._rest = view[n:]
+        return bytes(view[:n])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
+class _UpgradeWatch(trio.abc.Stream):
+    """The byte stream under a WebSocket, watched during the HTTP upgrade.
+
+    trio-websocket reports a peer that hangs up, or answers something that is not
+    HTTP, only by never finishing the upgrade. This notices either at once (calling
+    ``on_failure``) and keeps the first bytes received for the error message.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.on_failure: Callable[[], object] | None = None
+        self.hung_up = False
+        self.first_bytes = b""
+
+    def _hang_up(self) -> None:
+        self.hung_up = True
+        if self.on_failure is not None:
+            self.on_failure()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._hang_up()
+            raise
+        if not data:
+            self._hang_up()
+        elif len(self.first_bytes) < _FIRST_BYTES:
+            self.first_bytes += bytes(data[: _FIRST_BYTES - len(self.first_bytes)])
+        return data
+
+    async def aclose(self) -> None:
+        self._hang_up()
+        await self.stream.aclose()
+
+    def failure(self, what: str, cause: BaseException | None = None) -> ConnectionLost:
+        """Why the upgrade did not finish, as :class:`ConnectionLost`."""
+        if not self.hung_up and cause is None:
+            return transport_failure(what, trio.TooSlowError())
+        if self.first_bytes:
+            reason = (
+                f"the other end answered {self.first_bytes!r}, which is not a WebSocket upgrade"
+            )
+        else:
+            reason = "the other end closed the connection"
+        error = trio.BrokenResourceError(reason)
+        error.__cause__ = cause
+        return transport_failure(what, error)
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    return {
+        "message_queue_size": MESSAGE_QUEUE,
+        "max_message_size": message_limit(settings),
+        "receive_buffer_size": RECEIVE_BUFFER,
+    }
+
+
+async def _close(websocket: trio_websocket.WebSocketConnection) -> None:
+    # The link is over: a polite close, but never a wait longer than CLOSE_TIMEOUT.
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+        await websocket.aclose()
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def accept_websocket(
+    stream: trio.abc.Stream,
+    endpoint: Endpoint,
+    handler: Callable[[trio.abc.Stream, str, str], Awaitable[None]],
+    *,
+    local: str,
+    remote: str,
+    settings: Settings,
+    deadline: float,
+    report: Callable[[BaseException], object],
+) -> None:
+    """Answer the WebSocket upgrade on an accepted connection, then run
+    ``handler(stream, local, remote)`` over it. A request for another path gets HTTP 404;
+    every failure is passed to ``report`` and closes only this connection."""
+    watch = _UpgradeWatch(stream)
+    what = f"WebSocket upgrade from {remote}"
+    request: trio_websocket.WebSocketRequest | None = None
+    async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+        with trio.move_on_at(deadline) as upgrade_scope:
+            watch.on_failure = upgrade_scope.cancel
+            request = await trio_websocket.wrap_server_stream(nursery, watch, **_limits(settings))
+        watch.on_failure = None
+        if request is None:
+            report(watch.failure(what))
+            nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)
+            return
+        wanted = urlsplit(endpoint.path).path
+        asked = urlsplit(request.path).path
+        try:
+            if asked != wanted:
+                report(ConnectionLost(f"{what} refused: no node at path {asked!r}"))
+                await request.reject(404, body=b"no chanserv_trio node at this path\n")
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
+                return
+            websocket = await request.accept()
+        except TRANSPORT_ERRORS as exc:
+            report(transport_failure(what, exc))
+            nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await handler(WebSocketStream(websocket), local, remote)
+        finally:
+            await _close(websocket)
+
+
+async def dial_websocket(
+    stream: trio.abc.Stream,
+    endpoint: Endpoint,
+    handler: Callable[[trio.abc.Stream, str, str, trio.TaskStatus[T]], Awaitable[None]],
+    *,
+    local: str,
+    remote: str,
+    settings: Settings,
+    deadline: float,
+    task_status: trio.TaskStatus[T],
+) -> None:
+    """Upgrade a connected stream to a WebSocket, then run
+    ``handler(stream, local, remote, task_status)`` over it.
+
+    Raises :class:`ConnectionLost` if the upgrade fails (refused with an HTTP status,
+    the server hung up or answered something else, or ``deadline`` passed); whatever
+    ``handler`` raises is raised unchanged.
+    """
+    watch = _UpgradeWatch(stream)
+    what = f"cannot connect to {endpoint.url()}"
+    host = endpoint.url().split("://", 1)[1].split("/", 1)[0]
+    websocket: trio_websocket.WebSocketConnection | None = None
+    refused: BaseException | None = None
+    handler_error: Exception | None = None
+    try:
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            with trio.move_on_at(deadline) as upgrade_scope:
+                watch.on_failure = upgrade_scope.cancel
+                websocket = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    # trio-websocket only uses the Stream interface of what it wraps.
+                    cast(trio.SocketStream, watch),
+                    host,
+                    endpoint.path,
+                    **_limits(settings),
+                )
+            watch.on_failure = None
+            if websocket is None:
+                nursery.cancel_scope.cancel()
+            else:
+                try:
+                    await handler(WebSocketStream(websocket), local, remote, task_status)
+                except Exception as exc:  # raised below, outside the reader's nursery
+                    handler_error = exc
+                finally:
+                    await _close(websocket)
+    except BaseExceptionGroup as group:
+        # During the upgrade the reader task raises ConnectionRejected when the server
+        # answers with an HTTP status other than 101, and h11's errors when the answer
+        # is not HTTP at all.
+        failures, rest = group.split(Exception)
+        if rest is not None or failures is None or websocket is not None:
+            raise
+        refused = _first_leaf(failures)
+    if handler_error is not None:
+        raise handler_error
+    if websocket is None:
+        await trio.aclose_forcefully(stream)
+        if isinstance(refused, trio_websocket.HandshakeError):
+            raise transport_failure(what, refused) from refused
+        raise watch.failure(what, refused)
