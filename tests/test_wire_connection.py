@@ -1319,3 +1319,20 @@ def test_service_name_too_long_to_encode_is_refused_without_side_effects() -> No
     assert pair.client.open_stream_count == 0
     assert pair.client.outgoing_size == 0
     assert pair.client.open_stream("svc", b"") == 1
+
+
+@HYPOTHESIS
+@given(st.lists(st.binary(min_size=1, max_size=64), max_size=10))
+def test_random_bytes_before_hello_give_a_protocol_error_or_wait(chunks: list[bytes]) -> None:
+    conn = Connection(initiator=False, settings=SMALL)
+    wire(conn)
+    for chunk in chunks:
+        try:
+            events = conn.receive_data(chunk)
+        except WireProtocolError:
+            assert conn.closed
+            assert sent_frames(conn)[-1].type == FrameType.GOAWAY
+            return
+        assert all(isinstance(e, HandshakeCompleted) for e in events)
+        if not conn.handshake_done:
+            assert conn._decoder.buffered < HEADER_SIZE + MAX_HELLO_SIZE
