@@ -211,11 +211,13 @@ class Server:
                     )
                 child = await master.open_child(bytes(source.header))
                 nursery.start_soon(self._pump, child, source, deadline)
-        except ChanservError:
-            # The master stream broke (client went away, link lost): nothing to tell.
-            nursery.cancel_scope.cancel()
-            return False
         except Exception as exc:
+            if isinstance(exc, ChanservError) and master.is_finished:
+                # The master stream broke (client went away, link lost): nothing to tell.
+                nursery.cancel_scope.cancel()
+                return False
+            # Anything else, chanserv errors included (a source function relaying another
+            # service, a header over the client's limit), is the request's failure.
             self._report(exc)
             master.end(_error_status(exc))
             return False
@@ -255,8 +257,10 @@ class Server:
             else:
                 child.reset(ErrorCode.CANCEL, "cancelled on the server")
             raise
-        except ChanservError:
-            return  # the stream broke under us: the client already knows
         except Exception as exc:
+            if isinstance(exc, ChanservError) and child.is_finished:
+                return  # the stream broke under us: the client already knows
+            # The frames iterable raised, or a frame was refused (over the client's
+            # message limit) while the stream is fine: fail this source, on the wire.
             self._report(exc)
             child.end(_error_status(exc))

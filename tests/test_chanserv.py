@@ -981,3 +981,87 @@ async def test_stop_serving_withdraws_the_service(autojump_clock: trio.abc.Clock
             with pytest.raises(cs.ServiceNotFound):
                 async with client.lookup_and_post(SERVICE):
                     pass  # pragma: no cover
+
+
+# ------------------------------------- chanserv errors raised by user code
+
+
+async def test_frame_over_the_clients_message_limit_fails_that_source_only() -> None:
+    async def frames(size: int) -> AsyncIterator[bytes]:
+        yield b"small"
+        yield b"x" * size
+
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(header=b"too big", frames=frames(2048))
+        yield cs.Source(header=b"fits", frames=frames(1024))
+
+    async with chanserv_nodes(client_settings=cs.Settings(max_message_size=1024)) as (
+        server_mpx,
+        client_mpx,
+    ):
+        _, errors = await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                too_big, fits = [source async for source in sources]
+                assert await too_big.receive() == b"small"
+                with pytest.raises(cs.RemoteError) as info:
+                    await too_big.receive()
+                assert await drain(fits) == [b"small", b"x" * 1024]
+            await wait_quiet(server_mpx, client_mpx)
+    assert info.value.kind == "MessageTooLarge"
+    assert [type(exc) for exc in errors] == [cs.MessageTooLarge]
+
+
+async def test_source_header_over_the_clients_limit_is_a_remote_error() -> None:
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(header=b"fine", frames=single_frame(b"f"))
+        yield cs.Source(header=b"h" * 2048)
+
+    async with chanserv_nodes(client_settings=cs.Settings(max_open_payload=1024)) as (
+        server_mpx,
+        client_mpx,
+    ):
+        _, errors = await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                fine = await sources.receive()
+                with pytest.raises(cs.RemoteError) as info:
+                    await sources.receive()
+                assert await drain(fine) == [b"f"]
+            await wait_quiet(server_mpx, client_mpx)
+    assert info.value.kind == "MessageTooLarge"
+    assert [type(exc) for exc in errors] == [cs.MessageTooLarge]
+
+
+async def test_chanserv_error_from_a_proxied_upstream_is_a_remote_error() -> None:
+    """A server that relays another service's frames passes the upstream failure on,
+    as an error of that source and of the source function, never as a normal end."""
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"relayed"
+        raise cs.RemoteError("ValueError", "upstream source broke")
+
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(header=b"relay", frames=frames())
+        if request == b"lookup fails too":
+            raise cs.ServiceNotFound("no upstream named 'origin'")
+
+    async with chanserv_nodes() as (server_mpx, client_mpx):
+        _, errors = await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"lookup fails too") as sources:
+                relay = await sources.receive()
+                with pytest.raises(cs.RemoteError) as on_request:
+                    await sources.receive()
+                assert await relay.receive() == b"relayed"
+                with pytest.raises(cs.RemoteError) as on_source:
+                    await relay.receive()
+            await wait_quiet(server_mpx, client_mpx)
+    assert on_request.value.kind == "ServiceNotFound"
+    assert on_request.value.message == "no upstream named 'origin'"
+    assert on_source.value.kind == "RemoteError"
+    assert "upstream source broke" in on_source.value.message
+    assert sorted(type(exc).__name__ for exc in errors) == ["RemoteError", "ServiceNotFound"]
