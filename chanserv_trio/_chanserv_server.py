@@ -9,7 +9,7 @@ source's ``frames`` by its own task in the request's nursery.
 from __future__ import annotations
 
 import types
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Protocol, SupportsBytes
 
 import attrs
@@ -186,9 +186,16 @@ class Server:
         nursery: trio.Nursery,
         deadline: float,
     ) -> bool:
-        sources = source_fn(body)
-        iterator = aiter(sources)
+        iterator: AsyncIterator[Source] | None = None
         try:
+            sources = source_fn(body)
+            if isinstance(sources, types.CoroutineType):
+                sources.close()  # never awaited: close it rather than leave a warning
+                raise TypeError(
+                    "a source function must return an async iterable of Source "
+                    "(an async generator: use 'yield'), not a coroutine"
+                )
+            iterator = aiter(sources)
             while True:
                 if self.sourcing_timeout is not None:
                     with trio.move_on_after(self.sourcing_timeout) as gap:
@@ -222,8 +229,9 @@ class Server:
             master.end(_error_status(exc))
             return False
         finally:
-            with trio.CancelScope(shield=True):
-                await _aclose_if_generator(iterator)
+            if iterator is not None:
+                with trio.CancelScope(shield=True):
+                    await _aclose_if_generator(iterator)
         master.end()
         return True
 

@@ -1065,3 +1065,45 @@ async def test_chanserv_error_from_a_proxied_upstream_is_a_remote_error() -> Non
     assert on_source.value.kind == "RemoteError"
     assert "upstream source broke" in on_source.value.message
     assert sorted(type(exc).__name__ for exc in errors) == ["RemoteError", "ServiceNotFound"]
+
+
+async def test_source_function_raising_before_it_returns_is_a_remote_error() -> None:
+    """A plain function may check the request and raise before it returns its
+    iterable; that is the source function failing, like any other."""
+
+    async def announce(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(header=request)
+
+    def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        if not request:
+            raise ValueError("empty request")
+        return announce(request)
+
+    async with chanserv_nodes() as (server_mpx, client_mpx):
+        _, errors = await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                with pytest.raises(cs.RemoteError) as info:
+                    await sources.receive()
+            async with client.lookup_and_post(SERVICE, b"fine") as sources:
+                assert [source.header async for source in sources] == [b"fine"]
+            await wait_quiet(server_mpx, client_mpx)
+    assert info.value.kind == "ValueError" and info.value.message == "empty request"
+    assert [type(exc) for exc in errors] == [ValueError]
+
+
+async def test_source_function_returning_a_coroutine_is_a_remote_type_error() -> None:
+    async def source_fn(request: bytes) -> list[cs.Source]:  # forgot to yield
+        return [cs.Source(header=b"never")]
+
+    async with chanserv_nodes() as (server_mpx, client_mpx):
+        _, errors = await serve(server_mpx, source_fn)  # type: ignore[arg-type]
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                with pytest.raises(cs.RemoteError) as info:
+                    await sources.receive()
+            await wait_quiet(server_mpx, client_mpx)
+    assert info.value.kind == "TypeError"
+    assert [type(exc) for exc in errors] == [TypeError]
