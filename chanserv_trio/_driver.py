@@ -232,8 +232,10 @@ class LinkStream:
 
     def _consumed(self, credit: int) -> None:
         # Credit goes back in batches: one call into the state machine per batch.
+        # Once the inbox is empty everything goes back at once: the state machine only
+        # credits the chunks of a large message while nothing unconsumed is held.
         unacked = self._unacked + credit
-        if unacked >= self._link._ack_batch:
+        if unacked >= self._link._ack_batch or not self._inbox:
             self._unacked = 0
             self._link._acknowledge(self.stream_id, unacked)
         else:

@@ -91,7 +91,8 @@ class StreamCancelled(StreamError):
 def error_from_status(status: Status, where: str = "") -> ChanservError:
     """The exception that a non-OK END or RESET status stands for."""
     code = status.code
-    text = status.message or ErrorCode.coerce(code).__str__()
+    known = ErrorCode.coerce(code)
+    text = status.message or (known.name if isinstance(known, ErrorCode) else f"code {code}")
     if where:
         text = f"{where}: {text}"
     if code == ErrorCode.APPLICATION_ERROR:

@@ -471,25 +471,14 @@ async def test_frame_above_the_clients_limit_ends_the_source(
         assert [type(error) for error in errors] == [cs.MessageTooLarge]
 
 
-# ------------------------------------------------------- known defects
+# ------------------------------------------------------- regressions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="error texts use ErrorCode.__str__, which for an IntEnum on Python 3.11+ is "
-    "the bare number, so a status without message reads '6' instead of 'CANCEL'",
-)
 def test_status_without_message_names_its_code() -> None:
     error = _errors.error_from_status(Status(ErrorCode.CANCEL))
     assert "CANCEL" in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LinkStream._consumed holds credit below window/8 back, so the connection "
-    "still counts an already-read frame as held and never credits the chunks of a "
-    "following frame larger than the window: the source stalls",
-)
 async def test_small_frame_then_frame_larger_than_the_window(
     autojump_clock: trio.abc.Clock,
 ) -> None:
