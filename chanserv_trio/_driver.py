@@ -161,8 +161,7 @@ class LinkStream:
         if self._error is not None or self._closed_locally:
             self._check_sendable()
         max_chunk = conn.peer_settings.max_frame_payload
-        if size <= max_chunk and conn.send_window(self.stream_id) >= size:
-            conn.send_data(self.stream_id, data)
+        if conn.try_send_message(self.stream_id, data):
             link._kick_writer()
             link._budget -= 1
             if link._budget <= 0:

@@ -63,6 +63,9 @@ from ._wire_events import (
 __all__ = ["Connection", "LocalProtocolError", "Settings"]
 
 _MAX_WINDOW = 2**31 - 1
+# Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
+_DATA = int(FrameType.DATA)
+_MORE = int(Flags.MORE)
 #: Every peer accepts frames this large (the least ``max_frame_payload`` allowed).
 _MIN_FRAME_PAYLOAD = 1024
 #: The longest exception type name an END or RESET carries.
@@ -370,14 +373,39 @@ class Connection:
             raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
         stream.send_window -= size
         self._send_window -= size
-        self._outgoing.append(
-            HEADER.pack(size, FrameType.DATA, Flags.MORE if more else 0, stream_id)
-        )
+        self._outgoing.append(HEADER.pack(size, _DATA, _MORE if more else 0, stream_id))
         if size:
             self._outgoing.append(data)
         self._outgoing_size += 10 + size
         if not more:
             self.messages_sent += 1
+
+    def try_send_message(self, stream_id: int, data: bytes) -> bool:
+        """Queue ``data`` as one whole message in one DATA frame if the windows and the
+        peer's frame limit allow it now; return False (queueing nothing) otherwise.
+
+        The fast path for small messages; :meth:`send_data` does the general case.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.local_open:
+            return False
+        size = len(data)
+        if (
+            size > stream.send_window
+            or size > self._send_window
+            or size > self.peer_settings.max_frame_payload
+        ):
+            return False
+        stream.send_window -= size
+        self._send_window -= size
+        if size <= 4096:  # one small copy beats one more piece for the writer to join
+            self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id) + data)
+        else:
+            self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id))
+            self._outgoing.append(data)
+        self._outgoing_size += 10 + size
+        self.messages_sent += 1
+        return True
 
     def end_stream(self, stream_id: int, status: Status = _OK) -> None:
         """Close our half of the stream with a status (OK or an error)."""
@@ -471,8 +499,12 @@ class Connection:
             return events
         self.bytes_received += len(data)
         self._decoder.feed(data)
+        on_data = self._on_data
         try:
             for ftype, flags, stream_id, payload in self._decoder.frames():
+                if ftype == _DATA:
+                    on_data(flags, stream_id, payload, events)
+                    continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
                 if self.closed:
                     break
@@ -620,7 +652,8 @@ class Connection:
         if not self.handshake_done:
             raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
         size = len(payload)
-        if size > self.local_settings.max_frame_payload:
+        local = self.local_settings
+        if size > local.max_frame_payload:
             raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "DATA exceeds max_frame_payload")
         if size > self._recv_window:
             raise WireProtocolError(
@@ -628,9 +661,10 @@ class Connection:
             )
         self._recv_window -= size
         self._pending_conn_credit += size
-        stream = self._lookup(stream_id, "DATA")
-        if stream is None:
+        stream = self._streams.get(stream_id)
+        if stream is None and self._lookup(stream_id, "DATA") is None:
             return  # closed or reset on our side: drop it
+        assert stream is not None
         if not stream.remote_open:
             raise WireProtocolError(
                 ErrorCode.PROTOCOL_ERROR, f"DATA on stream {stream_id} after its end"
@@ -640,13 +674,13 @@ class Connection:
                 ErrorCode.FLOW_CONTROL_ERROR, f"DATA exceeds the window of stream {stream_id}"
             )
         total = stream.chunks_size + size
-        if total > self.local_settings.max_message_size:
+        if total > local.max_message_size:
             raise WireProtocolError(
                 ErrorCode.FRAME_SIZE_ERROR,
-                f"message exceeds max_message_size ({self.local_settings.max_message_size})",
+                f"message exceeds max_message_size ({local.max_message_size})",
             )
         stream.recv_window -= size
-        if flags & Flags.MORE:
+        if flags & _MORE:
             stream.assembling = True
             if size:
                 stream.chunks.append(payload)
