@@ -71,6 +71,11 @@ def _error_status(exc: BaseException) -> Status:
     return Status(ErrorCode.APPLICATION_ERROR, type(exc).__name__, str(exc))
 
 
+def _unfinished_generator(iterable: object) -> bool:
+    """An async generator that has not run to its end (and so needs closing)."""
+    return isinstance(iterable, types.AsyncGeneratorType) and iterable.ag_frame is not None
+
+
 async def _aclose_if_generator(iterable: object) -> None:
     if isinstance(iterable, types.AsyncGeneratorType):
         await iterable.aclose()
@@ -229,7 +234,7 @@ class Server:
             master.end(_error_status(exc))
             return False
         finally:
-            if iterator is not None:
+            if iterator is not None and _unfinished_generator(iterator):
                 with trio.CancelScope(shield=True):
                     await _aclose_if_generator(iterator)
         master.end()
@@ -256,8 +261,9 @@ class Server:
                             child.reset(ErrorCode.TIMEOUT, str(exc))
                             return
                 finally:
-                    with trio.CancelScope(shield=True):
-                        await _aclose_if_generator(frames)
+                    if _unfinished_generator(frames):
+                        with trio.CancelScope(shield=True):
+                            await _aclose_if_generator(frames)
                 child.end()
         except trio.Cancelled:
             if trio.current_time() >= deadline:

@@ -163,9 +163,7 @@ class LinkStream:
         max_chunk = conn.peer_settings.max_frame_payload
         if conn.try_send_message(self.stream_id, data):
             link._kick_writer()
-            link._budget -= 1
-            if link._budget <= 0:
-                link._budget = _SCHEDULE_EVERY
+            if link._spend():
                 await _cancel_shielded_checkpoint()
             return
         self._check_sendable()
@@ -274,9 +272,7 @@ class LinkStream:
             if credit:
                 self._consumed(credit)
             link = self._link
-            link._budget -= 1
-            if link._budget <= 0:
-                link._budget = _SCHEDULE_EVERY
+            if link._spend():
                 await _cancel_shielded_checkpoint()
             return data
         parked = False
@@ -291,7 +287,7 @@ class LinkStream:
                 if not parked:
                     await _cancel_shielded_checkpoint()
                 raise
-            if not parked:
+            if not parked and self._link._spend():
                 await _cancel_shielded_checkpoint()
             return data
 
@@ -315,9 +311,11 @@ class LinkStream:
         children arrived before its END), or the error it ended with.
         """
         await _checkpoint_if_cancelled()
+        parked = False
         while True:
             if self._children:
-                await _cancel_shielded_checkpoint()
+                if not parked and self._link._spend():
+                    await _cancel_shielded_checkpoint()
                 return self._children.popleft()
             if self._closed_locally:
                 raise trio.ClosedResourceError("stream was closed")
@@ -329,6 +327,7 @@ class LinkStream:
             if self._error is not None:
                 raise self._error
             await self._lot.park()
+            parked = True
 
     async def open_child(self, header: bytes, *, no_reply: bool = True) -> LinkStream:
         """Open a stream under this one (the peer receives it from ``receive_child``)."""
@@ -602,7 +601,7 @@ class Link:
         self._kick_writer()
         if no_send and no_reply:
             self._release(stream)
-        if not parked:
+        if not parked and self._spend():
             await _cancel_shielded_checkpoint()
         return stream
 
@@ -626,6 +625,15 @@ class Link:
                 self._released_lot.unpark_all()
 
     # ------------------------------------------------------------------ writer
+
+    def _spend(self) -> bool:
+        """Count one call that could finish without waiting; True when it is this
+        link's turn to yield to the scheduler anyway (once every few such calls)."""
+        self._budget -= 1
+        if self._budget > 0:
+            return False
+        self._budget = _SCHEDULE_EVERY
+        return True
 
     def _kick_writer(self) -> None:
         if self._writer_parked:
