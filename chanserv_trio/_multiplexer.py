@@ -114,8 +114,16 @@ class Multiplexer:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         assert self._cm is not None
-        result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
-        self._nursery = None
+        try:
+            result: bool | None = await self._cm.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The nursery wraps the block's own exception in a group; when that is all
+            # there is, let it out as itself so 'except cs.ConnectionLost' still works.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
+        finally:
+            self._nursery = None
         return result
 
     async def shutdown(self, grace: float = 5.0) -> None:

@@ -512,12 +512,6 @@ async def test_a_damaged_header_ends_in_a_protocol_error(field: FieldHit) -> Non
         await assert_still_serving(server, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Multiplexer.__aexit__ passes the body's exception through its internal "
-    "nursery, so a ChanservError raised inside 'async with cs.Multiplexer()' comes out "
-    "wrapped in an ExceptionGroup and 'except cs.ConnectionLost' around the block misses it",
-)
 async def test_an_error_inside_the_multiplexer_block_comes_out_unwrapped() -> None:
     async with fault_server() as server:
         plan = FaultPlan(Fault.CUT, Direction.TO_CLIENT, offset=5)
