@@ -46,12 +46,14 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         self.header: bytes = stream.header
         #: Where it came from.
         self.meta = meta
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<RemoteSource {self.header[:32]!r} from {self.meta.remote_addr}>"
 
     async def receive(self) -> bytes:
         """The next frame; raises ``trio.EndOfChannel`` after the last one."""
+        self._check_open()
         timeout = self._client.frame_read_timeout
         try:
             if timeout is None:
@@ -69,6 +71,7 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
 
     def receive_nowait(self) -> bytes:
         """The next frame if one is already buffered, else ``trio.WouldBlock``."""
+        self._check_open()
         return self._stream.receive_nowait()
 
     def receive_buffered(self, max_frames: int = 2**31) -> list[bytes]:
@@ -77,10 +80,17 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         A batch API for consumers that want to avoid one scheduler round trip per
         frame; an empty list means nothing is buffered right now.
         """
+        self._check_open()
         return self._stream.receive_buffered(max_frames)
+
+    def _check_open(self) -> None:
+        # Frames still buffered belong to a source the caller closed: not handed out.
+        if self._closed:
+            raise trio.ClosedResourceError("this source was closed")
 
     async def aclose(self) -> None:
         """Stop this source: the server's producer for it is cancelled."""
+        self._closed = True
         self._stream.reset(ErrorCode.CANCEL, "source closed by the client")
         await trio.lowlevel.checkpoint()
 
@@ -164,14 +174,20 @@ class Client:
         cancels whatever is still running for the request on the server. The caller's
         effective deadline travels with the request, so the server stops in time too.
         Raises :class:`~chanserv_trio.ServiceNotFound` if no node offers ``name``
-        within ``dial_timeout``.
+        within ``dial_timeout``. Among several nodes offering ``name`` one is picked at
+        random; ``tags={"bucket": key}`` picks by consistent hashing of ``key``
+        instead, so the same key reaches the same node from every client.
         """
         deadline = trio.current_effective_deadline()
         timeout = None if math.isinf(deadline) else max(0.0, deadline - trio.current_time())
         header = encode_request(Request(bytes(body), timeout, dict(tags or {})))
         try:
             master = await self.mpx.open_stream(
-                name, header, dial_timeout=self.dial_timeout, no_send=True
+                name,
+                header,
+                dial_timeout=self.dial_timeout,
+                no_send=True,
+                route_key=None if tags is None else tags.get("bucket"),
             )
         except ChanservError as exc:
             self._report(exc)

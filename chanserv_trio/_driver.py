@@ -99,8 +99,11 @@ class LinkStream:
         "_window_lot",
         "header",
         "parent",
+        "peer_sends",
         "service",
         "stream_id",
+        "was_reset",
+        "we_send",
     )
 
     def __init__(self, link: Link, stream_id: int, service: str, header: bytes, parent: int):
@@ -113,6 +116,12 @@ class LinkStream:
         self.header = header
         #: The id of the stream it is a child of, 0 for none.
         self.parent = parent
+        #: Whether the peer may send data on it (set from the OPEN flags).
+        self.peer_sends = True
+        #: Whether we may send data on it.
+        self.we_send = True
+        #: True once the peer reset the stream (rather than ending it).
+        self.was_reset = False
         self._inbox: deque[tuple[bytes, int]] = deque()
         self._children: deque[LinkStream] = deque()
         self._lot = trio.lowlevel.ParkingLot()
@@ -241,13 +250,13 @@ class LinkStream:
     def receive_nowait(self) -> bytes:
         """The next buffered message; raises ``trio.WouldBlock`` if none is buffered,
         ``trio.EndOfChannel`` at a normal end, or the error the stream ended with."""
+        if self._closed_locally:
+            raise trio.ClosedResourceError("stream was closed")
         if self._inbox:
             data, credit = self._inbox.popleft()
             if credit:
                 self._consumed(credit)
             return data
-        if self._closed_locally:
-            raise trio.ClosedResourceError("stream was closed")
         status = self._remote_status
         if status is not None:
             if status.code == ErrorCode.OK:
@@ -267,7 +276,7 @@ class LinkStream:
         """
         await _checkpoint_if_cancelled()
         inbox = self._inbox
-        if inbox:
+        if inbox and not self._closed_locally:
             data, credit = inbox.popleft()
             if credit:
                 self._consumed(credit)
@@ -326,14 +335,20 @@ class LinkStream:
                 raise error_from_status(status)
             if self._error is not None:
                 raise self._error
+            if not self._link.conn.is_open(self.stream_id):
+                raise trio.EndOfChannel  # closed both ways: no child can come any more
             await self._lot.park()
             parked = True
 
-    async def open_child(self, header: bytes, *, no_reply: bool = True) -> LinkStream:
+    async def open_child(
+        self, header: bytes, *, no_send: bool = False, no_reply: bool = True
+    ) -> LinkStream:
         """Open a stream under this one (the peer receives it from ``receive_child``)."""
         if self._error is not None:
             raise self._error
-        return await self._link.open_stream("", header, parent=self.stream_id, no_reply=no_reply)
+        return await self._link.open_stream(
+            "", header, parent=self.stream_id, no_send=no_send, no_reply=no_reply
+        )
 
     @property
     def remote_status(self) -> Status | None:
@@ -418,6 +433,10 @@ class Link:
         self._on_error = on_error
         #: Services the peer currently offers.
         self.peer_services: set[str] = set()
+        #: Services we told the peer we offer.
+        self.advertised: set[str] = set()
+        #: The URL this link was dialed to, when it was (a stable name for the peer).
+        self.joined_url: str | None = None
         self._streams: dict[int, LinkStream] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._writer_parked = False
@@ -531,6 +550,26 @@ class Link:
             self._fail(ConnectionLost(message))
         await self._closed.wait()
 
+    @property
+    def node_key(self) -> str:
+        """A name for the peer that is the same from every client: the URL it was joined
+        at, else its address."""
+        return self.joined_url or self.remote_addr
+
+    async def wait_closed(self) -> None:
+        """Wait until the link is closed or lost."""
+        await self._closed.wait()
+
+    def set_advertised(self, names: set[str]) -> None:
+        """Tell the peer the services we offer now: additions and removals only."""
+        if self._error is not None:
+            return
+        for name in sorted(names - self.advertised):
+            self.advertise(name, True)
+        for name in sorted(self.advertised - names):
+            self.advertise(name, False)
+        self.advertised = set(names)
+
     def advertise(self, name: str, available: bool) -> None:
         """Tell the peer a service is offered here, or withdrawn."""
         if self._error is None:
@@ -597,6 +636,8 @@ class Link:
             service, header, parent=parent, no_send=no_send, no_reply=no_reply
         )
         stream = LinkStream(self, stream_id, service, header, parent)
+        stream.we_send = not no_send
+        stream.peer_sends = not no_reply
         self._streams[stream_id] = stream
         self._kick_writer()
         if no_send and no_reply:
@@ -620,6 +661,7 @@ class Link:
         """Forget a finished stream; its buffered messages stay readable."""
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+            stream._lot.unpark_all()
             self._open_lot.unpark()
             if self._released_lot:
                 self._released_lot.unpark_all()
@@ -755,6 +797,7 @@ class Link:
                 self._release(stream)
                 if stream._remote_status is None:
                     stream._remote_status = event.status
+                    stream.was_reset = True
                 stream._broken(error_from_status(event.status))
         elif type(event) is ServiceAdvertised:
             if event.available:
@@ -798,6 +841,8 @@ class Link:
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = LinkStream(self, event.stream_id, event.service, event.header, event.parent)
+        stream.peer_sends = event.peer_sends
+        stream.we_send = event.we_send
         self._streams[event.stream_id] = stream
         if event.parent:
             parent = self._streams.get(event.parent)

@@ -7,7 +7,9 @@ finds a peer that offers a name and opens a stream to it.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import uuid
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
@@ -17,11 +19,24 @@ import attrs
 import trio
 
 from ._driver import Link, LinkStream, StreamHandler
-from ._errors import ConnectionLost, ServiceNotFound
+from ._errors import ChanservError, ConnectionLost, ServiceNotFound
+from ._registry import Registry
+from ._router import relay
 from ._transport import dial, serve
+from ._wire_codec import ErrorCode
 from ._wire_connection import Settings
 
-__all__ = ["Multiplexer", "MultiplexerStatistics"]
+__all__ = ["Multiplexer", "MultiplexerStatistics", "pick_by_key"]
+
+
+def _score(key: str, node: str) -> int:
+    digest = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def pick_by_key(links: list[Link], key: str) -> Link:
+    """The link whose node scores highest for ``key`` (rendezvous hashing)."""
+    return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
 
 
 @attrs.frozen
@@ -76,8 +91,22 @@ class Multiplexer:
         shutdown_grace: float = 5.0,
         reset_burst: int = 1000,
         reset_rate: float = 100.0,
+        redial_backoff: tuple[float, float, float] = (0.5, 1.5, 60.0),
+        router: bool = False,
+        registry: Registry | None = None,
         on_error: object = None,
     ) -> None:
+        initial, factor, ceiling = redial_backoff
+        if not (0 < initial <= ceiling and factor >= 1):
+            raise ValueError("redial_backoff is (first delay > 0, factor >= 1, max delay)")
+        self.redial_backoff = redial_backoff
+        self.router = router
+        self.registry = registry
+        #: A random id naming this node (registries key their entries by it).
+        self.node_id = uuid.uuid4().hex
+        self._local_version = 0
+        self._local_lot = trio.lowlevel.ParkingLot()
+        self._joined: dict[str, trio.CancelScope] = {}
         self.settings = settings or Settings()
         self.write_timeout = write_timeout
         self.shutdown_grace = shutdown_grace
@@ -102,6 +131,13 @@ class Multiplexer:
     async def __aenter__(self) -> Self:
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
+        if self.registry is not None:
+            try:
+                await self._nursery.start(self.registry.run, self)
+            except BaseException as exc:
+                self._nursery.cancel_scope.cancel()
+                await self._cm.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         return self
 
     async def __aexit__(
@@ -163,7 +199,7 @@ class Multiplexer:
             settings=self.settings,
             remote_addr=remote,
             local_addr=local,
-            handler_for=self._services.get,
+            handler_for=self._handler_for,
             on_services=self._services_changed,
             handshake_timeout=self.handshake_timeout,
             keepalive_interval=self.keepalive_interval,
@@ -178,8 +214,7 @@ class Multiplexer:
         self, link: Link, *, task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._links.append(link)
-        for name in self._services:
-            link.advertise(name, True)
+        link.set_advertised(self._advertisable(link))
         try:
             await link.run(task_status=task_status)
         finally:
@@ -213,6 +248,7 @@ class Multiplexer:
             )
         )
         self._listening.append(bound)
+        self._local_changed()
         return bound
 
     async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
@@ -227,9 +263,14 @@ class Multiplexer:
             if self._on_error is not None:
                 self._on_error(exc)
 
-    async def join(self, url: str, **options: Any) -> Link:
+    async def join(self, url: str, *, redial: bool = True, **options: Any) -> Link:
         """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns
         once the handshake is done.
+
+        With ``redial`` (the default), a link to ``url`` that drops later is dialed again
+        with backoff (``redial_backoff``: first delay, factor, longest delay) until
+        :meth:`leave` or the multiplexer closes; requests in flight on the dead link
+        fail with :class:`ConnectionLost`, and its services return with it.
 
         ``options``: ``ssl_context=`` for ``tls://`` and ``wss://`` (default: the
         system's trusted authorities; the certificate must name the URL's host).
@@ -239,11 +280,24 @@ class Multiplexer:
         for a bad URL.
         """
         nursery = self._require_nursery()
+        link = await self._dial(url, options)
+        if redial:
+            previous = self._joined.pop(url, None)
+            if previous is not None:
+                previous.cancel()
+            scope = trio.CancelScope()
+            self._joined[url] = scope
+            nursery.start_soon(self._keep_joined, url, options, link, scope)
+        return link
+
+    async def _dial(self, url: str, options: dict[str, Any]) -> Link:
+        nursery = self._require_nursery()
 
         async def run(
             transport: trio.abc.Stream, local: str, remote: str, task_status: trio.TaskStatus[Link]
         ) -> None:
             link = self._new_link(transport, initiator=True, local=local, remote=remote)
+            link.joined_url = url
             await self._run_link(link, task_status=task_status)
 
         started: Link = await nursery.start(
@@ -257,6 +311,40 @@ class Multiplexer:
             )
         )
         return started
+
+    async def _keep_joined(
+        self, url: str, options: dict[str, Any], link: Link, scope: trio.CancelScope
+    ) -> None:
+        initial, factor, ceiling = self.redial_backoff
+        with scope:
+            while True:
+                await link.wait_closed()
+                delay = initial
+                while True:
+                    await trio.sleep(delay)
+                    try:
+                        link = await self._dial(url, options)
+                        break
+                    except (ConnectionLost, OSError) as exc:
+                        if self._on_error is not None:
+                            self._on_error(exc)
+                        delay = min(delay * factor, ceiling)
+                    except RuntimeError:
+                        return  # the multiplexer is closing
+
+    def leave(self, url: str) -> None:
+        """Stop redialing ``url`` and close the links joined to it."""
+        scope = self._joined.pop(url, None)
+        if scope is not None:
+            scope.cancel()
+        for link in list(self._links):
+            if link.joined_url == url and self._nursery is not None:
+                self._nursery.start_soon(link.aclose)
+
+    @property
+    def joined(self) -> list[str]:
+        """URLs this node keeps joined (redialing them when they drop)."""
+        return list(self._joined)
 
     async def attach(self, transport: trio.abc.Stream, *, initiator: bool = True) -> Link:
         """Run a link over a stream you already have (one end must pass
@@ -275,22 +363,85 @@ class Multiplexer:
         if name in self._services:
             raise ValueError(f"service {name!r} is already registered")
         self._services[name] = handler
-        for link in self._links:
-            link.advertise(name, True)
+        self._readvertise()
+        self._local_changed()
 
     def unhandle(self, name: str) -> None:
         """Stop serving ``name`` (streams already open carry on)."""
         if self._services.pop(name, None) is not None:
-            for link in self._links:
-                link.advertise(name, False)
+            self._readvertise()
+            self._local_changed()
 
     @property
     def services(self) -> list[str]:
         """Names served by this node."""
         return list(self._services)
 
+    def _handler_for(self, name: str) -> StreamHandler | None:
+        handler = self._services.get(name)
+        if handler is None and self.router and self.links_offering(name):
+            return self._relay
+        return handler
+
+    async def _relay(self, inbound: LinkStream) -> None:
+        candidates = [
+            link for link in self.links_offering(inbound.service) if link is not inbound.link
+        ]
+        if not candidates:
+            inbound.reset(
+                ErrorCode.SERVICE_NOT_FOUND,
+                f"no node behind this router offers {inbound.service!r}",
+            )
+            return
+        target = random.choice(candidates)
+        try:
+            outbound = await target.open_stream(
+                inbound.service,
+                inbound.header,
+                no_send=not inbound.peer_sends,
+                no_reply=not inbound.we_send,
+            )
+        except (ChanservError, trio.ClosedResourceError) as exc:
+            inbound.reset(ErrorCode.CONNECTION_LOST, f"relay to {target.node_key} failed: {exc}")
+            return
+        await relay(inbound, outbound)
+
+    @property
+    def local_version(self) -> int:
+        """Goes up each time this node's services or listening URLs change."""
+        return self._local_version
+
+    async def wait_local_change(self, version: int) -> int:
+        """Wait until :attr:`local_version` differs from ``version``; return it.
+        (For registries that publish what this node serves and where.)"""
+        while self._local_version == version:
+            await self._local_lot.park()
+        return self._local_version
+
+    def _local_changed(self) -> None:
+        self._local_version += 1
+        self._local_lot.unpark_all()
+
     def _services_changed(self, link: Link) -> None:
+        if self.router:
+            self._readvertise()
         self._services_lot.unpark_all()
+
+    def _advertisable(self, link: Link) -> set[str]:
+        """What ``link``'s peer should hear we offer: our services, and for a router
+        also what every other peer offers (one hop: a router relays only to a node
+        that serves the name itself)."""
+        names = set(self._services)
+        if self.router:
+            for other in self._links:
+                if other is not link and other.is_alive and not other.going_away:
+                    names |= other.peer_services
+        return names
+
+    def _readvertise(self) -> None:
+        for link in self._links:
+            if link.is_alive:
+                link.set_advertised(self._advertisable(link))
 
     def links_offering(self, name: str) -> list[Link]:
         """Live links whose peer currently offers ``name``."""
@@ -308,15 +459,26 @@ class Multiplexer:
         dial_timeout: float = 10.0,
         no_send: bool = False,
         no_reply: bool = False,
+        route_key: str | None = None,
     ) -> LinkStream:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
-        seconds for one to appear. Raises :class:`ServiceNotFound`."""
+        seconds for one to appear. Raises :class:`ServiceNotFound`.
+
+        Among several peers offering it, one is picked at random; with ``route_key``
+        the pick is by rendezvous hashing of the key over the peers' names
+        (:attr:`Link.node_key`), so the same key reaches the same node from every
+        client while the set of nodes is unchanged, and about 1/N of keys move when a
+        node joins or leaves.
+        """
         self._require_nursery()
         with trio.move_on_after(dial_timeout):
             while True:
                 candidates = self.links_offering(service)
                 if candidates:
-                    link = random.choice(candidates)
+                    if route_key is None:
+                        link = random.choice(candidates)
+                    else:
+                        link = pick_by_key(candidates, route_key)
                     try:
                         return await link.open_stream(
                             service, header, no_send=no_send, no_reply=no_reply
