@@ -39,9 +39,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peers",
-        type=lambda text: _names(text, PEERS, "peer"),
+        type=lambda text: _names(text, tuple(PEERS), "peer"),
         default=list(PEERS),
-        help=f"comma-separated, from {','.join(PEERS)} (default: all)",
+        help=f"comma-separated, from {','.join(PEERS)} (default: all; the -ws peers run "
+        "flood and heavy only)",
     )
     parser.add_argument(
         "--quick",

@@ -6,6 +6,8 @@ from typing import Any
 
 import trio
 
+#: What follows host:port in the URL, per scheme.
+PATHS = {"tcp": "", "ws": "/chanserv"}
 #: Service the server's peak buffered bytes are asked for on; bodies below.
 STATS_SERVICE = "bench-stats"
 BEGIN = b"begin"

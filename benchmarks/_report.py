@@ -16,8 +16,8 @@ from ._runner import Outcome
 from ._scenarios import SCENARIOS, Metric, Settings, number
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: The ratios reported: ours over each of these peers.
-BASELINES = ("ceiling", "grpc")
+#: The ratios reported, each as (numerator, denominator).
+RATIOS = (("ours", "ceiling"), ("ours", "grpc"), ("ours-ws", "ceiling-ws"))
 
 
 @attrs.frozen
@@ -39,11 +39,11 @@ def spread(outcome: Outcome, metric: Metric) -> Spread | None:
     return Spread(statistics.median(numbers), min(numbers), max(numbers))
 
 
-def ratio(results: dict[str, Outcome], metric: Metric, baseline: str) -> float | None:
-    """Ours / ``baseline`` on the medians, when both have one."""
-    if "ours" not in results or baseline not in results:
+def ratio(results: dict[str, Outcome], metric: Metric, peer: str, baseline: str) -> float | None:
+    """``peer`` / ``baseline`` on the medians, when both have one."""
+    if peer not in results or baseline not in results:
         return None
-    ours = spread(results["ours"], metric)
+    ours = spread(results[peer], metric)
     theirs = spread(results[baseline], metric)
     if ours is None or theirs is None or theirs.median == 0:
         return None
@@ -65,16 +65,16 @@ def cell(outcome: Outcome | None, metric: Metric) -> str:
 
 def table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
     """The results as a plain-text table: median (min..max) per peer, then the ratios."""
-    baselines = [name for name in BASELINES if "ours" in peers and name in peers]
+    pairs = [(peer, base) for peer, base in RATIOS if peer in peers and base in peers]
     heading = ["scenario", "figure", "unit", "better", *peers]
-    heading += [f"ours/{name}" for name in baselines]
+    heading += [f"{peer}/{base}" for peer, base in pairs]
     rows = [heading]
     for scenario, by_peer in results.items():
         for metric in SCENARIOS[scenario].metrics:
             row = [scenario, metric.label, metric.unit, metric.better]
             row += [cell(by_peer.get(peer), metric) for peer in peers]
-            for name in baselines:
-                value = ratio(by_peer, metric, name)
+            for peer, base in pairs:
+                value = ratio(by_peer, metric, peer, base)
                 row.append("-" if value is None else f"{value:.2f}x")
             rows.append(row)
     widths = [max(len(row[column]) for row in rows) for column in range(len(heading))]
@@ -143,7 +143,9 @@ def document(
             }
         for metric in spec.metrics:
             entry["ratios"][metric.key] = {
-                f"ours/{name}": ratio(by_peer, metric, name) for name in BASELINES
+                f"{peer}/{base}": ratio(by_peer, metric, peer, base)
+                for peer, base in RATIOS
+                if peer in by_peer and base in by_peer
             }
         entry["metrics"] = {
             metric.key: {"label": metric.label, "unit": metric.unit, "better": metric.better}

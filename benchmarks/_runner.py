@@ -27,7 +27,32 @@ import attrs
 
 from ._scenarios import SCENARIOS, Settings, number
 
-PEERS = ("ours", "ceiling", "grpc")
+
+@attrs.frozen
+class Peer:
+    """How to start one peer's server and client, and which scenarios it runs."""
+
+    name: str
+    module: str
+    arguments: tuple[str, ...] = ()
+    scenarios: frozenset[str] | None = None
+
+    def runs(self, scenario: str) -> bool:
+        return self.scenarios is None or scenario in self.scenarios
+
+
+#: Over WebSocket links only flood and heavy are measured, as the issue asks.
+_OVER_WEBSOCKET = frozenset({"flood", "heavy"})
+PEERS: dict[str, Peer] = {
+    peer.name: peer
+    for peer in (
+        Peer("ours", "ours"),
+        Peer("ceiling", "ceiling"),
+        Peer("grpc", "grpc"),
+        Peer("ours-ws", "ours", ("--scheme", "ws"), _OVER_WEBSOCKET),
+        Peer("ceiling-ws", "ceiling_ws", (), _OVER_WEBSOCKET),
+    )
+}
 #: The project root, so ``python -m benchmarks...`` finds the package from the subprocesses.
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT = 30.0
@@ -87,12 +112,12 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def running_server(peer: str, workdir: Path) -> Iterator[int]:
+def running_server(peer: Peer, workdir: Path) -> Iterator[int]:
     """Start ``peer``'s server; yield its port; stop it afterwards."""
-    errors = workdir / f"server_{peer}.err"
+    errors = workdir / f"server_{peer.name}.err"
     with errors.open("wb") as stderr:
         process = subprocess.Popen(
-            _command(f"server_{peer}", "--port", "0"),
+            _command(f"server_{peer.module}", "--port", "0", *peer.arguments),
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
@@ -108,7 +133,7 @@ def running_server(peer: str, workdir: Path) -> Iterator[int]:
             reason = _last_line(_tail(errors)) if line == "" else f"printed {line!r}"
             if not ready:
                 reason = f"no port within {SERVER_START_TIMEOUT:.0f} s"
-            raise PeerUnavailable(f"server_{peer} did not start: {reason}")
+            raise PeerUnavailable(f"server_{peer.module} did not start: {reason}")
         yield int(line)
     finally:
         _stop(process)
@@ -121,7 +146,7 @@ def _lines(stream: IO[bytes], into: queue.Queue[bytes | None]) -> None:
 
 
 def run_client(
-    peer: str,
+    peer: Peer,
     port: int,
     scenario: str,
     settings: Settings,
@@ -131,6 +156,7 @@ def run_client(
 ) -> Outcome:
     """Run ``peer``'s client for one scenario; collect its runs."""
     arguments = [
+        *peer.arguments,
         "--port",
         str(port),
         "--scenario",
@@ -142,13 +168,13 @@ def run_client(
     ]
     if settings.quick:
         arguments.append("--quick")
-    errors = workdir / f"client_{peer}_{scenario}.err"
+    errors = workdir / f"client_{peer.name}_{scenario}.err"
     outcome = Outcome(status="failed")
     metrics = SCENARIOS[scenario].metrics
     deadline = time.monotonic() + timeout
     with errors.open("wb") as stderr:
         process = subprocess.Popen(
-            _command(f"client_{peer}", *arguments),
+            _command(f"client_{peer.module}", *arguments),
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
@@ -199,18 +225,21 @@ def run_client(
 def run_suite(
     scenarios: list[str], peers: list[str], settings: Settings, progress: Progress
 ) -> dict[str, dict[str, Outcome]]:
-    """Every scenario against every peer; a peer that cannot start is skipped with its reason."""
+    """Every scenario against every peer that runs it; a peer that cannot start is skipped,
+    with its reason, for the rest of the suite."""
     unavailable: dict[str, str] = {}
     results: dict[str, dict[str, Outcome]] = {}
     # Calibration plus the timed runs come to a little over the budget; allow plenty more.
     timeout = 60.0 + 6 * settings.budget
-    total = len(scenarios) * len(peers)
+    total = sum(PEERS[peer].runs(scenario) for scenario in scenarios for peer in peers)
     step = 0
     with tempfile.TemporaryDirectory(prefix="chanserv-bench-") as scratch:
         workdir = Path(scratch)
         for scenario in scenarios:
             results[scenario] = {}
             for peer in peers:
+                if not PEERS[peer].runs(scenario):
+                    continue
                 step += 1
                 prefix = f"[{step}/{total}] {scenario} / {peer}"
 
@@ -223,9 +252,11 @@ def run_suite(
                     continue
                 began = time.monotonic()
                 try:
-                    with running_server(peer, workdir) as port:
+                    with running_server(PEERS[peer], workdir) as port:
                         say(f"server up on 127.0.0.1:{port}")
-                        outcome = run_client(peer, port, scenario, settings, timeout, workdir, say)
+                        outcome = run_client(
+                            PEERS[peer], port, scenario, settings, timeout, workdir, say
+                        )
                 except PeerUnavailable as error:
                     unavailable[peer] = str(error)
                     outcome = Outcome("skipped", str(error))

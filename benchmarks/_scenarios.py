@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -144,11 +145,8 @@ class Buffered:
 class PeerClient(Protocol):
     """What a peer's client offers the scenarios."""
 
-    async def connect(self) -> None:
-        """Open the warm connection the scenarios post on."""
-
-    async def aclose(self) -> None:
-        """Close the warm connection."""
+    def connected(self) -> AbstractAsyncContextManager[None]:
+        """Open the warm connection the scenarios post on, for the block's duration."""
 
     async def fetch(self, shape: Shape, throttle: Throttle | None = None) -> Fetched:
         """Post ``shape`` on the warm connection and consume every frame that comes back."""
@@ -419,11 +417,8 @@ DRIVERS: dict[str, Callable[[PeerClient, Settings, Emit], Awaitable[None]]] = {
 
 async def drive(client: PeerClient, scenario: str, settings: Settings, emit: Emit) -> None:
     """Run one scenario on ``client``: connect, warm up and calibrate, then the timed runs."""
-    await client.connect()
-    try:
+    async with client.connected():
         await DRIVERS[scenario](client, settings, emit)
-    finally:
-        await client.aclose()
     emit({"event": "done"})
 
 
@@ -434,6 +429,8 @@ class ClientArguments:
     port: int
     scenario: str
     settings: Settings
+    #: Transport, for peers that have more than one (ours: tcp or ws).
+    scheme: str
 
 
 def client_arguments(argv: list[str] | None = None) -> ClientArguments:
@@ -444,9 +441,11 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--budget", type=float, default=10.0, help="seconds for all timed runs")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,
         scenario=args.scenario,
         settings=Settings(runs=args.runs, budget=args.budget, quick=args.quick),
+        scheme=args.scheme,
     )

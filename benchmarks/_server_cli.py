@@ -6,12 +6,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+import attrs
 
-def server_port(argv: list[str] | None = None) -> int:
-    """Parse ``--port`` (0 picks a free one)."""
+
+@attrs.frozen
+class ServerArguments:
+    port: int
+    #: Transport, for peers that have more than one (ours: tcp or ws).
+    scheme: str
+
+
+def server_arguments(argv: list[str] | None = None) -> ServerArguments:
+    """Parse ``--port`` (0 picks a free one) and ``--scheme``."""
     parser = argparse.ArgumentParser(description="One peer's benchmark server, on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    return int(parser.parse_args(argv).port)
+    parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
+    args = parser.parse_args(argv)
+    return ServerArguments(port=args.port, scheme=args.scheme)
 
 
 def announce(port: int) -> None:

@@ -31,7 +31,7 @@ class Shape:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, body: bytes) -> Shape:
+    def decode(cls, body: bytes | str) -> Shape:
         """Parse a request body made by :meth:`encode`."""
         fields = json.loads(body)
         return cls(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
@@ -85,13 +87,15 @@ class CeilingClient:
         self._warm: Connection | None = None
         self._pool: dict[int, Connection] = {}
 
-    async def connect(self) -> None:
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
         self._warm = await Connection.open(self._port)
-
-    async def aclose(self) -> None:
-        for connection in [self._warm, *self._pool.values()]:
-            if connection is not None:
+        try:
+            yield
+        finally:
+            for connection in [self._warm, *self._pool.values()]:
                 await connection.stream.aclose()
+            self._pool.clear()
 
     async def fetch(self, shape: Shape, throttle: Throttle | None = None) -> Fetched:
         if self._per_source:

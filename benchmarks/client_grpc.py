@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -33,11 +34,12 @@ class GrpcClient:
         await channel.channel_ready()
         return channel
 
-    async def connect(self) -> None:
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
         self._channel = await self._open(self._target)
-
-    async def aclose(self) -> None:
-        if self._channel is not None:
+        try:
+            yield
+        finally:
             await self._channel.close()
 
     async def fetch(self, shape: Shape, throttle: Throttle | None = None) -> Fetched:

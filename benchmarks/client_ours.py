@@ -9,13 +9,14 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 
 import attrs
 import trio
 
 import chanserv_trio as cs
 
-from . import _ours_service as stats
+from . import _ours_service as ours_service
 from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import SERVICE, Shape, index_of
 
@@ -78,24 +79,24 @@ async def fetch_with(client: cs.Client, shape: Shape, throttle: Throttle | None)
 
 
 class OursClient:
-    def __init__(self, port: int) -> None:
-        self._url = f"tcp://127.0.0.1:{port}"
-        self._stack = contextlib.AsyncExitStack()
+    def __init__(self, port: int, scheme: str = "tcp") -> None:
+        self._url = f"{scheme}://127.0.0.1:{port}{ours_service.PATHS[scheme]}"
         self._client: cs.Client | None = None
         self._nursery: trio.Nursery | None = None
-        self._sampler: stats.PeakSampler | None = None
+        self._sampler: ours_service.PeakSampler | None = None
         self._sampling = trio.CancelScope()
 
-    async def connect(self) -> None:
-        multiplexer = await self._stack.enter_async_context(cs.Multiplexer())
-        await multiplexer.join(self._url)
-        self._client = cs.Client(multiplexer, dial_timeout=DIAL_TIMEOUT)
-        self._sampler = stats.PeakSampler(multiplexer)
-        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
-
-    async def aclose(self) -> None:
-        self._sampling.cancel()
-        await self._stack.aclose()
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        async with cs.Multiplexer() as multiplexer, trio.open_nursery() as nursery:
+            await multiplexer.join(self._url)
+            self._client = cs.Client(multiplexer, dial_timeout=DIAL_TIMEOUT)
+            self._sampler = ours_service.PeakSampler(multiplexer)
+            self._nursery = nursery
+            try:
+                yield
+            finally:
+                self._sampling.cancel()
 
     async def fetch(self, shape: Shape, throttle: Throttle | None = None) -> Fetched:
         assert self._client is not None
@@ -111,7 +112,7 @@ class OursClient:
     async def _ask_stats(self, body: bytes) -> bytes:
         assert self._client is not None
         headers = []
-        async with self._client.lookup_and_post(stats.STATS_SERVICE, body) as sources:
+        async with self._client.lookup_and_post(ours_service.STATS_SERVICE, body) as sources:
             async for source in sources:
                 headers.append(source.header)
                 async for _frame in source:
@@ -125,17 +126,23 @@ class OursClient:
 
     async def begin_sampling(self) -> None:
         assert self._nursery is not None
-        await self._ask_stats(stats.BEGIN)
+        await self._ask_stats(ours_service.BEGIN)
         self._sampling = trio.CancelScope()
         self._nursery.start_soon(self._sample)
 
     async def end_sampling(self) -> Buffered:
         assert self._sampler is not None
         self._sampling.cancel()
-        peak = json.loads(await self._ask_stats(stats.END))["peak_buffered_bytes"]
+        peak = json.loads(await self._ask_stats(ours_service.END))["peak_buffered_bytes"]
         return Buffered(server=None if peak is None else int(peak), client=self._sampler.peak)
 
 
 if __name__ == "__main__":
     arguments = client_arguments()
-    trio.run(drive, OursClient(arguments.port), arguments.scenario, arguments.settings, emit_json)
+    trio.run(
+        drive,
+        OursClient(arguments.port, arguments.scheme),
+        arguments.scenario,
+        arguments.settings,
+        emit_json,
+    )

@@ -10,7 +10,7 @@ from functools import partial
 import trio
 
 from . import _framing as wire
-from ._server_cli import announce, server_port
+from ._server_cli import announce, server_arguments
 from ._workload import Shape, frames_for, header_for
 
 
@@ -48,4 +48,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, server_port())
+    trio.run(main, server_arguments().port)

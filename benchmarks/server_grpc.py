@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from . import _grpc_service as service
-from ._server_cli import announce, server_port
+from ._server_cli import announce, server_arguments
 from ._workload import Shape, frames_for, header_for
 
 
@@ -39,4 +39,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(server_port()))
+    asyncio.run(main(server_arguments().port))

@@ -2,7 +2,7 @@
 
 Registers ``bench`` (the workload) and ``bench-stats`` (begin/end sampling the multiplexer's
 buffered bytes, where ``statistics()`` tells them).
-Run as ``python -m benchmarks.server_ours --port 0``; prints the bound port.
+Run as ``python -m benchmarks.server_ours --port 0 [--scheme ws]``; prints the bound port.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import trio
 
 import chanserv_trio as cs
 
-from . import _ours_service as stats
-from ._server_cli import announce, server_port
+from . import _ours_service as ours_service
+from ._server_cli import announce, server_arguments
 from ._workload import SERVICE, Shape, frames_for, header_for
 
 
@@ -36,7 +36,7 @@ class StatsService:
     """Samples the multiplexer's peak buffered bytes between ``begin`` and ``end`` requests."""
 
     def __init__(self, multiplexer: cs.Multiplexer, nursery: trio.Nursery) -> None:
-        self._sampler = stats.PeakSampler(multiplexer)
+        self._sampler = ours_service.PeakSampler(multiplexer)
         self._nursery = nursery
         self._scope: trio.CancelScope | None = None
 
@@ -48,7 +48,7 @@ class StatsService:
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
-        if request == stats.BEGIN:
+        if request == ours_service.BEGIN:
             self._scope = trio.CancelScope()
             self._nursery.start_soon(self._sample, self._scope)
             header = b"{}"
@@ -61,14 +61,16 @@ def report(error: BaseException) -> None:
     print(f"server_ours: {type(error).__name__}: {error}", file=sys.stderr)
 
 
-async def main(port: int) -> None:
+async def main(port: int, scheme: str) -> None:
     async with cs.Multiplexer() as multiplexer:
-        address = await multiplexer.listen(f"tcp://127.0.0.1:{port}")
+        address = await multiplexer.listen(
+            f"{scheme}://127.0.0.1:{port}{ours_service.PATHS[scheme]}"
+        )
         server = cs.Server(multiplexer, on_error=report)
         async with trio.open_nursery() as nursery:
             sampling = StatsService(multiplexer, nursery)
             await server.listen_and_serve(SERVICE, source_fn)
-            await server.listen_and_serve(stats.STATS_SERVICE, sampling.source_fn)
+            await server.listen_and_serve(ours_service.STATS_SERVICE, sampling.source_fn)
             bound = urlsplit(str(address)).port
             assert bound is not None, f"no port in {address!r}"
             announce(bound)
@@ -76,4 +78,5 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, server_port())
+    arguments = server_arguments()
+    trio.run(main, arguments.port, arguments.scheme)
