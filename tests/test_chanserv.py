@@ -32,6 +32,11 @@ class Watch:
     def cancelled(self, name: str) -> bool:
         return isinstance(self.raised.get(name), trio.Cancelled)
 
+    def stopped(self, name: str) -> bool:
+        """Cancelled while running, or closed by the server while suspended at a
+        ``yield`` (an async generator cannot see ``Cancelled`` there)."""
+        return isinstance(self.raised.get(name), trio.Cancelled | GeneratorExit)
+
     async def wait(self, *names: str) -> None:
         for name in names:
             await self.event(name).wait()
@@ -246,7 +251,7 @@ async def test_source_aclose_stops_that_source_only() -> None:
                 assert await first.receive() == struct.pack(">II", 0, 0)
                 await first.aclose()
                 await watch.wait("frames 0")
-                assert watch.cancelled("frames 0")
+                assert watch.stopped("frames 0"), watch.raised["frames 0"]
                 with pytest.raises(trio.ClosedResourceError):
                     await first.receive()
                 # The siblings keep delivering after their sibling stopped.
@@ -1107,3 +1112,29 @@ async def test_source_function_returning_a_coroutine_is_a_remote_type_error() ->
             await wait_quiet(server_mpx, client_mpx)
     assert info.value.kind == "TypeError"
     assert [type(exc) for exc in errors] == [TypeError]
+
+
+async def test_receive_after_source_aclose_is_closed_even_with_frames_buffered() -> None:
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(header=b"three", frames=_three_frames())
+
+    async with chanserv_nodes() as (server_mpx, client_mpx):
+        await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                source = await sources.receive()
+                assert await source.receive() == b"1"
+                await wait_until(lambda: client_mpx.statistics().messages_in >= 3)
+                await source.aclose()
+                with pytest.raises(trio.ClosedResourceError):
+                    await source.receive()
+                with pytest.raises(trio.ClosedResourceError):
+                    source.receive_nowait()
+                assert [other async for other in sources] == []
+            await wait_quiet(server_mpx, client_mpx)
+
+
+async def _three_frames() -> AsyncIterator[bytes]:
+    for frame in (b"1", b"2", b"3"):
+        yield frame
