@@ -240,8 +240,9 @@ class LinkStream:
         # Credit goes back in batches: one call into the state machine per batch.
         # Once the inbox is empty everything goes back at once: the state machine only
         # credits the chunks of a large message while nothing unconsumed is held.
+        # (An empty message carries no credit but may still be the one that empties it.)
         unacked = self._unacked + credit
-        if unacked >= self._link._ack_batch or not self._inbox:
+        if unacked and (unacked >= self._link._ack_batch or not self._inbox):
             self._unacked = 0
             self._link._acknowledge(self.stream_id, unacked)
         else:
@@ -254,8 +255,7 @@ class LinkStream:
             raise trio.ClosedResourceError("stream was closed")
         if self._inbox:
             data, credit = self._inbox.popleft()
-            if credit:
-                self._consumed(credit)
+            self._consumed(credit)
             return data
         status = self._remote_status
         if status is not None:
@@ -278,8 +278,7 @@ class LinkStream:
         inbox = self._inbox
         if inbox and not self._closed_locally:
             data, credit = inbox.popleft()
-            if credit:
-                self._consumed(credit)
+            self._consumed(credit)
             link = self._link
             if link._spend():
                 await _cancel_shielded_checkpoint()
@@ -309,8 +308,7 @@ class LinkStream:
             data, c = inbox.popleft()
             credit += c
             out.append(data)
-        if credit:
-            self._consumed(credit)
+        self._consumed(credit)
         return out
 
     async def receive_child(self) -> LinkStream:

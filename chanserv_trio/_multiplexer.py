@@ -24,6 +24,7 @@ from ._registry import Registry
 from ._router import relay
 from ._transport import dial, serve
 from ._wire_codec import ErrorCode
+from ._wire_compression import lz4_available
 from ._wire_connection import Settings
 
 __all__ = ["Multiplexer", "MultiplexerStatistics", "pick_by_key"]
@@ -108,6 +109,11 @@ class Multiplexer:
         self._local_lot = trio.lowlevel.ParkingLot()
         self._joined: dict[str, trio.CancelScope] = {}
         self.settings = settings or Settings()
+        if self.settings.compression and not lz4_available():
+            raise ValueError(
+                "Settings(compression=True) needs the lz4 package: "
+                "pip install 'chanserv-trio[lz4]'"
+            )
         self.write_timeout = write_timeout
         self.shutdown_grace = shutdown_grace
         self.reset_burst = reset_burst

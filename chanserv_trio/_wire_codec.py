@@ -81,6 +81,8 @@ class Flags(enum.IntFlag):
     NONE = 0
     #: DATA: the message continues in the next DATA frame of this stream.
     MORE = 0x1
+    #: DATA: the payload is LZ4-compressed: u32 BE original length, then an LZ4 block.
+    COMPRESSED = 0x2
     #: OPEN: the opener sends no data on this stream (its half starts closed).
     OPEN_NO_SEND = 0x1
     #: OPEN: the accepting side must not send data (its half starts closed).
@@ -127,6 +129,8 @@ class Setting(enum.IntEnum):
     MAX_MESSAGE_SIZE = 4
     MAX_OPEN_PAYLOAD = 5
     MAX_CONCURRENT_STREAMS = 6
+    #: 1: the sender can decompress LZ4 DATA payloads and asks for compression.
+    COMPRESSION = 7
 
 
 class WireProtocolError(Exception):

@@ -22,6 +22,7 @@ bytes are handed to a stream, so a stream nobody reads stalls only itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -46,6 +47,7 @@ from ._wire_codec import (
     encode_open,
     encode_status,
 )
+from ._wire_compression import MIN_COMPRESS_SIZE, compress, decompress, lz4_available
 from ._wire_events import (
     ConnectionTerminated,
     Event,
@@ -66,6 +68,7 @@ _MAX_WINDOW = 2**31 - 1
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
 _MORE = int(Flags.MORE)
+_COMPRESSED = int(Flags.COMPRESSED)
 #: Every peer accepts frames this large (the least ``max_frame_payload`` allowed).
 _MIN_FRAME_PAYLOAD = 1024
 #: The longest exception type name an END or RESET carries.
@@ -107,6 +110,9 @@ class Settings:
     max_open_payload: int = 1 << 20
     #: Most streams the peer may have open towards us at once.
     max_concurrent_streams: int = 16384
+    #: Ask for LZ4 compression of DATA payloads; used on a link when both ends ask and
+    #: both have the ``lz4`` package (``pip install 'chanserv-trio[lz4]'``).
+    compression: bool = False
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -124,8 +130,9 @@ class Settings:
             raise ValueError("max_frame_payload must be at least 1024")
 
     def to_wire(self) -> dict[Setting, int]:
-        """The settings as HELLO carries them."""
-        return {
+        """The settings as HELLO carries them (COMPRESSION only when asked for and
+        the ``lz4`` package is installed here)."""
+        values = {
             Setting.INITIAL_STREAM_WINDOW: self.initial_stream_window,
             Setting.CONNECTION_WINDOW: self.connection_window,
             Setting.MAX_FRAME_PAYLOAD: self.max_frame_payload,
@@ -133,12 +140,19 @@ class Settings:
             Setting.MAX_OPEN_PAYLOAD: self.max_open_payload,
             Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
         }
+        if self.compression and lz4_available():
+            values[Setting.COMPRESSION] = 1
+        return values
 
     @classmethod
     def from_wire(cls, values: dict[int, int]) -> Settings:
         """Settings from a HELLO; missing ids take their defaults, unknown ids are ignored."""
         known = {setting.value: setting.name.lower() for setting in Setting}
-        kwargs = {known[key]: value for key, value in values.items() if key in known}
+        kwargs: dict[str, Any] = {
+            known[key]: value for key, value in values.items() if key in known
+        }
+        if "compression" in kwargs:
+            kwargs["compression"] = kwargs["compression"] == 1
         try:
             return cls(**kwargs)
         except ValueError as exc:
@@ -205,6 +219,7 @@ class Connection:
         self.handshake_done = False
         self.closed = False
         self.version = 0
+        self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
         self._next_local_id = 1 if initiator else 2
@@ -373,10 +388,7 @@ class Connection:
             raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
         stream.send_window -= size
         self._send_window -= size
-        self._outgoing.append(HEADER.pack(size, _DATA, _MORE if more else 0, stream_id))
-        if size:
-            self._outgoing.append(data)
-        self._outgoing_size += 10 + size
+        self._queue_data(stream_id, data, _MORE if more else 0)
         if not more:
             self.messages_sent += 1
 
@@ -398,14 +410,31 @@ class Connection:
             return False
         stream.send_window -= size
         self._send_window -= size
-        if size <= 4096:  # one small copy beats one more piece for the writer to join
+        self.messages_sent += 1
+        if self.compressing and size >= MIN_COMPRESS_SIZE:
+            self._queue_data(stream_id, data, 0)
+        elif size <= 4096:  # one small copy beats one more piece for the writer to join
             self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id) + data)
+            self._outgoing_size += 10 + size
         else:
             self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id))
             self._outgoing.append(data)
-        self._outgoing_size += 10 + size
-        self.messages_sent += 1
+            self._outgoing_size += 10 + size
         return True
+
+    def _queue_data(self, stream_id: int, data: bytes | memoryview, flags: int) -> None:
+        """Queue a DATA frame, compressed when the link agreed to it and it pays."""
+        payload: bytes | memoryview = data
+        if self.compressing and len(data) >= MIN_COMPRESS_SIZE:
+            packed = compress(data)
+            if packed is not None:
+                payload = packed
+                flags |= _COMPRESSED
+        size = len(payload)
+        self._outgoing.append(HEADER.pack(size, _DATA, flags, stream_id))
+        if size:
+            self._outgoing.append(payload)
+        self._outgoing_size += 10 + size
 
     def end_stream(self, stream_id: int, status: Status = _OK) -> None:
         """Close our half of the stream with a status (OK or an error)."""
@@ -570,6 +599,10 @@ class Connection:
         self.version = min(version, PROTOCOL_VERSION)
         self.peer_settings = Settings.from_wire(values)
         self._send_window = self.peer_settings.connection_window
+        #: Both ends asked for compression (and both have lz4): DATA may be compressed.
+        self.compressing = (
+            self.local_settings.compression and self.peer_settings.compression and lz4_available()
+        )
         self.handshake_done = True
         local = self.local_settings
         # OPEN frames carry a u16-prefixed name and a parent id besides the header.
@@ -651,8 +684,14 @@ class Connection:
     def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not self.handshake_done:
             raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
-        size = len(payload)
         local = self.local_settings
+        if flags & _COMPRESSED:
+            if not self.compressing:
+                raise WireProtocolError(
+                    ErrorCode.PROTOCOL_ERROR, "compressed DATA on a link that did not agree to it"
+                )
+            payload = decompress(payload, local.max_frame_payload)
+        size = len(payload)
         if size > local.max_frame_payload:
             raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "DATA exceeds max_frame_payload")
         if size > self._recv_window:

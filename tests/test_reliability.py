@@ -300,3 +300,23 @@ async def test_many_messages_larger_than_the_window_all_arrive(autojump_clock: o
             async with cs.Client(client).lookup_and_post("svc") as sources:
                 source = await sources.receive()
                 assert [frame async for frame in source] == payloads
+
+
+async def test_an_empty_message_that_empties_the_inbox_still_returns_held_credit(
+    autojump_clock: object,
+) -> None:
+    # Credit of a small message is held back for batching; an empty message carries no
+    # credit of its own, but reading it empties the inbox, and the held credit must go
+    # back then, or the next message larger than the window never completes.
+    settings = cs.Settings(initial_stream_window=64 * 1024, max_frame_payload=16 * 1024)
+    frames = [b"x" * 10, b"", b"y" * (200 * 1024)]
+
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(b"s", _frames(*frames))
+
+    async with linked_pair(settings=settings) as (server, client, _, _):
+        await cs.Server(server).listen_and_serve("svc", source_fn)
+        with trio.fail_after(10):
+            async with cs.Client(client).lookup_and_post("svc") as sources:
+                source = await sources.receive()
+                assert [frame async for frame in source] == frames

@@ -1,0 +1,60 @@
+"""LZ4 compression of DATA payloads (sans-IO), used when both ends of a link ask for it.
+
+A compressed payload is ``u32 BE original length`` followed by one LZ4 block; the frame
+carries the ``COMPRESSED`` flag, so no payload is ever guessed at from its bytes. The
+``lz4`` package is an optional extra (``pip install 'chanserv-trio[lz4]'``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+from ._wire_codec import ErrorCode, WireProtocolError
+
+__all__ = ["MIN_COMPRESS_SIZE", "compress", "decompress", "lz4_available"]
+
+#: Payloads shorter than this are sent as they are: LZ4 rarely wins on them.
+MIN_COMPRESS_SIZE: Final = 512
+_LENGTH = struct.Struct(">I")
+
+_lz4: Any
+try:
+    import lz4.block as _lz4  # type: ignore[import-untyped,no-redef]
+except ImportError:  # pragma: no cover - depends on the environment
+    _lz4 = None
+
+
+def lz4_available() -> bool:
+    """Whether the lz4 package is installed."""
+    return _lz4 is not None
+
+
+def compress(data: bytes | memoryview) -> bytes | None:
+    """The compressed payload, or None when compressing would not make it smaller."""
+    assert _lz4 is not None
+    block: bytes = _lz4.compress(data, store_size=False)
+    if len(block) + _LENGTH.size >= len(data):
+        return None
+    return _LENGTH.pack(len(data)) + block
+
+
+def decompress(payload: bytes, limit: int) -> bytes:
+    """The original bytes of a compressed payload; a protocol error for a payload that
+    claims more than ``limit`` bytes or does not decompress to what it claims."""
+    if _lz4 is None:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "compressed DATA, but no lz4 here")
+    if len(payload) < _LENGTH.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "compressed DATA too short")
+    (size,) = _LENGTH.unpack_from(payload)
+    if size > limit:
+        raise WireProtocolError(
+            ErrorCode.FRAME_SIZE_ERROR, f"compressed DATA expands to {size} > {limit} bytes"
+        )
+    try:
+        data: bytes = _lz4.decompress(payload[_LENGTH.size :], uncompressed_size=size)
+    except Exception as exc:  # lz4 raises its own LZ4BlockError
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"bad LZ4 block: {exc}") from None
+    if len(data) != size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "LZ4 block has the wrong length")
+    return data
