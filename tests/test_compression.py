@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import AsyncIterator
 
@@ -70,7 +71,7 @@ def test_small_and_incompressible_payloads_go_plain() -> None:
     a, b = pair(True, True)
     sid = a.open_stream("svc", b"")
     b.receive_data(b"".join(a.take_outgoing()))
-    incompressible = bytes((i * 7919 + i * i) % 251 for i in range(600))
+    incompressible = random.Random(1).randbytes(600)
     payloads = [b"tiny", incompressible, COMPRESSIBLE[:600]]
     for payload in payloads:
         a.send_data(sid, payload)
