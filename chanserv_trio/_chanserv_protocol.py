@@ -17,7 +17,7 @@ import attrs
 
 from ._wire_codec import ErrorCode, WireProtocolError
 
-__all__ = ["Request", "decode_request", "encode_request"]
+__all__ = ["Request", "bucket_of_request", "decode_request", "encode_request"]
 
 ENVELOPE_VERSION: Final = 1
 NO_DEADLINE: Final = 2**64 - 1
@@ -81,3 +81,12 @@ def decode_request(header: bytes) -> Request:
         raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed request tags") from None
     timeout = None if micros == NO_DEADLINE else micros / 1_000_000
     return Request(header[offset:], timeout, tags)
+
+
+def bucket_of_request(header: bytes) -> str | None:
+    """The ``bucket`` tag of a request envelope, or None (also for anything that is not
+    one): a router uses it to keep bucket routing across its hop."""
+    try:
+        return decode_request(header).tags.get("bucket")
+    except WireProtocolError:
+        return None

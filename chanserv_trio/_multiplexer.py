@@ -18,6 +18,7 @@ from typing import Any, Self
 import attrs
 import trio
 
+from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
 from ._registry import Registry
@@ -399,7 +400,8 @@ class Multiplexer:
                 f"no node behind this router offers {inbound.service!r}",
             )
             return
-        target = random.choice(candidates)
+        key = bucket_of_request(inbound.header) if inbound.parent == 0 else None
+        target = random.choice(candidates) if key is None else pick_by_key(candidates, key)
         try:
             outbound = await target.open_stream(
                 inbound.service,
