@@ -202,10 +202,17 @@ def _limits(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def _close(websocket: trio_websocket.WebSocketConnection) -> None:
-    # The link is over: a polite close, but never a wait longer than CLOSE_TIMEOUT.
-    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-        await websocket.aclose()
+async def _close(websocket: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
+    # The link is over: a polite close, but never a wait longer than CLOSE_TIMEOUT. Not
+    # shielded: when the node is closing, trio-websocket's reader task is cancelled too
+    # and could not receive the answer, so the close frame is sent (if there is time)
+    # and the socket closed.
+    try:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await websocket.aclose()
+    finally:
+        # When the peer closed first, trio-websocket's client side leaves the socket open.
+        await trio.aclose_forcefully(stream)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -260,7 +267,7 @@ async def accept_websocket(
         try:
             await handler(WebSocketStream(websocket), local, remote)
         finally:
-            await _close(websocket)
+            await _close(websocket, stream)
 
 
 async def dial_websocket(
@@ -308,7 +315,7 @@ async def dial_websocket(
                 except Exception as exc:  # raised below, outside the reader's nursery
                     handler_error = exc
                 finally:
-                    await _close(websocket)
+                    await _close(websocket, stream)
     except BaseExceptionGroup as group:
         # During the upgrade the reader task raises ConnectionRejected when the server
         # answers with an HTTP status other than 101, and h11's errors when the answer
