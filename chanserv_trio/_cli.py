@@ -1,17 +1,24 @@
 """The ``chanserv-trio`` command line (also ``python -m chanserv_trio``).
 
-- ``demo``: a server and a client in one process over real TCP loopback.
-- ``serve MODULE:FUNCTION --listen URL --name NAME``: serve a source function.
-- ``post URL NAME [BODY]``: post a request and print what comes back.
+- ``demo [--transport tcp|tls|ws|wss|unix]``: a server and a client in one process,
+  over real loopback sockets.
+- ``serve MODULE:FUNCTION --listen URL --name NAME``: serve a source function
+  (``--certfile``/``--keyfile`` for ``tls://`` and ``wss://``).
+- ``post URL NAME [BODY]``: post a request and print what comes back (``--cafile`` to
+  trust a private certificate authority).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import ssl
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import TextIO, cast
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TextIO, cast
 
 import trio
 
@@ -19,6 +26,7 @@ from ._chanserv_client import Client, RemoteSource
 from ._chanserv_server import Server, Source, SourceFunction
 from ._errors import ChanservError
 from ._multiplexer import Multiplexer
+from ._transport import parse_url
 
 __all__ = ["demo_source_fn", "main"]
 
@@ -58,15 +66,59 @@ async def _post(client: Client, name: str, body: bytes, out: TextIO) -> None:
             nursery.start_soon(_print_source, source, out)
 
 
-async def run_demo(url: str = "tcp://127.0.0.1:0", out: TextIO = sys.stdout) -> None:
-    """Serve the demo source function and post to it, printing as frames arrive."""
+DEMO_URLS = {
+    "tcp": "tcp://127.0.0.1:0",
+    "tls": "tls://127.0.0.1:0",
+    "ws": "ws://127.0.0.1:0/chanserv",
+    "wss": "wss://127.0.0.1:0/chanserv",
+    "unix": "unix://{tmp}/chanserv.sock",
+}
+
+
+@contextmanager
+def _demo_endpoint(
+    url: str | None, transport: str
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """The demo's listen URL with its listen and join options: a throwaway certificate
+    authority (made with trustme) for tls:// and wss://, a temporary directory for unix://."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = url or DEMO_URLS[transport].format(tmp=tmp)
+        if not parse_url(url).tls:
+            yield url, {}, {}
+            return
+        try:
+            import trustme
+        except ImportError as exc:
+            raise ImportError(f"the {transport} demo needs trustme: pip install trustme") from exc
+        authority = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        authority.configure_trust(client_context)
+        yield url, {"ssl_context": server_context}, {"ssl_context": client_context}
+
+
+async def run_demo(
+    url: str | None = None, out: TextIO = sys.stdout, *, transport: str = "tcp"
+) -> None:
+    """Serve the demo source function and post to it, printing as frames arrive.
+
+    It listens on ``url``, by default a loopback address of ``transport``.
+    """
+    with _demo_endpoint(url, transport) as (url, listen_options, join_options):
+        await _run_demo(url, out, listen_options, join_options)
+
+
+async def _run_demo(
+    url: str, out: TextIO, listen_options: dict[str, Any], join_options: dict[str, Any]
+) -> None:
     async with Multiplexer() as server_mpx:
-        address = await server_mpx.listen(url)
+        address = await server_mpx.listen(url, **listen_options)
         print(f"server listening on {address}", file=out, flush=True)
         server = Server(server_mpx, on_error=lambda exc: print(f"server error: {exc!r}"))
         await server.listen_and_serve("chanserv", demo_source_fn)
         async with Multiplexer() as client_mpx:
-            await client_mpx.join(address)
+            await client_mpx.join(address, **join_options)
             print(f"client joined {address}", file=out, flush=True)
             client = Client(client_mpx, dial_timeout=5.0)
             await _post(client, "chanserv", b"hello", out)
@@ -93,11 +145,13 @@ async def run_serve(
     name: str,
     out: TextIO = sys.stdout,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``source_fn`` as ``name`` on every URL until cancelled."""
+    """Serve ``source_fn`` as ``name`` on every URL until cancelled; ``ssl_context``
+    serves the ``tls://`` and ``wss://`` ones."""
     async with Multiplexer() as mpx:
-        bound = [await mpx.listen(url) for url in urls]
+        bound = [await mpx.listen(url, **_tls_options(url, ssl_context)) for url in urls]
         server = Server(mpx, on_error=lambda exc: print(f"error: {exc!r}", file=sys.stderr))
         await server.listen_and_serve(name, source_fn)
         for address in bound:
@@ -107,12 +161,32 @@ async def run_serve(
 
 
 async def run_post(
-    url: str, name: str, body: bytes, dial_timeout: float, out: TextIO = sys.stdout
+    url: str,
+    name: str,
+    body: bytes,
+    dial_timeout: float,
+    out: TextIO = sys.stdout,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Join ``url``, post ``body`` to ``name`` and print the sources and frames."""
     async with Multiplexer() as mpx:
-        await mpx.join(url)
+        await mpx.join(url, **_tls_options(url, ssl_context))
         await _post(Client(mpx, dial_timeout=dial_timeout), name, body, out)
+
+
+def _tls_options(url: str, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
+    return {"ssl_context": ssl_context} if ssl_context and parse_url(url).tls else {}
+
+
+def _server_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    if certfile is None:
+        if keyfile is not None:
+            raise ValueError("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,18 +196,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a server and a client on loopback")
-    demo.add_argument("--listen", default="tcp://127.0.0.1:0", help="where the demo listens")
+    demo.add_argument(
+        "--transport",
+        choices=sorted(DEMO_URLS),
+        default="tcp",
+        help="link over tcp (default), tls, ws, wss or unix",
+    )
+    demo.add_argument("--listen", help="where the demo listens (default: per --transport)")
     serve = commands.add_parser("serve", help="serve a source function")
     serve.add_argument("function", help="MODULE:FUNCTION, an async generator of Source")
     serve.add_argument(
         "--listen", action="append", required=True, help="URL to listen on (repeatable)"
     )
     serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
+    serve.add_argument("--certfile", help="PEM certificate chain for tls:// and wss:// URLs")
+    serve.add_argument("--keyfile", help="PEM private key (if not in --certfile)")
     post = commands.add_parser("post", help="post a request and print the answer")
     post.add_argument("url", help="a node to join, e.g. tcp://127.0.0.1:7000")
     post.add_argument("name", help="service name")
     post.add_argument("body", nargs="?", default="", help="request body (UTF-8)")
     post.add_argument("--dial-timeout", type=float, default=10.0)
+    post.add_argument("--cafile", help="trust this PEM certificate authority (tls, wss)")
     return parser
 
 
@@ -142,16 +225,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            trio.run(run_demo, args.listen)
+            trio.run(partial(run_demo, args.listen, transport=args.transport))
         elif args.command == "serve":
             sys.path.insert(0, "")
             source_fn = load_source_fn(args.function)
-            trio.run(run_serve, source_fn, args.listen, args.name)
+            context = _server_context(args.certfile, args.keyfile)
+            trio.run(partial(run_serve, source_fn, args.listen, args.name, ssl_context=context))
         else:
-            trio.run(run_post, args.url, args.name, args.body.encode(), args.dial_timeout)
+            context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+            body = args.body.encode()
+            trio.run(
+                partial(
+                    run_post, args.url, args.name, body, args.dial_timeout, ssl_context=context
+                )
+            )
     except KeyboardInterrupt:
         return 130
-    except (ChanservError, ValueError, ImportError, AttributeError) as exc:
+    except (ChanservError, ValueError, ImportError, AttributeError, OSError) as exc:
         print(f"chanserv-trio: error: {exc}", file=sys.stderr)
         return 1
     return 0
