@@ -34,10 +34,22 @@ async def relay(inbound: LinkStream, outbound: LinkStream) -> None:
         if out_scope.cancelled_caught:
             _pass_reset(outbound, inbound)
     except BaseException:
-        # The router itself is going down (or failed): neither side should wait on us.
+        # Cancelled from outside: a stream of an enclosing relay broke (trio lets only the
+        # outermost cancelled scope catch, so ours did not), or the router is going down.
+        # A side that broke itself still passes on why; otherwise neither side should
+        # wait on us.
+        if _is_broken(outbound):
+            _pass_reset(outbound, inbound)
+        elif _is_broken(inbound):
+            _pass_reset(inbound, outbound)
         outbound.reset(ErrorCode.CANCEL, "relay stopped")
         inbound.reset(ErrorCode.CANCEL, "relay stopped")
         raise
+
+
+def _is_broken(stream: LinkStream) -> bool:
+    """The peer reset the stream, or its link is gone."""
+    return stream.was_reset or not stream.link.is_alive
 
 
 def _pass_reset(source: LinkStream, target: LinkStream) -> None:
