@@ -52,6 +52,8 @@ _RECEIVE_SIZE = 256 * 1024
 #: A task that sends or receives without having to wait still yields to the scheduler
 #: once every this many calls on a link (it checks for cancellation on every call).
 _SCHEDULE_EVERY = 32
+#: Queued payloads at least this large are written without being copied into a batch.
+_DIRECT_WRITE = 64 * 1024
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -691,12 +693,11 @@ class Link:
                     self._writer_parked = True
                     await self._writer_lot.park()
                     continue
-                chunks = conn.take_outgoing()
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 self._writing = True
-                if self.write_timeout is None:
-                    await transport.send_all(data)
-                else:
+                for data in _batches(conn.take_outgoing()):
+                    if self.write_timeout is None:
+                        await transport.send_all(data)
+                        continue
                     with trio.move_on_after(self.write_timeout) as stuck:
                         await transport.send_all(data)
                     if stuck.cancelled_caught:
@@ -881,6 +882,26 @@ class Link:
                 self._fail(ConnectionLost(f"peer silent for {silent:.1f} s (keepalive)"))
                 return
             self.ping()
+
+
+def _batches(chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """What to hand the transport for a list of queued pieces: runs of small pieces
+    joined into one write, large payloads passed as they are (no copy)."""
+    if len(chunks) == 1:
+        return chunks
+    out: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if len(chunk) < _DIRECT_WRITE:
+            small.append(chunk)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(chunk)
+    if small:
+        out.append(small[0] if len(small) == 1 else b"".join(small))
+    return out
 
 
 def _lost(what: str, exc: BaseException) -> ConnectionLost:

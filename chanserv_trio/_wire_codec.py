@@ -296,6 +296,30 @@ class FrameDecoder:
             self._pending.append(chunk)
             self._pending_size += len(chunk)
 
+    def _take_spanning(self, missing: int) -> bytes:
+        """The payload of the frame whose header starts the buffer and whose last
+        ``missing`` bytes wait in the pending chunks: joined in one copy."""
+        pieces: list[bytes | memoryview] = [memoryview(self._buffer)[self._offset + HEADER_SIZE :]]
+        pending = self._pending
+        index = 0
+        rest = b""
+        while missing:
+            chunk = pending[index]
+            index += 1
+            if len(chunk) <= missing:
+                pieces.append(chunk)
+                missing -= len(chunk)
+            else:
+                pieces.append(memoryview(chunk)[:missing])
+                rest = chunk[missing:]
+                missing = 0
+        payload = b"".join(pieces)
+        self._buffer = rest
+        self._offset = 0
+        self._pending = pending[index:]
+        self._pending_size = sum(len(chunk) for chunk in self._pending)
+        return payload
+
     def _merge(self) -> None:
         self._pending.insert(0, self._buffer[self._offset :])
         self._buffer = b"".join(self._pending)
@@ -332,7 +356,7 @@ class FrameDecoder:
             if end > len(buffer):
                 if contiguous + self._pending_size < HEADER_SIZE + length:
                     return
-                self._merge()
+                yield ftype, flags, stream_id, self._take_spanning(end - len(buffer))
                 continue
             self._offset = end
             yield ftype, flags, stream_id, buffer[offset + HEADER_SIZE : end]
