@@ -5,6 +5,7 @@ the WebSocket byte-stream adapter on its own."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -761,3 +762,33 @@ async def test_websocket_sockets_are_closed_whichever_side_closes_first(
             await first.links[0].aclose()
             await poll_until(lambda: not second.links)
             await poll_until(lambda: client_socket.fileno() == -1 and server_socket.fileno() == -1)
+
+
+# ------------------------------------------------------------------ the docs page
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "transports.md"
+
+
+def doc_programs() -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    return [block for block in blocks if block.rstrip().endswith("trio.run(main)")]
+
+
+def test_docs_page_has_an_example_of_each_transport() -> None:
+    programs = "\n".join(doc_programs())
+    for scheme in ("tcp://", "tls://", "ws://", "wss://", "unix://", ".attach("):
+        assert scheme in programs
+
+
+@pytest.mark.parametrize("index", range(len(doc_programs())))
+def test_docs_page_examples_run(index: int, capsys: pytest.CaptureFixture[str]) -> None:
+    program = doc_programs()[index].rstrip().removesuffix("trio.run(main)")
+    namespace: dict[str, Any] = {"__name__": "transports_example"}
+    exec(compile(program, f"{DOCS}:example {index}", "exec"), namespace)
+
+    async def bounded() -> None:
+        with trio.fail_after(10):
+            await namespace["main"]()
+
+    trio.run(bounded)
+    assert "[b'" in capsys.readouterr().out  # every example prints frames it received
