@@ -2,10 +2,13 @@
 
 - ``demo [--transport tcp|tls|ws|wss|unix]``: a server and a client in one process,
   over real loopback sockets.
-- ``serve MODULE:FUNCTION --listen URL --name NAME``: serve a source function
-  (``--certfile``/``--keyfile`` for ``tls://`` and ``wss://``).
-- ``post URL NAME [BODY]``: post a request and print what comes back (``--cafile`` to
-  trust a private certificate authority).
+- ``serve [MODULE:FUNCTION] --listen URL --join URL --name NAME [--router]``: serve a
+  source function, link to other nodes (both repeatable), and with ``--router`` relay
+  requests to the services of the nodes linked to this one (``--certfile``/``--keyfile``
+  for ``tls://`` and ``wss://`` listeners, ``--cafile`` for joins).
+- ``post URL NAME [BODY] [--join URL] [--bucket KEY]``: join one or more nodes, post a
+  request and print what comes back (``--cafile`` to trust a private certificate
+  authority).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import trio
 
 from ._chanserv_client import Client, RemoteSource
 from ._chanserv_server import Server, Source, SourceFunction
-from ._errors import ChanservError
+from ._errors import ChanservError, ConnectionLost
 from ._multiplexer import Multiplexer
+from ._registry import Registry
 from ._transport import parse_url
 
 __all__ = ["demo_source_fn", "main"]
@@ -60,8 +64,13 @@ async def _print_source(source: RemoteSource, out: TextIO) -> None:
     print(f"[{label}] done after {count} frames", file=out, flush=True)
 
 
-async def _post(client: Client, name: str, body: bytes, out: TextIO) -> None:
-    async with client.lookup_and_post(name, body) as sources, trio.open_nursery() as nursery:
+async def _post(
+    client: Client, name: str, body: bytes, out: TextIO, tags: dict[str, str] | None = None
+) -> None:
+    async with (
+        client.lookup_and_post(name, body, tags) as sources,
+        trio.open_nursery() as nursery,
+    ):
         async for source in sources:
             nursery.start_soon(_print_source, source, out)
 
@@ -140,24 +149,62 @@ def load_source_fn(spec: str) -> SourceFunction:
 
 
 async def run_serve(
-    source_fn: SourceFunction,
+    source_fn: SourceFunction | None,
     urls: Sequence[str],
     name: str,
     out: TextIO = sys.stdout,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    joins: Sequence[str] = (),
+    join_ssl_context: ssl.SSLContext | None = None,
+    router: bool = False,
+    registry: Registry | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``source_fn`` as ``name`` on every URL until cancelled; ``ssl_context``
-    serves the ``tls://`` and ``wss://`` ones."""
-    async with Multiplexer() as mpx:
+    """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled;
+    ``ssl_context`` serves the ``tls://`` and ``wss://`` ones.
+
+    The node also joins every URL in ``joins`` (``join_ssl_context`` for the TLS ones),
+    retrying in the background with the multiplexer's redial backoff until the node
+    there is up, so nodes may start in any order. ``router`` makes it a router node.
+    ``registry`` is handed to the multiplexer (a fleet's registry).
+    """
+    if source_fn is None and not router:
+        raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
+    if not urls and not joins:
+        raise ValueError("serve needs at least one --listen or --join URL")
+    async with Multiplexer(router=router, registry=registry) as mpx, trio.open_nursery() as n:
         bound = [await mpx.listen(url, **_tls_options(url, ssl_context)) for url in urls]
-        server = Server(mpx, on_error=lambda exc: print(f"error: {exc!r}", file=sys.stderr))
-        await server.listen_and_serve(name, source_fn)
-        for address in bound:
-            print(f"serving {name!r} on {address}", file=out, flush=True)
+        if source_fn is not None:
+            server = Server(mpx, on_error=lambda exc: print(f"error: {exc!r}", file=sys.stderr))
+            await server.listen_and_serve(name, source_fn)
+            for address in bound:
+                print(f"serving {name!r} on {address}", file=out, flush=True)
+        if router:
+            for address in bound:
+                print(f"routing on {address}", file=out, flush=True)
+        for url in joins:
+            n.start_soon(_join_eventually, mpx, url, _tls_options(url, join_ssl_context), out)
         task_status.started(bound)
         await trio.sleep_forever()
+
+
+async def _join_eventually(
+    mpx: Multiplexer, url: str, options: dict[str, Any], out: TextIO
+) -> None:
+    """Join ``url``, retrying with the redial backoff while nobody answers there."""
+    initial, factor, ceiling = mpx.redial_backoff
+    delay = initial
+    while True:
+        try:
+            await mpx.join(url, **options)
+        except (ChanservError, OSError) as exc:
+            print(f"cannot join {url} yet ({exc}); retrying in {delay:g} s", file=sys.stderr)
+            await trio.sleep(delay)
+            delay = min(delay * factor, ceiling)
+            continue
+        print(f"joined {url}", file=out, flush=True)
+        return
 
 
 async def run_post(
@@ -168,11 +215,27 @@ async def run_post(
     out: TextIO = sys.stdout,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    joins: Sequence[str] = (),
+    bucket: str | None = None,
+    registry: Registry | None = None,
 ) -> None:
-    """Join ``url``, post ``body`` to ``name`` and print the sources and frames."""
-    async with Multiplexer() as mpx:
-        await mpx.join(url, **_tls_options(url, ssl_context))
-        await _post(Client(mpx, dial_timeout=dial_timeout), name, body, out)
+    """Join ``url`` and every URL in ``joins``, post ``body`` to ``name`` and print the
+    sources and frames. Among several nodes offering ``name`` one is picked at random,
+    or by ``bucket`` (the same key reaches the same node). A node that cannot be joined
+    is reported and skipped, as long as one can."""
+    async with Multiplexer(registry=registry) as mpx:
+        failures: list[str] = []
+        for each in (url, *joins):
+            try:
+                await mpx.join(each, redial=False, **_tls_options(each, ssl_context))
+            except ChanservError as exc:
+                failures.append(f"cannot join {each}: {exc}")
+        if failures and not mpx.links:
+            raise ConnectionLost("; ".join(failures))
+        for failure in failures:
+            print(f"chanserv-trio: {failure}", file=sys.stderr)
+        tags = None if bucket is None else {"bucket": bucket}
+        await _post(Client(mpx, dial_timeout=dial_timeout), name, body, out, tags)
 
 
 def _tls_options(url: str, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
@@ -203,11 +266,22 @@ def _parser() -> argparse.ArgumentParser:
         help="link over tcp (default), tls, ws, wss or unix",
     )
     demo.add_argument("--listen", help="where the demo listens (default: per --transport)")
-    serve = commands.add_parser("serve", help="serve a source function")
-    serve.add_argument("function", help="MODULE:FUNCTION, an async generator of Source")
+    serve = commands.add_parser("serve", help="serve a source function, or route")
     serve.add_argument(
-        "--listen", action="append", required=True, help="URL to listen on (repeatable)"
+        "function",
+        nargs="?",
+        help="MODULE:FUNCTION, an async generator of Source (optional with --router)",
     )
+    serve.add_argument("--listen", action="append", default=[], help="URL to listen on")
+    serve.add_argument(
+        "--join", action="append", default=[], help="URL of a node to link to (repeatable)"
+    )
+    serve.add_argument(
+        "--router",
+        action="store_true",
+        help="relay requests to the services of the nodes linked to this one",
+    )
+    serve.add_argument("--cafile", help="trust this PEM certificate authority for --join")
     serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
     serve.add_argument("--certfile", help="PEM certificate chain for tls:// and wss:// URLs")
     serve.add_argument("--keyfile", help="PEM private key (if not in --certfile)")
@@ -215,8 +289,14 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument("url", help="a node to join, e.g. tcp://127.0.0.1:7000")
     post.add_argument("name", help="service name")
     post.add_argument("body", nargs="?", default="", help="request body (UTF-8)")
+    post.add_argument(
+        "--join", action="append", default=[], help="another node to join (repeatable)"
+    )
+    post.add_argument("--bucket", help="route by this key: the same key, the same node")
     post.add_argument("--dial-timeout", type=float, default=10.0)
     post.add_argument("--cafile", help="trust this PEM certificate authority (tls, wss)")
+    # Registry flags (--registry etcd://host:port on serve and post) go here: build the
+    # registry from the URL and pass it as registry= to run_serve / run_post.
     return parser
 
 
@@ -228,15 +308,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(partial(run_demo, args.listen, transport=args.transport))
         elif args.command == "serve":
             sys.path.insert(0, "")
-            source_fn = load_source_fn(args.function)
+            source_fn = load_source_fn(args.function) if args.function else None
             context = _server_context(args.certfile, args.keyfile)
-            trio.run(partial(run_serve, source_fn, args.listen, args.name, ssl_context=context))
+            join_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+            trio.run(
+                partial(
+                    run_serve,
+                    source_fn,
+                    args.listen,
+                    args.name,
+                    ssl_context=context,
+                    joins=args.join,
+                    join_ssl_context=join_context,
+                    router=args.router,
+                )
+            )
         else:
             context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
             body = args.body.encode()
             trio.run(
                 partial(
-                    run_post, args.url, args.name, body, args.dial_timeout, ssl_context=context
+                    run_post,
+                    args.url,
+                    args.name,
+                    body,
+                    args.dial_timeout,
+                    ssl_context=context,
+                    joins=args.join,
+                    bucket=args.bucket,
                 )
             )
     except KeyboardInterrupt:

@@ -4,9 +4,11 @@ restarted under a redialing client, and streams relayed one hop through a router
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -15,6 +17,7 @@ import trio
 from helpers import drain, wait_quiet, wait_until
 
 import chanserv_trio as cs
+from chanserv_trio import _cli as cli
 
 SERVICE = "svc"
 FAST_REDIAL = (0.05, 1.5, 0.5)
@@ -701,4 +704,128 @@ async def test_bucket_routing_holds_through_a_router() -> None:
                     through = await assignment(routed, keys)
                     assert through == await assignment(straight, keys)
                     assert set(through.values()) == {"a", "b", "c"}
+            nursery.cancel_scope.cancel()
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def test_cli_parses_join_router_and_bucket() -> None:
+    args = cli._parser().parse_args(
+        ["serve", "--router", "--listen", "tcp://h:1", "--join", "tcp://a:2", "--join", "ws://b"]
+    )
+    assert (args.function, args.router, args.listen) == (None, True, ["tcp://h:1"])
+    assert args.join == ["tcp://a:2", "ws://b"]
+    args = cli._parser().parse_args(
+        ["post", "tcp://a:1", "svc", "--join", "tcp://b:2", "--join", "tcp://c:3", "--bucket", "k"]
+    )
+    assert (args.url, args.join, args.bucket) == ("tcp://a:1", ["tcp://b:2", "tcp://c:3"], "k")
+    args = cli._parser().parse_args(["serve", "mod:fn", "--listen", "tcp://h:1"])
+    assert (args.function, args.router, args.join) == ("mod:fn", False, [])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "--listen", "tcp://127.0.0.1:0"], ["serve", "--router"]],
+    ids=["neither-function-nor-router", "neither-listen-nor-join"],
+)
+def test_cli_serve_refuses_a_node_that_can_do_nothing(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 1
+    assert "serve needs" in capsys.readouterr().err
+
+
+async def test_cli_router_between_backends_with_post_joining_several_nodes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def lines(out: io.StringIO) -> list[str]:
+        return [line for line in out.getvalue().splitlines() if "announced" in line]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            log = io.StringIO()
+            [a_url] = await nursery.start(
+                partial(cli.run_serve, labelled("a"), ["tcp://127.0.0.1:0"], SERVICE, log)
+            )
+            [router_url] = await nursery.start(
+                partial(
+                    cli.run_serve,
+                    None,
+                    ["tcp://127.0.0.1:0"],
+                    SERVICE,
+                    log,
+                    router=True,
+                    joins=[a_url],
+                )
+            )
+            # b listens nowhere: it joins the router, which relays to it.
+            await nursery.start(
+                partial(cli.run_serve, labelled("b"), [], SERVICE, log, joins=[router_url])
+            )
+            with trio.fail_after(5):
+                await wait_until(lambda: log.getvalue().count("joined") == 2)
+            assert f"serving {SERVICE!r} on {a_url}" in log.getvalue()
+            assert f"routing on {router_url}" in log.getvalue()
+
+            seen: set[str] = set()
+            for _ in range(30):
+                out = io.StringIO()
+                await cli.run_post(router_url, SERVICE, b"", 2.0, out)
+                [line] = lines(out)
+                seen.add(line.split("]")[0])
+            assert seen == {"[a", "[b"}
+
+            # The same bucket key reaches the same backend through the router every time.
+            picks = set()
+            for _ in range(10):
+                out = io.StringIO()
+                await cli.run_post(router_url, SERVICE, b"", 2.0, out, bucket="user-1")
+                picks.update(lines(out))
+            assert len(picks) == 1
+
+            # post joins several nodes, skipping one nobody answers at.
+            with trio.socket.socket() as probe:
+                await probe.bind(("127.0.0.1", 0))
+                dead = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+            capsys.readouterr()
+            out = io.StringIO()
+            await cli.run_post(dead, SERVICE, b"", 2.0, out, joins=[a_url])
+            assert lines(out)
+            assert f"cannot join {dead}" in capsys.readouterr().err
+            with pytest.raises(cs.ConnectionLost, match="cannot join"):
+                await cli.run_post(dead, SERVICE, b"", 2.0, io.StringIO(), joins=[dead])
+            nursery.cancel_scope.cancel()
+
+
+async def test_cli_serve_joins_a_node_that_starts_later(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        later = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            log = io.StringIO()
+            [router_url] = await nursery.start(
+                partial(
+                    cli.run_serve,
+                    None,
+                    ["tcp://127.0.0.1:0"],
+                    SERVICE,
+                    log,
+                    router=True,
+                    joins=[later],
+                )
+            )
+            with trio.fail_after(5):
+                await wait_until(lambda: "cannot join" in capsys.readouterr().err)
+            await nursery.start(
+                partial(cli.run_serve, labelled("late"), [later], SERVICE, io.StringIO())
+            )
+            with trio.fail_after(5):
+                await wait_until(lambda: f"joined {later}" in log.getvalue())
+            out = io.StringIO()
+            await cli.run_post(router_url, SERVICE, b"", 2.0, out)
+            assert "[late] announced" in out.getvalue()
             nursery.cancel_scope.cancel()
