@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 import attrs
 import trio
@@ -124,10 +124,12 @@ class LinkStream:
         self.we_send = True
         #: True once the peer reset the stream (rather than ending it).
         self.was_reset = False
-        self._inbox: deque[tuple[bytes, int]] = deque()
-        self._children: deque[LinkStream] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
-        self._window_lot = trio.lowlevel.ParkingLot()
+        # Queues and parking lots are made on first use: most streams only ever send
+        # or only ever receive, and an idle open stream should cost little memory.
+        self._inbox: deque[tuple[bytes, int]] | None = None
+        self._children: deque[LinkStream] | None = None
+        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._window_lot: trio.lowlevel.ParkingLot | None = None
         #: How the peer ended its half (None while it may still send).
         self._remote_status: Status | None = None
         #: Set when the stream can no longer be used (reset, link lost).
@@ -135,7 +137,7 @@ class LinkStream:
         self._closed_locally = False
         self._sending = False
         self._unacked = 0
-        self._scopes: list[trio.CancelScope] = []
+        self._scopes: list[trio.CancelScope] | None = None
 
     def __repr__(self) -> str:
         return f"<LinkStream {self.stream_id} service={self.service!r}>"
@@ -197,6 +199,8 @@ class LinkStream:
                 if conn.connection_send_window() == 0:
                     await link._window_lot.park()
                 else:
+                    if self._window_lot is None:
+                        self._window_lot = trio.lowlevel.ParkingLot()
                     await self._window_lot.park()
                 self._check_sendable()
         except BaseException:
@@ -290,7 +294,7 @@ class LinkStream:
             try:
                 data = self.receive_nowait()
             except trio.WouldBlock:
-                await self._lot.park()
+                await self._parking().park()
                 parked = True
                 continue
             except BaseException:
@@ -322,10 +326,11 @@ class LinkStream:
         await _checkpoint_if_cancelled()
         parked = False
         while True:
-            if self._children:
+            children = self._children
+            if children:
                 if not parked and self._link._spend():
                     await _cancel_shielded_checkpoint()
-                return self._children.popleft()
+                return children.popleft()
             if self._closed_locally:
                 raise trio.ClosedResourceError("stream was closed")
             status = self._remote_status
@@ -337,7 +342,7 @@ class LinkStream:
                 raise self._error
             if not self._link.conn.is_open(self.stream_id):
                 raise trio.EndOfChannel  # closed both ways: no child can come any more
-            await self._lot.park()
+            await self._parking().park()
             parked = True
 
     async def open_child(
@@ -360,30 +365,63 @@ class LinkStream:
         """True once the stream is closed both ways or broken."""
         return self._error is not None or not self._link.conn.is_open(self.stream_id)
 
-    @contextmanager
-    def cancel_on_reset(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope that the peer's RESET (or the link dying) cancels."""
-        with trio.CancelScope() as scope:
-            if self._error is not None:
-                scope.cancel()
-            self._scopes.append(scope)
-            try:
-                yield scope
-            finally:
-                self._scopes.remove(scope)
+    def cancel_on_reset(self) -> _CancelOnReset:
+        """A cancel scope (use it in ``with``) that the peer's RESET, or the link dying,
+        cancels."""
+        return _CancelOnReset(self)
+
+    def _parking(self) -> trio.lowlevel.ParkingLot:
+        lot = self._lot
+        if lot is None:
+            lot = self._lot = trio.lowlevel.ParkingLot()
+        return lot
 
     # ------------------------------------------------------ called by the link
 
     def _wake_all(self) -> None:
-        self._lot.unpark_all()
-        self._window_lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
+        if self._window_lot:
+            self._window_lot.unpark_all()
 
     def _broken(self, error: ChanservError) -> None:
         if self._error is None:
             self._error = error
         self._wake_all()
-        for scope in self._scopes:
+        for scope in self._scopes or ():
             scope.cancel()
+
+
+class _CancelOnReset:
+    """The context manager behind :meth:`LinkStream.cancel_on_reset` (a class, not a
+    generator, because one exists for every open source)."""
+
+    __slots__ = ("_scope", "_stream")
+
+    def __init__(self, stream: LinkStream) -> None:
+        self._stream = stream
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        stream = self._stream
+        scope = self._scope.__enter__()
+        if stream._error is not None:
+            scope.cancel()
+        if stream._scopes is None:
+            stream._scopes = []
+        stream._scopes.append(scope)
+        return scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scopes = self._stream._scopes
+        if scopes is not None:
+            scopes.remove(self._scope)
+        return self._scope.__exit__(exc_type, exc, tb)
 
 
 class Link:
@@ -486,8 +524,16 @@ class Link:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await trio.aclose_forcefully(self.transport)
         if not started:
-            assert self._error is not None
-            raise self._error
+            error = self._error
+            assert error is not None
+            if type(error) is ConnectionLost and not self.conn.handshake_done:
+                # The other end hung up without a word of our protocol.
+                raise ConnectionLost(
+                    f"{self.remote_addr or 'peer'} closed the connection before the "
+                    f"chanserv_trio handshake ({error}); is it a chanserv_trio node, "
+                    f"reached with the right transport (tcp, tls, ws, wss, unix)?"
+                ) from error
+            raise error
 
     @property
     def is_alive(self) -> bool:
@@ -661,7 +707,8 @@ class Link:
         """Forget a finished stream; its buffered messages stay readable."""
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
-            stream._lot.unpark_all()
+            if stream._lot:
+                stream._lot.unpark_all()
             self._open_lot.unpark()
             if self._released_lot:
                 self._released_lot.unpark_all()
@@ -767,9 +814,13 @@ class Link:
             if stream is None or stream._closed_locally:
                 self.conn.acknowledge(event.stream_id, event.credit)
                 return
-            stream._inbox.append((event.data, event.credit))
-            if stream._lot:
-                stream._lot.unpark()
+            inbox = stream._inbox
+            if inbox is None:
+                inbox = stream._inbox = deque()
+            inbox.append((event.data, event.credit))
+            lot = stream._lot
+            if lot:
+                lot.unpark()
         elif type(event) is WindowOpened:
             if event.stream_id == 0:
                 self._window_lot.unpark_all()
@@ -778,7 +829,7 @@ class Link:
                         stream._window_lot.unpark_all()
             else:
                 stream = self._streams.get(event.stream_id)
-                if stream is not None:
+                if stream is not None and stream._window_lot:
                     stream._window_lot.unpark_all()
         elif type(event) is StreamOpened:
             self._on_stream_opened(event)
@@ -786,7 +837,8 @@ class Link:
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream._remote_status = event.status
-                stream._lot.unpark_all()
+                if stream._lot:
+                    stream._lot.unpark_all()
                 self._maybe_release(stream)
         elif type(event) is StreamReset:
             if (event.stream_id % 2 == 0) == self.conn.initiator:
@@ -848,8 +900,11 @@ class Link:
             if parent is None or parent._closed_locally:
                 stream.reset(ErrorCode.CANCEL, "parent stream closed")
                 return
+            if parent._children is None:
+                parent._children = deque()
             parent._children.append(stream)
-            parent._lot.unpark_all()
+            if parent._lot:
+                parent._lot.unpark_all()
             return
         handler = self._handler_for(event.service)
         if handler is None or self._nursery is None or self._closing:

@@ -141,9 +141,11 @@ class Multiplexer:
         if self.registry is not None:
             try:
                 await self._nursery.start(self.registry.run, self)
-            except BaseException as exc:
+            except BaseException:
+                # Close the (cancelled) nursery cleanly, then let the error out as itself.
                 self._nursery.cancel_scope.cancel()
-                await self._cm.__aexit__(type(exc), exc, exc.__traceback__)
+                await self._cm.__aexit__(None, None, None)
+                self._nursery = None
                 raise
         return self
 
