@@ -4,11 +4,14 @@ restarted under a redialing client, and streams relayed one hop through a router
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -829,3 +832,41 @@ async def test_cli_serve_joins_a_node_that_starts_later(
             await cli.run_post(router_url, SERVICE, b"", 2.0, out)
             assert "[late] announced" in out.getvalue()
             nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------- docs
+
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+
+
+def deployment_programs() -> list[tuple[str, str | None]]:
+    """Each complete program of docs/deployment.md (a block ending in ``trio.run(main)``)
+    with the output shown after it, if any."""
+    text = DEPLOYMENT.read_text(encoding="utf-8")
+    found = []
+    for match in re.finditer(r"```python\n(.*?)```(\n\nOutput:\n\n```\n(.*?)```)?", text, re.S):
+        program = match.group(1)
+        if program.rstrip().endswith("trio.run(main)"):
+            found.append((program, match.group(3)))
+    return found
+
+
+def test_deployment_page_has_its_programs() -> None:
+    assert len(deployment_programs()) == 2
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_deployment_program_runs_and_prints_what_the_page_shows(index: int) -> None:
+    program, shown = deployment_programs()[index]
+    namespace: dict[str, Any] = {"__name__": "deployment_example"}
+    exec(program.rstrip().removesuffix("trio.run(main)"), namespace)
+
+    async def bounded() -> None:
+        with trio.fail_after(10):
+            await namespace["main"]()
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        trio.run(bounded)
+    assert shown is not None
+    assert out.getvalue() == shown
