@@ -111,6 +111,8 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         except ChanservError as exc:
             self._client._report(exc)
             raise
+        if self._client.frame_buffer_size is not None:
+            child.set_receive_window(self._client.frame_buffer_size)
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
         source = RemoteSource(child, meta, self._client)
         self._sources = [s for s in self._sources if not s._stream.is_finished]
@@ -141,6 +143,10 @@ class Client:
     - ``frame_read_timeout``: longest gap, in seconds, between two frames of a source;
       past it the source is cancelled and raises
       :class:`~chanserv_trio.DeadlineExceeded`.
+    - ``frame_buffer_size``: bytes each source may buffer ahead of its consumer (its
+      flow-control window). Larger than the link's ``Settings.initial_stream_window``
+      it is granted as soon as the source is announced; smaller, it takes effect once
+      the first window's worth has been read.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class Client:
         dial_timeout: float = 10.0,
         on_error: Callable[[BaseException], object] | None = None,
         frame_read_timeout: float | None = None,
+        frame_buffer_size: int | None = None,
     ) -> None:
         if dial_timeout < 0:
             raise ValueError("dial_timeout must not be negative")
@@ -159,6 +166,9 @@ class Client:
         self.dial_timeout = dial_timeout
         self.on_error = on_error
         self.frame_read_timeout = frame_read_timeout
+        if frame_buffer_size is not None and not 0 < frame_buffer_size < 2**31:
+            raise ValueError("frame_buffer_size must be between 1 and 2**31 - 1 bytes")
+        self.frame_buffer_size = frame_buffer_size
 
     def _report(self, exc: BaseException) -> None:
         if self.on_error is not None:

@@ -95,6 +95,9 @@ class Server:
     - ``max_error_mass`` / ``on_max_error_mass(count, last_error)``: after that many
       errors without a request succeeding in between, the callback runs and the count
       starts again from zero.
+    - ``compression``: ask for LZ4 compression on the multiplexer's links made from now
+      on (it is agreed per link in the handshake, so the client side must ask too:
+      ``cs.Settings(compression=True)``; needs ``pip install 'chanserv-trio[lz4]'``).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Server:
         serving_timeout: float | None = None,
         sourcing_timeout: float | None = None,
         frame_write_timeout: float | None = None,
+        compression: bool = False,
         max_error_mass: int | None = None,
         on_max_error_mass: Callable[[int, BaseException], object] | None = None,
     ) -> None:
@@ -118,6 +122,9 @@ class Server:
         if max_error_mass is not None and max_error_mass < 1:
             raise ValueError("max_error_mass must be at least 1")
         self.mpx = mpx
+        if compression:
+            mpx.request_compression()
+        self.compression = compression
         self.on_error = on_error
         self.serving_timeout = serving_timeout
         self.sourcing_timeout = sourcing_timeout

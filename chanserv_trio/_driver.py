@@ -365,6 +365,16 @@ class LinkStream:
         """True once the stream is closed both ways or broken."""
         return self._error is not None or not self._link.conn.is_open(self.stream_id)
 
+    def set_receive_window(self, window: int) -> None:
+        """Let the peer send at most ``window`` bytes ahead of what we consumed on this
+        stream (instead of the link's ``initial_stream_window``). Growing takes effect
+        at once; shrinking as messages are consumed."""
+        conn = self._link.conn
+        before = conn.outgoing_size
+        conn.set_receive_window(self.stream_id, window)
+        if conn.outgoing_size != before:
+            self._link._kick_writer()
+
     def cancel_on_reset(self) -> _CancelOnReset:
         """A cancel scope (use it in ``with``) that the peer's RESET, or the link dying,
         cancels."""

@@ -182,6 +182,12 @@ class Multiplexer:
                 for link in list(self._links):
                     nursery.start_soon(link.shutdown, grace, "server is shutting down")
 
+    def request_compression(self) -> None:
+        """Ask for compression on links made from now on (``Settings.compression``)."""
+        if not lz4_available():
+            raise ValueError("compression needs the lz4 package: pip install 'chanserv-trio[lz4]'")
+        self.settings = attrs.evolve(self.settings, compression=True)
+
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None or self._closed:
             raise RuntimeError("use the Multiplexer inside 'async with' (and before it exits)")

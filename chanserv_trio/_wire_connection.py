@@ -169,6 +169,7 @@ class _Stream:
         "assembly_credited",
         "chunks",
         "chunks_size",
+        "debt",
         "held",
         "local_open",
         "parent",
@@ -178,6 +179,7 @@ class _Stream:
         "remote_open",
         "send_window",
         "stream_id",
+        "window",
     )
 
     def __init__(self, stream_id: int, parent: int, send_window: int, recv_window: int) -> None:
@@ -202,6 +204,10 @@ class _Stream:
         self.held = 0
         #: Bytes of ``held`` already credited back while they were chunks.
         self.prepaid = 0
+        #: This stream's receive window (the link's initial one unless changed).
+        self.window = recv_window
+        #: Credit still to be withheld because the window was made smaller.
+        self.debt = 0
 
 
 class Connection:
@@ -471,15 +477,45 @@ class Connection:
             stream.assembly_credited = stream.chunks_size
         self._return_credit(stream, credit)
 
+    def set_receive_window(self, stream_id: int, window: int) -> None:
+        """Change how many bytes the peer may send ahead on one stream.
+
+        A larger window is granted at once with a WINDOW frame. A smaller one takes
+        effect as the application consumes: credit is withheld until the peer is
+        within the new window (what it was already granted may still arrive).
+        """
+        if not 0 < window <= _MAX_WINDOW:
+            raise LocalProtocolError(f"a window must be between 1 and {_MAX_WINDOW}")
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.remote_open:
+            return
+        change = window - stream.window
+        stream.window = window
+        if change < 0:
+            stream.debt -= change
+            return
+        repaid = min(change, stream.debt)
+        stream.debt -= repaid
+        change -= repaid
+        if change:
+            stream.recv_window += change
+            self._queue(FrameType.WINDOW, 0, stream_id, change.to_bytes(4, "big"))
+
     def _return_credit(self, stream: _Stream, credit: int) -> None:
         if credit <= 0:
             return
+        if stream.debt:
+            withheld = min(credit, stream.debt)
+            stream.debt -= withheld
+            credit -= withheld
+            if not credit:
+                return
         stream.pending_credit += credit
         if not stream.remote_open:
             # The peer sends no more: restore the window without telling it.
             stream.recv_window += stream.pending_credit
             stream.pending_credit = 0
-        elif stream.pending_credit >= self.local_settings.initial_stream_window >> 2:
+        elif stream.pending_credit >= stream.window >> 2:
             increment = stream.pending_credit
             stream.pending_credit = 0
             stream.recv_window += increment

@@ -1,0 +1,76 @@
+"""Client and Server options beyond timeouts: per-source buffer size, compression."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from test_reliability import linked_pair
+
+import chanserv_trio as cs
+
+FRAME = b"f" * 1000
+
+
+async def endless(request: bytes) -> AsyncIterator[cs.Source]:
+    async def frames() -> AsyncIterator[bytes]:
+        while True:
+            yield FRAME
+
+    yield cs.Source(b"endless", frames())
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("link_window", "buffer_size"), [(16384, 262144), (262144, 16384)])
+async def test_frame_buffer_size_bounds_what_a_source_buffers(
+    autojump_clock: object, link_window: int, buffer_size: int
+) -> None:
+    settings = cs.Settings(initial_stream_window=link_window, max_frame_payload=4096)
+    async with linked_pair(settings=settings) as (server, client, _, _):
+        await cs.Server(server).listen_and_serve("svc", endless)
+        client_side = cs.Client(client, frame_buffer_size=buffer_size)
+        with trio.fail_after(30):
+            async with client_side.lookup_and_post("svc") as sources:
+                source = await sources.receive()
+                # Read past whatever the link granted before the new window applied.
+                for _ in range(2 * max(link_window, buffer_size) // len(FRAME)):
+                    assert await source.receive() == FRAME
+                await settle()
+                # Nobody reads now: the source fills its window and no more (credit goes
+                # back in quarter-window steps, so it may stop up to a quarter short).
+                buffered = client.statistics().bytes_buffered
+                assert buffer_size * 3 // 4 - len(FRAME) <= buffered <= buffer_size
+
+
+def test_frame_buffer_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="frame_buffer_size"):
+        cs.Client(cs.Multiplexer(), frame_buffer_size=0)
+
+
+async def test_server_compression_option_asks_for_compression_on_new_links() -> None:
+    pytest.importorskip("lz4.block")
+    payload = b"compress me " * 5000
+
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        async def frames() -> AsyncIterator[bytes]:
+            yield payload
+
+        yield cs.Source(b"s", frames())
+
+    async with cs.Multiplexer() as server:
+        cs.Server(server, compression=True)
+        address = await server.listen("tcp://127.0.0.1:0")
+        await cs.Server(server).listen_and_serve("svc", source_fn)
+        async with cs.Multiplexer(settings=cs.Settings(compression=True)) as client:
+            link = await client.join(address)
+            assert link.conn.compressing
+            with trio.fail_after(10):
+                async with cs.Client(client).lookup_and_post("svc") as sources:
+                    source = await sources.receive()
+                    assert [f async for f in source] == [payload]
+            assert link.statistics().bytes_in < len(payload) // 4
