@@ -23,6 +23,7 @@ from ._errors import (
     StreamError,
 )
 from ._multiplexer import Multiplexer, MultiplexerStatistics
+from ._registry_etcd import EtcdRegistry as EtcdRegistry
 from ._wire_codec import ErrorCode
 from ._wire_connection import Settings
 
