@@ -88,6 +88,7 @@ class LinkStream:
 
     __slots__ = (
         "__weakref__",
+        "_ack_batch",
         "_children",
         "_closed_locally",
         "_error",
@@ -137,6 +138,7 @@ class LinkStream:
         self._closed_locally = False
         self._sending = False
         self._unacked = 0
+        self._ack_batch = link._ack_batch
         self._scopes: list[trio.CancelScope] | None = None
 
     def __repr__(self) -> str:
@@ -247,11 +249,14 @@ class LinkStream:
         # Once the inbox is empty everything goes back at once: the state machine only
         # credits the chunks of a large message while nothing unconsumed is held.
         # (An empty message carries no credit but may still be the one that empties it.)
+        link = self._link
         unacked = self._unacked + credit
-        if unacked and (unacked >= self._link._ack_batch or not self._inbox):
+        if unacked and (unacked >= self._ack_batch or not self._inbox):
+            link._unacked_total -= self._unacked
             self._unacked = 0
-            self._link._acknowledge(self.stream_id, unacked)
+            link._acknowledge(self.stream_id, unacked)
         else:
+            link._unacked_total += credit
             self._unacked = unacked
 
     def receive_nowait(self) -> bytes:
@@ -372,6 +377,8 @@ class LinkStream:
         conn = self._link.conn
         before = conn.outgoing_size
         conn.set_receive_window(self.stream_id, window)
+        # Batches of returned credit must stay well inside the window.
+        self._ack_batch = max(1, min(self._link._ack_batch, window >> 3))
         if conn.outgoing_size != before:
             self._link._kick_writer()
 
@@ -475,6 +482,7 @@ class Link:
         # read; past this many queued bytes the reader waits for the writer.
         self._outgoing_limit = self.conn.local_settings.connection_window + (4 << 20)
         self._budget = _SCHEDULE_EVERY
+        self._unacked_total = 0
         self._ack_batch = max(1, self.conn.local_settings.initial_stream_window >> 3)
         self._handler_for = handler_for or (lambda name: None)
         self._on_services = on_services
@@ -564,7 +572,8 @@ class Link:
             bytes_out=conn.bytes_sent,
             messages_in=conn.messages_received,
             messages_out=conn.messages_sent,
-            bytes_buffered=conn.buffered_bytes(),
+            # Consumed messages whose credit waits for its batch are not buffered.
+            bytes_buffered=max(0, conn.buffered_bytes() - self._unacked_total),
             bytes_queued=conn.outgoing_size,
             window_stalls=self._window_stalls,
             rtt=self.rtt,
@@ -717,6 +726,8 @@ class Link:
         """Forget a finished stream; its buffered messages stay readable."""
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+            self._unacked_total -= stream._unacked
+            stream._unacked = 0
             if stream._lot:
                 stream._lot.unpark_all()
             self._open_lot.unpark()
