@@ -15,7 +15,8 @@ from ._scenarios import SCENARIOS, Settings
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    # Each name once, in the order given.
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
