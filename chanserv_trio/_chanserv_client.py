@@ -106,11 +106,22 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
 
     async def receive(self) -> RemoteSource:
         """The next source; ``trio.EndOfChannel`` once the server announced them all."""
+        timeout = self._client.master_read_timeout
         try:
-            child = await self._master.receive_child()
+            if timeout is None:
+                child = await self._master.receive_child()
+            else:
+                with trio.move_on_after(timeout):
+                    return self._accept(await self._master.receive_child())
+                message = f"no source announced within master_read_timeout ({timeout} s)"
+                self._abort(ErrorCode.TIMEOUT, message)
+                raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
         except ChanservError as exc:
             self._client._report(exc)
             raise
+        return self._accept(child)
+
+    def _accept(self, child: LinkStream) -> RemoteSource:
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
@@ -119,10 +130,12 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         self._sources.append(source)
         return source
 
-    def _abort(self) -> None:
-        self._master.reset(ErrorCode.CANCEL, "request abandoned by the client")
+    def _abort(
+        self, code: int = ErrorCode.CANCEL, message: str = "request abandoned by the client"
+    ) -> None:
+        self._master.reset(code, message)
         for source in self._sources:
-            source._stream.reset(ErrorCode.CANCEL, "request abandoned by the client")
+            source._stream.reset(code, message)
         self._sources.clear()
 
     async def aclose(self) -> None:
@@ -143,6 +156,9 @@ class Client:
     - ``frame_read_timeout``: longest gap, in seconds, between two frames of a source;
       past it the source is cancelled and raises
       :class:`~chanserv_trio.DeadlineExceeded`.
+    - ``master_read_timeout``: longest gap, in seconds, between two source
+      announcements; past it the whole request is cancelled and the sources channel
+      raises :class:`~chanserv_trio.DeadlineExceeded`.
     - ``frame_buffer_size``: bytes each source may buffer ahead of its consumer (its
       flow-control window). Larger than the link's ``Settings.initial_stream_window``
       it is granted as soon as the source is announced; smaller, it takes effect once
@@ -156,12 +172,16 @@ class Client:
         dial_timeout: float = 10.0,
         on_error: Callable[[BaseException], object] | None = None,
         frame_read_timeout: float | None = None,
+        master_read_timeout: float | None = None,
         frame_buffer_size: int | None = None,
     ) -> None:
         if dial_timeout < 0:
             raise ValueError("dial_timeout must not be negative")
         if frame_read_timeout is not None and frame_read_timeout <= 0:
             raise ValueError("frame_read_timeout must be positive")
+        if master_read_timeout is not None and master_read_timeout <= 0:
+            raise ValueError("master_read_timeout must be positive")
+        self.master_read_timeout = master_read_timeout
         self.mpx = mpx
         self.dial_timeout = dial_timeout
         self.on_error = on_error

@@ -92,6 +92,8 @@ class Server:
     - ``sourcing_timeout``: longest gap, in seconds, between two source announcements.
     - ``frame_write_timeout``: longest time one frame may wait for the client to make
       room for it (a client that stopped reading).
+    - ``master_write_timeout``: longest time announcing one source may wait (for the
+      client's limit on open streams to make room).
     - ``max_error_mass`` / ``on_max_error_mass(count, last_error)``: after that many
       errors without a request succeeding in between, the callback runs and the count
       starts again from zero.
@@ -108,6 +110,7 @@ class Server:
         serving_timeout: float | None = None,
         sourcing_timeout: float | None = None,
         frame_write_timeout: float | None = None,
+        master_write_timeout: float | None = None,
         compression: bool = False,
         max_error_mass: int | None = None,
         on_max_error_mass: Callable[[int, BaseException], object] | None = None,
@@ -116,6 +119,7 @@ class Server:
             ("serving_timeout", serving_timeout),
             ("sourcing_timeout", sourcing_timeout),
             ("frame_write_timeout", frame_write_timeout),
+            ("master_write_timeout", master_write_timeout),
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")
@@ -129,6 +133,7 @@ class Server:
         self.serving_timeout = serving_timeout
         self.sourcing_timeout = sourcing_timeout
         self.frame_write_timeout = frame_write_timeout
+        self.master_write_timeout = master_write_timeout
         self.max_error_mass = max_error_mass
         self.on_max_error_mass = on_max_error_mass
         self._error_mass = 0
@@ -228,7 +233,20 @@ class Server:
                     raise TypeError(
                         f"a source function must yield Source, not {type(source).__name__}"
                     )
-                child = await master.open_child(bytes(source.header))
+                header = bytes(source.header)
+                if self.master_write_timeout is None:
+                    child = await master.open_child(header)
+                else:
+                    with trio.move_on_after(self.master_write_timeout) as stuck:
+                        child = await master.open_child(header)
+                    if stuck.cancelled_caught:
+                        exc = trio.TooSlowError(
+                            f"a source could not be announced within master_write_timeout "
+                            f"({self.master_write_timeout} s): the client holds too many open"
+                        )
+                        self._report(exc)
+                        master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
+                        return False
                 nursery.start_soon(self._pump, child, source, deadline)
         except Exception as exc:
             if isinstance(exc, ChanservError) and master.is_finished:

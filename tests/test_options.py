@@ -75,3 +75,62 @@ async def test_server_compression_option_asks_for_compression_on_new_links() -> 
                     source = await sources.receive()
                     assert [f async for f in source] == [payload]
             assert link.statistics().bytes_in < len(payload) // 4
+
+
+async def test_master_read_timeout_cancels_a_request_that_stops_announcing(
+    autojump_clock: object,
+) -> None:
+    cancelled = trio.Event()
+
+    async def stalls(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(b"first", endless_frames())
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+        yield cs.Source(b"never")  # pragma: no cover
+
+    async with linked_pair() as (server, client, _, _):
+        await cs.Server(server).listen_and_serve("svc", stalls)
+        with trio.fail_after(30):
+            async with cs.Client(client, master_read_timeout=2.0).lookup_and_post(
+                "svc"
+            ) as sources:
+                first = await sources.receive()
+                assert first.header == b"first"
+                started = trio.current_time()
+                with pytest.raises(cs.DeadlineExceeded, match="master_read_timeout"):
+                    await sources.receive()
+                assert trio.current_time() - started == pytest.approx(2.0)
+            await cancelled.wait()
+
+
+async def endless_frames() -> AsyncIterator[bytes]:
+    while True:
+        await trio.sleep(0.1)
+        yield FRAME
+
+
+async def test_master_write_timeout_ends_a_request_whose_client_holds_too_many_open(
+    autojump_clock: object,
+) -> None:
+    errors: list[BaseException] = []
+
+    async def many(request: bytes) -> AsyncIterator[cs.Source]:
+        for index in range(10):
+            yield cs.Source(b"%d" % index, endless_frames())
+
+    # The client accepts at most 3 streams from the server at once.
+    async with linked_pair(settings=cs.Settings(max_concurrent_streams=3)) as pair:
+        server, client, _, _ = pair
+        await cs.Server(server, master_write_timeout=1.0, on_error=errors.append).listen_and_serve(
+            "svc", many
+        )
+        with trio.fail_after(30):
+            async with cs.Client(client).lookup_and_post("svc") as sources:
+                got = [await sources.receive() for _ in range(3)]
+                with pytest.raises(cs.DeadlineExceeded, match="master_write_timeout"):
+                    await sources.receive()
+                # The sources already announced keep flowing.
+                assert await got[0].receive() == FRAME
+    assert any("master_write_timeout" in str(error) for error in errors)
