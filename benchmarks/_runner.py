@@ -9,6 +9,7 @@ does not import) is skipped for the rest of the invocation, with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -145,81 +146,180 @@ def _lines(stream: IO[bytes], into: queue.Queue[bytes | None]) -> None:
     into.put(None)
 
 
-def run_client(
-    peer: Peer,
-    port: int,
-    scenario: str,
-    settings: Settings,
-    timeout: float,
-    workdir: Path,
-    progress: Progress,
-) -> Outcome:
-    """Run ``peer``'s client for one scenario; collect its runs."""
-    arguments = [
-        *peer.arguments,
-        "--port",
-        str(port),
-        "--scenario",
-        scenario,
-        "--runs",
-        str(settings.runs),
-        "--budget",
-        str(settings.budget),
-    ]
-    if settings.quick:
-        arguments.append("--quick")
-    errors = workdir / f"client_{peer.name}_{scenario}.err"
-    outcome = Outcome(status="failed")
-    metrics = SCENARIOS[scenario].metrics
-    deadline = time.monotonic() + timeout
-    with errors.open("wb") as stderr:
-        process = subprocess.Popen(
-            _command(f"client_{peer.module}", *arguments),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=_environment(),
-        )
-    assert process.stdout is not None
-    events: queue.Queue[bytes | None] = queue.Queue()
-    threading.Thread(target=_lines, args=(process.stdout, events), daemon=True).start()
-    done = False
-    try:
-        while True:
-            try:
-                line = events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                outcome.message = f"timed out after {timeout:.0f} s"
-                break
-            if line is None:
-                break
-            event = json.loads(line)
-            kind = event.get("event")
-            if kind == "calibrated":
-                outcome.params = event["params"]
-                shown = ", ".join(f"{key}={value}" for key, value in outcome.params.items())
-                progress(f"warmed up; {shown}")
-            elif kind == "run":
-                outcome.runs.append(event["metrics"])
-                outcome.details.append(event.get("detail", {}))
-                first = metrics[0]
-                value = event["metrics"].get(first.key)
-                shown = "n/a" if value is None else f"{number(value)} {first.unit}"
-                progress(f"run {event['index'] + 1}/{settings.runs}: {first.label} {shown}")
-            elif kind == "done":
-                done = True
-    finally:
-        _stop(process)
-    if done and process.returncode == 0:
-        outcome.status = "ok"
-    elif not outcome.message:
-        outcome.message = f"client exited {process.returncode}: {_last_line(_tail(errors))}"
-    if outcome.status != "ok":
-        tail = _tail(errors)
+class ClientProcess:
+    """One peer's client for one scenario. It warms up on its own, then takes each timed run
+    when told to (a line on its stdin), so the runner can take the peers' runs in turns."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        port: int,
+        scenario: str,
+        settings: Settings,
+        workdir: Path,
+        say: Progress,
+    ) -> None:
+        self.outcome = Outcome(status="failed")
+        self._settings = settings
+        self._metric = SCENARIOS[scenario].metrics[0]
+        self._say = say
+        self._done = False
+        self._errors = workdir / f"client_{peer.name}_{scenario}.err"
+        arguments = [
+            *peer.arguments,
+            *("--port", str(port), "--scenario", scenario, "--paced"),
+            *("--runs", str(settings.runs), "--budget", str(settings.budget)),
+        ]
+        if settings.quick:
+            arguments.append("--quick")
+        with self._errors.open("wb") as stderr:
+            self._process = subprocess.Popen(
+                _command(f"client_{peer.module}", *arguments),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.PIPE,
+                cwd=ROOT,
+                env=_environment(),
+            )
+        assert self._process.stdout is not None
+        self._events: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(
+            target=_lines, args=(self._process.stdout, self._events), daemon=True
+        ).start()
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "calibrated":
+            self.outcome.params = event["params"]
+            shown = ", ".join(f"{key}={value}" for key, value in self.outcome.params.items())
+            self._say(f"warmed up; {shown}")
+        elif kind == "run":
+            self.outcome.runs.append(event["metrics"])
+            self.outcome.details.append(event.get("detail", {}))
+            value = event["metrics"].get(self._metric.key)
+            shown = "n/a" if value is None else f"{number(value)} {self._metric.unit}"
+            runs = self._settings.runs
+            self._say(f"run {event['index'] + 1}/{runs}: {self._metric.label} {shown}")
+        elif kind == "done":
+            self._done = True
+
+    def _until(self, kind: str, timeout: float) -> bool:
+        """Handle events until one of ``kind``; False if the client ended or timed out first."""
+        began = time.monotonic()
+        deadline = began + timeout
+        try:
+            while True:
+                try:
+                    line = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    self.outcome.message = f"no progress within {timeout:.0f} s"
+                    return False
+                if line is None:
+                    return False
+                event = json.loads(line)
+                self._handle(event)
+                if event.get("event") == kind:
+                    return True
+        finally:
+            self.outcome.seconds += time.monotonic() - began
+
+    def warm_up(self, timeout: float) -> bool:
+        """Wait for the client to connect, warm up and calibrate."""
+        return self._until("calibrated", timeout)
+
+    def run_once(self, timeout: float) -> bool:
+        """Let the client take one timed run and wait for its figures."""
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(b"go\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            return False
+        return self._until("run", timeout)
+
+    def finish(self, timeout: float) -> Outcome:
+        """Let the client end, or stop it; the outcome says which."""
+        assert self._process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
+        if self.outcome.message == "" and self._until("done", timeout):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=timeout)
+        self.stop()
+        if self._done and self._process.returncode == 0:
+            self.outcome.status = "ok"
+            return self.outcome
+        if not self.outcome.message:
+            code = self._process.returncode
+            self.outcome.message = f"client exited {code}: {_last_line(_tail(self._errors))}"
+        tail = _tail(self._errors)
         if tail:
-            progress("client stderr:\n    " + tail.replace("\n", "\n    "))
-    return outcome
+            self._say("client stderr:\n    " + tail.replace("\n", "\n    "))
+        return self.outcome
+
+    def stop(self) -> None:
+        _stop(self._process)
+
+
+def run_scenario(
+    scenario: str,
+    peers: list[str],
+    settings: Settings,
+    workdir: Path,
+    unavailable: dict[str, str],
+    says: dict[str, Progress],
+) -> dict[str, Outcome]:
+    """One scenario against ``peers``: each peer's server and client start and warm up in
+    turn, then the timed runs go round the peers, one run each at a time, so that whatever
+    else loads the machine meanwhile falls on every peer alike."""
+    results: dict[str, Outcome] = {}
+    warm_up_timeout = 60.0 + 2 * settings.budget
+    run_timeout = 30.0 + 4 * settings.per_run
+    with contextlib.ExitStack() as stack:
+        clients: dict[str, ClientProcess] = {}
+        for peer in peers:
+            say = says[peer]
+            if peer in unavailable:
+                results[peer] = Outcome("skipped", unavailable[peer])
+                say(f"skipped ({unavailable[peer]})")
+                continue
+            try:
+                port = stack.enter_context(running_server(PEERS[peer], workdir))
+            except PeerUnavailable as error:
+                unavailable[peer] = str(error)
+                results[peer] = Outcome("skipped", str(error))
+                say(f"SKIPPED: {error}")
+                continue
+            say(f"server up on 127.0.0.1:{port}")
+            client = ClientProcess(PEERS[peer], port, scenario, settings, workdir, say)
+            stack.callback(client.stop)
+            if client.warm_up(warm_up_timeout):
+                clients[peer] = client
+            else:
+                results[peer] = client.finish(5.0)
+        for _ in range(settings.runs):
+            for peer, client in list(clients.items()):
+                if not client.run_once(run_timeout):
+                    results[peer] = client.finish(5.0)
+                    del clients[peer]
+        for peer, client in clients.items():
+            results[peer] = client.finish(30.0)
+        for peer, outcome in results.items():
+            if outcome.status == "failed":
+                says[peer](f"FAILED: {outcome.message}")
+                server_tail = _tail(workdir / f"server_{peer}.err")
+                if server_tail:
+                    says[peer]("server stderr:\n    " + server_tail.replace("\n", "\n    "))
+            elif outcome.status == "ok":
+                says[peer](f"done; {outcome.seconds:.1f} s of client time")
+    return {peer: results[peer] for peer in peers if peer in results}
+
+
+def _labelled(progress: Progress, label: str) -> Progress:
+    def say(message: str) -> None:
+        progress(f"{label}: {message}")
+
+    return say
 
 
 def run_suite(
@@ -229,45 +329,12 @@ def run_suite(
     with its reason, for the rest of the suite."""
     unavailable: dict[str, str] = {}
     results: dict[str, dict[str, Outcome]] = {}
-    # Calibration plus the timed runs come to a little over the budget; allow plenty more.
-    timeout = 60.0 + 6 * settings.budget
-    total = sum(PEERS[peer].runs(scenario) for scenario in scenarios for peer in peers)
-    step = 0
     with tempfile.TemporaryDirectory(prefix="chanserv-bench-") as scratch:
-        workdir = Path(scratch)
-        for scenario in scenarios:
-            results[scenario] = {}
-            for peer in peers:
-                if not PEERS[peer].runs(scenario):
-                    continue
-                step += 1
-                prefix = f"[{step}/{total}] {scenario} / {peer}"
-
-                def say(message: str, prefix: str = prefix) -> None:
-                    progress(f"{prefix}: {message}")
-
-                if peer in unavailable:
-                    results[scenario][peer] = Outcome("skipped", unavailable[peer])
-                    say(f"skipped ({unavailable[peer]})")
-                    continue
-                began = time.monotonic()
-                try:
-                    with running_server(PEERS[peer], workdir) as port:
-                        say(f"server up on 127.0.0.1:{port}")
-                        outcome = run_client(
-                            PEERS[peer], port, scenario, settings, timeout, workdir, say
-                        )
-                except PeerUnavailable as error:
-                    unavailable[peer] = str(error)
-                    outcome = Outcome("skipped", str(error))
-                    say(f"SKIPPED: {error}")
-                outcome.seconds = time.monotonic() - began
-                if outcome.status == "failed":
-                    say(f"FAILED: {outcome.message}")
-                    server_tail = _tail(workdir / f"server_{peer}.err")
-                    if server_tail:
-                        say("server stderr:\n    " + server_tail.replace("\n", "\n    "))
-                elif outcome.status == "ok":
-                    say(f"done in {outcome.seconds:.1f} s")
-                results[scenario][peer] = outcome
+        for index, scenario in enumerate(scenarios, 1):
+            running = [peer for peer in peers if PEERS[peer].runs(scenario)]
+            prefix = f"[{index}/{len(scenarios)}] {scenario}"
+            says = {peer: _labelled(progress, f"{prefix} / {peer}") for peer in running}
+            results[scenario] = run_scenario(
+                scenario, running, settings, Path(scratch), unavailable, says
+            )
     return results

@@ -190,6 +190,17 @@ class Settings:
 Emit = Callable[[dict[str, Any]], None]
 
 
+@attrs.frozen
+class Harness:
+    """How a client talks to the runner."""
+
+    #: Report an event.
+    emit: Emit
+    #: Wait until the runner says this client may do its next timed run (the runner takes the
+    #: peers' runs in turns, so a change in the machine's load falls on all of them alike).
+    turn: Callable[[], Awaitable[None]]
+
+
 def emit_json(event: dict[str, Any]) -> None:
     """Report an event to the runner: one JSON object a line on stdout."""
     sys.stdout.write(json.dumps(event) + "\n")
@@ -236,7 +247,7 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-async def run_empty(client: PeerClient, settings: Settings, emit: Emit) -> None:
+async def run_empty(client: PeerClient, settings: Settings, harness: Harness) -> None:
     shape = Shape(sources=1, frames=1, size=0)
     cold_count = 5 if settings.quick else 20
 
@@ -254,11 +265,14 @@ async def run_empty(client: PeerClient, settings: Settings, emit: Emit) -> None:
     # The cold connects take their share of the run too; leave them a fifth of it.
     scale = await calibrate(measure, 50, 200_000, settings.per_run * 0.8)
     count = scale.count * scale.repeats
-    emit({"event": "calibrated", "params": {"requests": count, "cold_connects": cold_count}})
+    harness.emit(
+        {"event": "calibrated", "params": {"requests": count, "cold_connects": cold_count}}
+    )
     for index in range(settings.runs):
+        await harness.turn()
         latencies = await requests(count)
         colds = [await client.cold_fetch(shape) for _ in range(cold_count)]
-        emit(
+        harness.emit(
             {
                 "event": "run",
                 "index": index,
@@ -271,7 +285,7 @@ async def run_empty(client: PeerClient, settings: Settings, emit: Emit) -> None:
         )
 
 
-async def run_flood(client: PeerClient, settings: Settings, emit: Emit) -> None:
+async def run_flood(client: PeerClient, settings: Settings, harness: Harness) -> None:
     def shape(frames: int) -> Shape:
         return Shape(sources=1_000, frames=frames, size=64)
 
@@ -279,10 +293,11 @@ async def run_flood(client: PeerClient, settings: Settings, emit: Emit) -> None:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
     scale = await calibrate(measure, 1, 5_000, settings.per_run)
-    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
+    harness.emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
+        await harness.turn()
         fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
-        emit(
+        harness.emit(
             {
                 "event": "run",
                 "index": index,
@@ -291,7 +306,7 @@ async def run_flood(client: PeerClient, settings: Settings, emit: Emit) -> None:
         )
 
 
-async def run_heavy(client: PeerClient, settings: Settings, emit: Emit) -> None:
+async def run_heavy(client: PeerClient, settings: Settings, harness: Harness) -> None:
     def shape(frames: int) -> Shape:
         return Shape(sources=10, frames=frames, size=1 << 20)
 
@@ -299,10 +314,11 @@ async def run_heavy(client: PeerClient, settings: Settings, emit: Emit) -> None:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
     scale = await calibrate(measure, 1, 500, settings.per_run)
-    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
+    harness.emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
+        await harness.turn()
         fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
-        emit(
+        harness.emit(
             {
                 "event": "run",
                 "index": index,
@@ -311,7 +327,7 @@ async def run_heavy(client: PeerClient, settings: Settings, emit: Emit) -> None:
         )
 
 
-async def run_open(client: PeerClient, settings: Settings, emit: Emit) -> None:
+async def run_open(client: PeerClient, settings: Settings, harness: Harness) -> None:
     def shape(sources: int) -> Shape:
         return Shape(sources=sources, frames=1, size=OPEN_FRAME_SIZE)
 
@@ -319,10 +335,11 @@ async def run_open(client: PeerClient, settings: Settings, emit: Emit) -> None:
         return check_complete(shape(sources), await client.fetch(shape(sources))).elapsed
 
     scale = await calibrate(measure, 100, 10_000, settings.per_run)
-    emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
+    harness.emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
+        await harness.turn()
         fetched = await fetch_repeated(client, shape(scale.count), scale.repeats)
-        emit(
+        harness.emit(
             {
                 "event": "run",
                 "index": index,
@@ -354,7 +371,7 @@ def _others(fetched: Fetched, slow: int) -> float:
     return max(at for index, at in enumerate(fetched.done_at) if index != slow)
 
 
-async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
+async def run_slow(client: PeerClient, settings: Settings, harness: Harness) -> None:
     slow = 0
     others = SLOW_SOURCES - 1
 
@@ -366,7 +383,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
 
     # A run is one unthrottled request and one throttled request of the same shape.
     frames = (await calibrate(measure, 4, 100_000, settings.per_run / 2)).count
-    emit(
+    harness.emit(
         {
             "event": "calibrated",
             "params": {
@@ -379,6 +396,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
     )
     others_bytes = others * frames * SLOW_FRAME_SIZE
     for index in range(settings.runs):
+        await harness.turn()
         free = check_complete(shape(frames), await client.fetch(shape(frames)))
         free_rate = others_bytes / _others(free, slow)
         per_source_fps = frames / free.done_at[slow]
@@ -387,7 +405,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
         held = await client.fetch(shape(frames), throttle)
         peaks = await client.end_sampling()
         held_rate = others_bytes / _others(held, slow)
-        emit(
+        harness.emit(
             {
                 "event": "run",
                 "index": index,
@@ -406,7 +424,7 @@ async def run_slow(client: PeerClient, settings: Settings, emit: Emit) -> None:
         )
 
 
-DRIVERS: dict[str, Callable[[PeerClient, Settings, Emit], Awaitable[None]]] = {
+DRIVERS: dict[str, Callable[[PeerClient, Settings, Harness], Awaitable[None]]] = {
     "empty": run_empty,
     "flood": run_flood,
     "heavy": run_heavy,
@@ -415,11 +433,11 @@ DRIVERS: dict[str, Callable[[PeerClient, Settings, Emit], Awaitable[None]]] = {
 }
 
 
-async def drive(client: PeerClient, scenario: str, settings: Settings, emit: Emit) -> None:
+async def drive(client: PeerClient, scenario: str, settings: Settings, harness: Harness) -> None:
     """Run one scenario on ``client``: connect, warm up and calibrate, then the timed runs."""
     async with client.connected():
-        await DRIVERS[scenario](client, settings, emit)
-    emit({"event": "done"})
+        await DRIVERS[scenario](client, settings, harness)
+    harness.emit({"event": "done"})
 
 
 @attrs.frozen
@@ -431,6 +449,8 @@ class ClientArguments:
     settings: Settings
     #: Transport, for peers that have more than one (ours: tcp or ws).
     scheme: str
+    #: Wait for a line on stdin before each timed run.
+    paced: bool
 
 
 def client_arguments(argv: list[str] | None = None) -> ClientArguments:
@@ -442,10 +462,14 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
     parser.add_argument("--budget", type=float, default=10.0, help="seconds for all timed runs")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
+    parser.add_argument(
+        "--paced", action="store_true", help="wait for a line on stdin before each timed run"
+    )
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,
         scenario=args.scenario,
         settings=Settings(runs=args.runs, budget=args.budget, quick=args.quick),
         scheme=args.scheme,
+        paced=args.paced,
     )

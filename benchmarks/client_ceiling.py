@@ -19,7 +19,8 @@ import attrs
 import trio
 
 from . import _framing as wire
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
+from ._pacing import trio_harness
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
 from ._workload import Shape, index_of
 
 HOST = "127.0.0.1"
@@ -168,5 +169,5 @@ if __name__ == "__main__":
         CeilingClient(arguments.port, arguments.scenario),
         arguments.scenario,
         arguments.settings,
-        emit_json,
+        trio_harness(arguments.paced),
     )

@@ -15,7 +15,8 @@ import trio
 import trio_websocket
 
 from . import _websocket_ceiling as wire
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
+from ._pacing import trio_harness
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
 from ._workload import Shape
 
 
@@ -87,5 +88,5 @@ if __name__ == "__main__":
         WebSocketCeilingClient(arguments.port),
         arguments.scenario,
         arguments.settings,
-        emit_json,
+        trio_harness(arguments.paced),
     )

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from . import _grpc_service as service
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
+from ._pacing import asyncio_harness
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
 from ._workload import Shape, index_of
 
 TARGET = "127.0.0.1:{port}"
@@ -111,5 +112,10 @@ class GrpcClient:
 if __name__ == "__main__":
     arguments = client_arguments()
     asyncio.run(
-        drive(GrpcClient(arguments.port), arguments.scenario, arguments.settings, emit_json)
+        drive(
+            GrpcClient(arguments.port),
+            arguments.scenario,
+            arguments.settings,
+            asyncio_harness(arguments.paced),
+        )
     )

@@ -17,7 +17,8 @@ import trio
 import chanserv_trio as cs
 
 from . import _ours_service as ours_service
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
+from ._pacing import trio_harness
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
 from ._workload import SERVICE, Shape, index_of
 
 DIAL_TIMEOUT = 5.0
@@ -144,5 +145,5 @@ if __name__ == "__main__":
         OursClient(arguments.port, arguments.scheme),
         arguments.scenario,
         arguments.settings,
-        emit_json,
+        trio_harness(arguments.paced),
     )
