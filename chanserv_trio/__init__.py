@@ -23,7 +23,8 @@ from ._errors import (
     StreamError,
 )
 from ._multiplexer import Multiplexer, MultiplexerStatistics
-from ._registry_etcd import EtcdRegistry as EtcdRegistry
+from ._registry import Registry
+from ._registry_etcd import EtcdRegistry, RegistryError
 from ._wire_codec import ErrorCode
 from ._wire_connection import Settings
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectionLost",
     "DeadlineExceeded",
     "ErrorCode",
+    "EtcdRegistry",
     "FrameLike",
     "Link",
     "LinkStatistics",
@@ -43,6 +45,8 @@ __all__ = [
     "Multiplexer",
     "MultiplexerStatistics",
     "ProtocolError",
+    "Registry",
+    "RegistryError",
     "RemoteError",
     "RemoteSource",
     "Server",

@@ -171,8 +171,8 @@ async def run_serve(
     """
     if source_fn is None and not router:
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
-    if not urls and not joins:
-        raise ValueError("serve needs at least one --listen or --join URL")
+    if not urls and not joins and registry is None:
+        raise ValueError("serve needs at least one --listen or --join URL (or --registry)")
     async with Multiplexer(router=router, registry=registry) as mpx, trio.open_nursery() as n:
         bound = [await mpx.listen(url, **_tls_options(url, ssl_context)) for url in urls]
         if source_fn is not None:
@@ -208,7 +208,7 @@ async def _join_eventually(
 
 
 async def run_post(
-    url: str,
+    url: str | None,
     name: str,
     body: bytes,
     dial_timeout: float,
@@ -225,12 +225,12 @@ async def run_post(
     is reported and skipped, as long as one can."""
     async with Multiplexer(registry=registry) as mpx:
         failures: list[str] = []
-        for each in (url, *joins):
+        for each in (*([url] if url else []), *joins):
             try:
                 await mpx.join(each, redial=False, **_tls_options(each, ssl_context))
             except ChanservError as exc:
                 failures.append(f"cannot join {each}: {exc}")
-        if failures and not mpx.links:
+        if failures and not mpx.links and registry is None:
             raise ConnectionLost("; ".join(failures))
         for failure in failures:
             print(f"chanserv-trio: {failure}", file=sys.stderr)
@@ -285,19 +285,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
     serve.add_argument("--certfile", help="PEM certificate chain for tls:// and wss:// URLs")
     serve.add_argument("--keyfile", help="PEM private key (if not in --certfile)")
-    post = commands.add_parser("post", help="post a request and print the answer")
-    post.add_argument("url", help="a node to join, e.g. tcp://127.0.0.1:7000")
-    post.add_argument("name", help="service name")
-    post.add_argument("body", nargs="?", default="", help="request body (UTF-8)")
+    serve.add_argument(
+        "--registry",
+        help="publish and find nodes through etcd, e.g. etcd://127.0.0.1:2379",
+    )
+    serve.add_argument(
+        "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
+    )
+    post = commands.add_parser(
+        "post",
+        help="post a request and print the answer",
+        usage="chanserv-trio post [options] URL NAME [BODY]\n"
+        "       chanserv-trio post [options] --registry etcd://HOST:PORT NAME [BODY]",
+    )
+    post.add_argument(
+        "words",
+        nargs="+",
+        metavar="URL NAME [BODY]",
+        help="a node to join (left out with --registry), the service name, the body",
+    )
     post.add_argument(
         "--join", action="append", default=[], help="another node to join (repeatable)"
     )
     post.add_argument("--bucket", help="route by this key: the same key, the same node")
     post.add_argument("--dial-timeout", type=float, default=10.0)
     post.add_argument("--cafile", help="trust this PEM certificate authority (tls, wss)")
-    # Registry flags (--registry etcd://host:port on serve and post) go here: build the
-    # registry from the URL and pass it as registry= to run_serve / run_post.
+    post.add_argument("--registry", help="find the nodes through etcd, e.g. etcd://127.0.0.1:2379")
+    post.add_argument(
+        "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
+    )
     return parser
+
+
+def _registry(url: str | None, prefix: str) -> Registry | None:
+    if url is None:
+        return None
+    from ._registry_etcd import EtcdRegistry
+
+    return EtcdRegistry(url, prefix=prefix)
+
+
+def _post_words(words: Sequence[str], registry: str | None) -> tuple[str | None, str, str]:
+    """``URL NAME [BODY]``, or ``NAME [BODY]`` when a registry finds the nodes."""
+    words = list(words)
+    url = None if registry else (words.pop(0) if words else None)
+    if not words or len(words) > 2 or (url is None and not registry):
+        raise ValueError("post takes URL NAME [BODY], or NAME [BODY] with --registry")
+    return url, words[0], words[1] if len(words) > 1 else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,21 +355,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     joins=args.join,
                     join_ssl_context=join_context,
                     router=args.router,
+                    registry=_registry(args.registry, args.registry_prefix),
                 )
             )
         else:
             context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
-            body = args.body.encode()
+            url, name, text = _post_words(args.words, args.registry)
             trio.run(
                 partial(
                     run_post,
-                    args.url,
-                    args.name,
-                    body,
+                    url,
+                    name,
+                    text.encode(),
                     args.dial_timeout,
                     ssl_context=context,
                     joins=args.join,
                     bucket=args.bucket,
+                    registry=_registry(args.registry, args.registry_prefix),
                 )
             )
     except KeyboardInterrupt:

@@ -722,7 +722,17 @@ def test_cli_parses_join_router_and_bucket() -> None:
     args = cli._parser().parse_args(
         ["post", "tcp://a:1", "svc", "--join", "tcp://b:2", "--join", "tcp://c:3", "--bucket", "k"]
     )
-    assert (args.url, args.join, args.bucket) == ("tcp://a:1", ["tcp://b:2", "tcp://c:3"], "k")
+    assert (args.words, args.join, args.bucket) == (
+        ["tcp://a:1", "svc"],
+        ["tcp://b:2", "tcp://c:3"],
+        "k",
+    )
+    assert cli._post_words(args.words, None) == ("tcp://a:1", "svc", "")
+    assert cli._post_words(["svc", "body"], "etcd://127.0.0.1:2379") == (None, "svc", "body")
+    with pytest.raises(ValueError, match="URL NAME"):
+        cli._post_words(["svc"], None)
+    args = cli._parser().parse_args(["post", "--registry", "etcd://r:2379", "svc", "hello"])
+    assert (args.registry, args.words) == ("etcd://r:2379", ["svc", "hello"])
     args = cli._parser().parse_args(["serve", "mod:fn", "--listen", "tcp://h:1"])
     assert (args.function, args.router, args.join) == ("mod:fn", False, [])
 

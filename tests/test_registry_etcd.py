@@ -386,3 +386,34 @@ async def test_watch_reports_batches_and_ends_in_an_error() -> None:
     assert batches == [(9, [("/p/svc/n1", "tcp://a:1"), ("/p/svc/n2", None)])]
     with pytest.raises(RegistryError, match="closed the watch"):
         await etcd.watch("/p/", 3, lambda: None, on_batch)
+
+
+async def test_cli_serve_and_post_find_each_other_through_etcd(etcd_endpoint: str) -> None:
+    import io
+    from functools import partial
+
+    from chanserv_trio import _cli
+
+    prefix = unique_prefix()
+    registry_url = etcd_endpoint.replace("http://", "etcd://")
+    out = io.StringIO()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(
+                    _cli.run_serve,
+                    _cli.demo_source_fn,
+                    ["tcp://127.0.0.1:0"],
+                    "svc",
+                    io.StringIO(),
+                    registry=_cli._registry(registry_url, prefix),
+                )
+            )
+            # post finds the server through the registry alone: no URL given.
+            url, name, body = _cli._post_words(["svc", "hello"], registry_url)
+            await _cli.run_post(
+                url, name, body.encode(), 5.0, out, registry=_cli._registry(registry_url, prefix)
+            )
+            nursery.cancel_scope.cancel()
+    for index in range(5):
+        assert f"[source @{index}] frame 2: ok I'm ready" in out.getvalue()
