@@ -42,6 +42,6 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: ours beside the raw trio ceiling and gRPC (see benchmarks/README.md)."""
+    """The benchmark suite: ours beside the raw trio ceiling and gRPC (benchmarks/README.md)."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
