@@ -404,6 +404,8 @@ async def run_slow(client: PeerClient, settings: Settings, harness: Harness) -> 
         await client.begin_sampling()
         held = await client.fetch(shape(frames), throttle)
         peaks = await client.end_sampling()
+        if held.frames < others * frames:
+            raise AssertionError(f"the other sources lost frames: {held.frames} arrived")
         held_rate = others_bytes / _others(held, slow)
         harness.emit(
             {
