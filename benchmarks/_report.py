@@ -65,6 +65,8 @@ def cell(outcome: Outcome | None, metric: Metric) -> str:
 
 def table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
     """The results as a plain-text table: median (min..max) per peer, then the ratios."""
+    # Leave out peers that ran none of these scenarios (the -ws peers outside flood and heavy).
+    peers = [peer for peer in peers if any(peer in by_peer for by_peer in results.values())]
     pairs = [(peer, base) for peer, base in RATIOS if peer in peers and base in peers]
     heading = ["scenario", "figure", "unit", "better", *peers]
     heading += [f"{peer}/{base}" for peer, base in pairs]
