@@ -489,8 +489,10 @@ class Link:
         self._on_error = on_error
         #: Services the peer currently offers.
         self.peer_services: set[str] = set()
+        #: Those of ``peer_services`` the peer offers by relaying (it is a router).
+        self.peer_relayed: set[str] = set()
         #: Services we told the peer we offer.
-        self.advertised: set[str] = set()
+        self.advertised: dict[str, bool] = {}
         #: The URL this link was dialed to, when it was (a stable name for the peer).
         self.joined_url: str | None = None
         self._streams: dict[int, LinkStream] = {}
@@ -625,20 +627,23 @@ class Link:
         """Wait until the link is closed or lost."""
         await self._closed.wait()
 
-    def set_advertised(self, names: set[str]) -> None:
-        """Tell the peer the services we offer now: additions and removals only."""
+    def set_advertised(self, names: dict[str, bool]) -> None:
+        """Tell the peer the services we offer now (name -> offered by relaying):
+        additions, changes and removals only."""
         if self._error is not None:
             return
-        for name in sorted(names - self.advertised):
-            self.advertise(name, True)
-        for name in sorted(self.advertised - names):
+        for name in sorted(names):
+            relayed = names[name]
+            if self.advertised.get(name) != relayed:
+                self.advertise(name, True, relayed=relayed)
+        for name in sorted(self.advertised.keys() - names.keys()):
             self.advertise(name, False)
-        self.advertised = set(names)
+        self.advertised = dict(names)
 
-    def advertise(self, name: str, available: bool) -> None:
+    def advertise(self, name: str, available: bool, *, relayed: bool = False) -> None:
         """Tell the peer a service is offered here, or withdrawn."""
         if self._error is None:
-            self.conn.advertise(name, available)
+            self.conn.advertise(name, available, relayed=relayed)
             self._kick_writer()
 
     def ping(self) -> None:
@@ -664,6 +669,7 @@ class Link:
         self._closed.set()
         if self._on_services is not None and self.peer_services:
             self.peer_services = set()
+            self.peer_relayed = set()
             self._on_services(self)
 
     # ----------------------------------------------------------------- streams
@@ -874,8 +880,13 @@ class Link:
         elif type(event) is ServiceAdvertised:
             if event.available:
                 self.peer_services.add(event.name)
+                if event.relayed:
+                    self.peer_relayed.add(event.name)
+                else:
+                    self.peer_relayed.discard(event.name)
             else:
                 self.peer_services.discard(event.name)
+                self.peer_relayed.discard(event.name)
             if self._on_services is not None:
                 self._on_services(self)
         elif type(event) is PingAcknowledged:

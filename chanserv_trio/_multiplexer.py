@@ -400,7 +400,9 @@ class Multiplexer:
 
     async def _relay(self, inbound: LinkStream) -> None:
         candidates = [
-            link for link in self.links_offering(inbound.service) if link is not inbound.link
+            link
+            for link in self.links_offering(inbound.service)
+            if link is not inbound.link and inbound.service not in link.peer_relayed
         ]
         if not candidates:
             inbound.reset(
@@ -443,15 +445,17 @@ class Multiplexer:
             self._readvertise()
         self._services_lot.unpark_all()
 
-    def _advertisable(self, link: Link) -> set[str]:
-        """What ``link``'s peer should hear we offer: our services, and for a router
-        also what every other peer offers (one hop: a router relays only to a node
-        that serves the name itself)."""
-        names = set(self._services)
+    def _advertisable(self, link: Link) -> dict[str, bool]:
+        """What ``link``'s peer should hear we offer (name -> offered by relaying): our
+        services, and for a router what the other peers serve themselves. Names a peer
+        offers by relaying are never offered further, so routes are one hop and
+        routers linked to each other cannot advertise in a loop."""
+        names = dict.fromkeys(self._services, False)
         if self.router:
             for other in self._links:
                 if other is not link and other.is_alive and not other.going_away:
-                    names |= other.peer_services
+                    for name in other.peer_services - other.peer_relayed:
+                        names.setdefault(name, True)
         return names
 
     def _readvertise(self) -> None:

@@ -91,6 +91,9 @@ class Flags(enum.IntFlag):
     ACK = 0x1
     #: SERVICE: the named service is withdrawn rather than offered.
     REMOVE = 0x1
+    #: SERVICE: offered through the sender, a router that relays to a node serving it;
+    #: a router must not offer it further (routes are one hop, so they cannot loop).
+    RELAYED = 0x2
 
 
 class ErrorCode(enum.IntEnum):

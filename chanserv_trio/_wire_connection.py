@@ -528,10 +528,12 @@ class Connection:
         if not self.closed:
             self._queue(FrameType.PING, 0, 0, payload)
 
-    def advertise(self, name: str, available: bool = True) -> None:
-        """Tell the peer we offer (or no longer offer) a named service."""
+    def advertise(self, name: str, available: bool = True, *, relayed: bool = False) -> None:
+        """Tell the peer we offer (or no longer offer) a named service; ``relayed``:
+        we offer it by relaying to another node."""
         if not self.closed:
-            self._queue(FrameType.SERVICE, 0 if available else Flags.REMOVE, 0, name.encode())
+            flags = (0 if available else Flags.REMOVE) | (Flags.RELAYED if relayed else 0)
+            self._queue(FrameType.SERVICE, flags, 0, name.encode())
 
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
         """Refuse new streams from the peer; with an error code, close the connection."""
@@ -620,7 +622,9 @@ class Connection:
                 raise WireProtocolError(
                     ErrorCode.PROTOCOL_ERROR, "SERVICE name not UTF-8"
                 ) from None
-            events.append(ServiceAdvertised(name, not flags & Flags.REMOVE))
+            events.append(
+                ServiceAdvertised(name, not flags & Flags.REMOVE, bool(flags & Flags.RELAYED))
+            )
         elif ftype == FrameType.HELLO:
             raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO sent twice")
         else:

@@ -107,6 +107,8 @@ class ServiceAdvertised:
     name: str
     #: True when offered, False when withdrawn.
     available: bool
+    #: True when the peer offers it by relaying to another node (it is a router).
+    relayed: bool = False
 
 
 @attrs.frozen

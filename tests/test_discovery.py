@@ -880,3 +880,46 @@ def test_deployment_program_runs_and_prints_what_the_page_shows(index: int) -> N
         trio.run(bounded)
     assert shown is not None
     assert out.getvalue() == shown
+
+
+async def test_routers_linked_to_each_other_offer_only_one_hop() -> None:
+    async def one(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(b"h", frames_of(b"x"))
+
+    async with (
+        cs.Multiplexer() as backend,
+        cs.Multiplexer(router=True) as first,
+        cs.Multiplexer(router=True) as second,
+        cs.Multiplexer() as near_client,
+        cs.Multiplexer() as far_client,
+    ):
+        first_address = await first.listen("tcp://127.0.0.1:0")
+        second_address = await second.listen("tcp://127.0.0.1:0")
+        await backend.join(first_address)
+        await cs.Server(backend).listen_and_serve("svc", one)
+        await second.join(first_address)
+        await near_client.join(first_address)
+        await far_client.join(second_address)
+        with trio.fail_after(10):
+            # The first router offers svc, marked as relayed, to everyone but the backend.
+            await wait_until(lambda: "svc" in near_client.links[0].peer_services)
+            assert near_client.links[0].peer_relayed == {"svc"}
+            await wait_until(lambda: "svc" in second.links[0].peer_relayed)
+            async with cs.Client(near_client).lookup_and_post("svc") as sources:
+                assert [f async for f in await sources.receive()] == [b"x"]
+            # The second router does not pass on what it only reaches through a router.
+            await trio.sleep(0.1)
+            assert "svc" not in far_client.links[0].peer_services
+            with pytest.raises(cs.ServiceNotFound):
+                async with cs.Client(far_client, dial_timeout=0.2).lookup_and_post("svc"):
+                    pass
+            # Withdrawn at the source, it disappears everywhere: nothing echoes it back.
+            cs.Server(backend).stop_serving("svc")
+            await wait_until(lambda: "svc" not in near_client.links[0].peer_services)
+            await wait_until(lambda: "svc" not in second.links[0].peer_services)
+            assert "svc" not in first.links_offering("svc")
+
+
+async def frames_of(*items: bytes) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
