@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -9,7 +10,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ._chanserv_protocol import Request, encode_request
+from ._chanserv_protocol import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
 from ._driver import LinkStream
 from ._errors import ChanservError, DeadlineExceeded
 from ._multiplexer import Multiplexer
@@ -103,6 +104,10 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         self._client = client
         self._service = service
         self._sources: list[RemoteSource] = []
+        window = client.source_buffer_size
+        #: Credits for accepted sources go back in batches of this many (0: not asked).
+        self._credit_batch = 0 if window is None else max(1, window // 2)
+        self._owed = 0
 
     async def receive(self) -> RemoteSource:
         """The next source; ``trio.EndOfChannel`` once the server announced them all."""
@@ -119,6 +124,16 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         except ChanservError as exc:
             self._client._report(exc)
             raise
+        except trio.EndOfChannel:
+            self._master.end()  # no credits are needed any more
+            raise
+        if self._credit_batch:
+            self._owed += 1
+            if self._owed >= self._credit_batch:
+                owed, self._owed = self._owed, 0
+                # If the request is over, the next receive() says how.
+                with contextlib.suppress(ChanservError, trio.ClosedResourceError):
+                    await self._master.send(encode_credit(owed))
         return self._accept(child)
 
     def _accept(self, child: LinkStream) -> RemoteSource:
@@ -159,6 +174,9 @@ class Client:
     - ``master_read_timeout``: longest gap, in seconds, between two source
       announcements; past it the whole request is cancelled and the sources channel
       raises :class:`~chanserv_trio.DeadlineExceeded`.
+    - ``source_buffer_size``: how many sources the server may announce ahead of the
+      ones taken from the sources channel; it then waits (the announcing is flow
+      controlled like frames are).
     - ``frame_buffer_size``: bytes each source may buffer ahead of its consumer (its
       flow-control window). Larger than the link's ``Settings.initial_stream_window``
       it is granted as soon as the source is announced; smaller, it takes effect once
@@ -174,6 +192,7 @@ class Client:
         frame_read_timeout: float | None = None,
         master_read_timeout: float | None = None,
         frame_buffer_size: int | None = None,
+        source_buffer_size: int | None = None,
     ) -> None:
         if dial_timeout < 0:
             raise ValueError("dial_timeout must not be negative")
@@ -189,6 +208,9 @@ class Client:
         if frame_buffer_size is not None and not 0 < frame_buffer_size < 2**31:
             raise ValueError("frame_buffer_size must be between 1 and 2**31 - 1 bytes")
         self.frame_buffer_size = frame_buffer_size
+        if source_buffer_size is not None and not 0 < source_buffer_size < 2**31:
+            raise ValueError("source_buffer_size must be between 1 and 2**31 - 1")
+        self.source_buffer_size = source_buffer_size
 
     def _report(self, exc: BaseException) -> None:
         if self.on_error is not None:
@@ -210,13 +232,16 @@ class Client:
         """
         deadline = trio.current_effective_deadline()
         timeout = None if math.isinf(deadline) else max(0.0, deadline - trio.current_time())
-        header = encode_request(Request(bytes(body), timeout, dict(tags or {})))
+        request_tags = dict(tags or {})
+        if self.source_buffer_size is not None:
+            request_tags[SOURCE_WINDOW_TAG] = str(self.source_buffer_size)
+        header = encode_request(Request(bytes(body), timeout, request_tags))
         try:
             master = await self.mpx.open_stream(
                 name,
                 header,
                 dial_timeout=self.dial_timeout,
-                no_send=True,
+                no_send=self.source_buffer_size is None,
                 route_key=None if tags is None else tags.get("bucket"),
             )
         except ChanservError as exc:

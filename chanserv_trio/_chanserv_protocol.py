@@ -17,7 +17,22 @@ import attrs
 
 from ._wire_codec import ErrorCode, WireProtocolError
 
-__all__ = ["Request", "bucket_of_request", "decode_request", "encode_request"]
+__all__ = [
+    "SOURCE_WINDOW_TAG",
+    "Request",
+    "bucket_of_request",
+    "decode_credit",
+    "decode_request",
+    "encode_credit",
+    "encode_request",
+    "source_window_of",
+]
+
+#: A reserved tag: the client asks the server to announce at most this many sources
+#: ahead of the ones it accepted, and grants more with credit messages on the master
+#: stream (each a u32 BE count of sources accepted).
+SOURCE_WINDOW_TAG: Final = "chanserv.source_window"
+_CREDIT = struct.Struct(">I")
 
 ENVELOPE_VERSION: Final = 1
 NO_DEADLINE: Final = 2**64 - 1
@@ -90,3 +105,26 @@ def bucket_of_request(header: bytes) -> str | None:
         return decode_request(header).tags.get("bucket")
     except WireProtocolError:
         return None
+
+
+def source_window_of(request: Request) -> int | None:
+    """The source window a request asks for, or None; a protocol error if malformed."""
+    text = request.tags.get(SOURCE_WINDOW_TAG)
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 2**31:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"bad {SOURCE_WINDOW_TAG}: {text!r}")
+    return int(text)
+
+
+def encode_credit(count: int) -> bytes:
+    """A credit message: the client accepted ``count`` more sources."""
+    return _CREDIT.pack(count)
+
+
+def decode_credit(message: bytes) -> int:
+    """The count in a credit message; a protocol error if malformed."""
+    if len(message) != _CREDIT.size:
+        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "a source credit is 4 bytes")
+    count: int = _CREDIT.unpack(message)[0]
+    return count

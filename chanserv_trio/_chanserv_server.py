@@ -15,7 +15,7 @@ from typing import Protocol, SupportsBytes
 import attrs
 import trio
 
-from ._chanserv_protocol import decode_request
+from ._chanserv_protocol import decode_credit, decode_request, source_window_of
 from ._driver import LinkStream
 from ._errors import ChanservError
 from ._multiplexer import Multiplexer
@@ -79,6 +79,38 @@ def _unfinished_generator(iterable: object) -> bool:
 async def _aclose_if_generator(iterable: object) -> None:
     if isinstance(iterable, types.AsyncGeneratorType):
         await iterable.aclose()
+
+
+class _SourceCredit:
+    """How many more sources the client lets the server announce (``source_buffer_size``):
+    it starts at the window the request asked for and grows with the client's credits."""
+
+    def __init__(self, window: int) -> None:
+        self.available = window
+        self.scope = trio.CancelScope()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def collect(self, master: LinkStream) -> None:
+        """Read the client's credit messages until the announcing is over."""
+        with self.scope:
+            while True:
+                try:
+                    message = await master.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError, ChanservError):
+                    return
+                try:
+                    self.available += decode_credit(message)
+                except WireProtocolError as exc:
+                    master.reset(exc.code, exc.message)
+                    return
+                self._lot.unpark_all()
+
+    async def acquire(self) -> None:
+        """Wait until one more source may be announced, and take it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.available <= 0:
+            await self._lot.park()
+        self.available -= 1
 
 
 class Server:
@@ -185,10 +217,28 @@ class Server:
             deadline = now + request.timeout
         if self.serving_timeout is not None:
             deadline = min(deadline, now + self.serving_timeout)
+        try:
+            window = source_window_of(request)
+        except WireProtocolError as exc:
+            self._report(exc)
+            master.reset(exc.code, exc.message)
+            return
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
             async with trio.open_nursery() as nursery:
-                ok = await self._announce(master, source_fn, request.body, nursery, deadline)
+                credit = None
+                if window is not None:
+                    credit = _SourceCredit(window)
+                    nursery.start_soon(credit.collect, master)
+                ok = await self._announce(
+                    master, source_fn, request.body, nursery, deadline, credit
+                )
+                if credit is not None:
+                    credit.scope.cancel()
+            if credit is not None:
+                # The client ends its half once it has taken every source; resetting it
+                # sooner could overtake our own END on its way (through a router).
+                await master.wait_remote_end()
         if request_scope.cancelled_caught:
             master.end(Status(ErrorCode.TIMEOUT, "", "request deadline exceeded on the server"))
             ok = False
@@ -202,6 +252,7 @@ class Server:
         body: bytes,
         nursery: trio.Nursery,
         deadline: float,
+        credit: _SourceCredit | None = None,
     ) -> bool:
         iterator: AsyncIterator[Source] | None = None
         try:
@@ -235,10 +286,10 @@ class Server:
                     )
                 header = bytes(source.header)
                 if self.master_write_timeout is None:
-                    child = await master.open_child(header)
+                    child = await self._open_source(master, header, credit)
                 else:
                     with trio.move_on_after(self.master_write_timeout) as stuck:
-                        child = await master.open_child(header)
+                        child = await self._open_source(master, header, credit)
                     if stuck.cancelled_caught:
                         exc = trio.TooSlowError(
                             f"a source could not be announced within master_write_timeout "
@@ -264,6 +315,14 @@ class Server:
                     await _aclose_if_generator(iterator)
         master.end()
         return True
+
+    @staticmethod
+    async def _open_source(
+        master: LinkStream, header: bytes, credit: _SourceCredit | None
+    ) -> LinkStream:
+        if credit is not None:
+            await credit.acquire()
+        return await master.open_child(header)
 
     async def _pump(self, child: LinkStream, source: Source, deadline: float) -> None:
         frames = source.frames

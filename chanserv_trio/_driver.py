@@ -103,6 +103,7 @@ class LinkStream:
         "header",
         "parent",
         "peer_sends",
+        "reset_status",
         "service",
         "stream_id",
         "was_reset",
@@ -123,8 +124,10 @@ class LinkStream:
         self.peer_sends = True
         #: Whether we may send data on it.
         self.we_send = True
-        #: True once the peer reset the stream (rather than ending it).
+        #: True once the peer reset the stream (even after ending its half).
         self.was_reset = False
+        #: The status of the peer's RESET, once one arrived.
+        self.reset_status: Status | None = None
         # Queues and parking lots are made on first use: most streams only ever send
         # or only ever receive, and an idle open stream should cost little memory.
         self._inbox: deque[tuple[bytes, int]] | None = None
@@ -349,6 +352,15 @@ class LinkStream:
                 raise trio.EndOfChannel  # closed both ways: no child can come any more
             await self._parking().park()
             parked = True
+
+    async def wait_remote_end(self) -> None:
+        """Wait until the peer ended or reset its half, or the stream broke."""
+        while (
+            self._remote_status is None
+            and self._error is None
+            and self._link.conn.is_open(self.stream_id)
+        ):
+            await self._parking().park()
 
     async def open_child(
         self, header: bytes, *, no_send: bool = False, no_reply: bool = True
@@ -873,9 +885,10 @@ class Link:
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 self._release(stream)
+                stream.was_reset = True
+                stream.reset_status = event.status
                 if stream._remote_status is None:
                     stream._remote_status = event.status
-                    stream.was_reset = True
                 stream._broken(error_from_status(event.status))
         elif type(event) is ServiceAdvertised:
             if event.available:

@@ -22,17 +22,20 @@ __all__ = ["relay"]
 async def relay(inbound: LinkStream, outbound: LinkStream) -> None:
     """Carry everything between two streams until both are finished."""
     try:
-        with inbound.cancel_on_reset() as in_scope, outbound.cancel_on_reset() as out_scope:
-            async with trio.open_nursery() as nursery:
-                for source, target in ((outbound, inbound), (inbound, outbound)):
-                    children_done = trio.Event()
-                    nursery.start_soon(_relay_children, source, target, nursery, children_done)
-                    if source.peer_sends:
-                        nursery.start_soon(_relay_messages, source, target, children_done)
-        if in_scope.cancelled_caught:
-            _pass_reset(inbound, outbound)
-        if out_scope.cancelled_caught:
-            _pass_reset(outbound, inbound)
+        # Child relays live outside this pair's scopes: a child outlives its parent's
+        # end or reset on the wire, so it must outlive it here too.
+        async with trio.open_nursery() as children:
+            with inbound.cancel_on_reset() as in_scope, outbound.cancel_on_reset() as out_scope:
+                async with trio.open_nursery() as nursery:
+                    for source, target in ((outbound, inbound), (inbound, outbound)):
+                        done = trio.Event()
+                        nursery.start_soon(_relay_children, source, target, children, done)
+                        if source.peer_sends:
+                            nursery.start_soon(_relay_messages, source, target, done)
+            if in_scope.cancelled_caught:
+                _pass_reset(inbound, outbound)
+            if out_scope.cancelled_caught:
+                _pass_reset(outbound, inbound)
     except BaseException:
         # Cancelled from outside: a stream of an enclosing relay broke (trio lets only the
         # outermost cancelled scope catch, so ours did not), or the router is going down.
@@ -53,8 +56,8 @@ def _is_broken(stream: LinkStream) -> bool:
 
 
 def _pass_reset(source: LinkStream, target: LinkStream) -> None:
-    status = source.remote_status
-    if status is not None and source.was_reset:
+    status = source.reset_status
+    if status is not None:
         target.reset(status.code, status.message, status.kind)
     else:
         target.reset(ErrorCode.CONNECTION_LOST, "the relayed peer went away")
@@ -81,7 +84,7 @@ async def _relay_end(source: LinkStream, target: LinkStream, children: trio.Even
     status = source.remote_status
     if status is None:
         return
-    if source.was_reset:
+    if status is source.reset_status:  # it ended with a RESET, not an END
         target.reset(status.code, status.message, status.kind)
     else:
         target.end(status)

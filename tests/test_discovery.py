@@ -923,3 +923,25 @@ async def test_routers_linked_to_each_other_offer_only_one_hop() -> None:
 async def frames_of(*items: bytes) -> AsyncIterator[bytes]:
     for item in items:
         yield item
+
+
+async def test_source_credits_cross_a_router() -> None:
+    async def many(request: bytes) -> AsyncIterator[cs.Source]:
+        for index in range(30):
+            yield cs.Source(b"%d" % index, frames_of(b"f%d" % index))
+
+    async with (
+        cs.Multiplexer() as backend,
+        cs.Multiplexer(router=True) as router,
+        cs.Multiplexer() as client_mpx,
+    ):
+        address = await router.listen("tcp://127.0.0.1:0")
+        await backend.join(address)
+        await cs.Server(backend).listen_and_serve("svc", many)
+        await client_mpx.join(address)
+        client = cs.Client(client_mpx, source_buffer_size=3, dial_timeout=5)
+        with trio.fail_after(10):
+            async with client.lookup_and_post("svc") as sources:
+                got = [(s.header, [f async for f in s]) async for s in sources]
+        assert got == [(b"%d" % i, [b"f%d" % i]) for i in range(30)]
+        await wait_until(lambda: router.statistics().open_streams == 0)
