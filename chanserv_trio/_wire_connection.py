@@ -90,6 +90,25 @@ def _code_name(code: int) -> str:
     return known.name if isinstance(known, ErrorCode) else str(code)
 
 
+#: What the first bytes of other protocols look like, and what to tell the user.
+_FOREIGN_PREFIXES = (
+    (b"HTTP/", "the peer answered in HTTP, not chanserv_trio (a WebSocket endpoint? use ws://)"),
+    (b"\x16\x03", "the peer speaks TLS, not plain chanserv_trio (use tls:// or wss://)"),
+    (b"\x15\x03", "the peer answered with a TLS alert (it expects TLS: use tls:// or wss://)"),
+)
+_HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"DELE", b"PATC", b"CONN")
+
+
+def _foreign_protocol(first: bytes) -> str | None:
+    """A message naming the protocol the first bytes received belong to, if not ours."""
+    for prefix, message in _FOREIGN_PREFIXES:
+        if first.startswith(prefix):
+            return message
+    if first[:4] in _HTTP_METHODS:
+        return "the peer sent an HTTP request, not chanserv_trio (it expects an HTTP server)"
+    return None
+
+
 class LocalProtocolError(Exception):
     """Our own side tried something the protocol does not allow (a bug or misuse)."""
 
@@ -564,6 +583,12 @@ class Connection:
                 ConnectionTerminated(ErrorCode.CONNECTION_LOST, "peer closed the connection")
             )
             return events
+        if not self.bytes_received:
+            foreign = _foreign_protocol(bytes(data[:8]))
+            if foreign is not None:
+                self.bytes_received += len(data)
+                self.go_away(ErrorCode.PROTOCOL_ERROR, foreign)
+                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, foreign)
         self.bytes_received += len(data)
         self._decoder.feed(data)
         on_data = self._on_data

@@ -276,6 +276,7 @@ async def test_tls_client_on_a_plain_port(certs: Certs, tmp_path: Path) -> None:
             assert any(isinstance(e, ssl.SSLError) for e in causes(error))
             await wait_for(errors)
             assert isinstance(errors[0], cs.ProtocolError)  # our HELLO was TLS garbage
+            assert "speaks TLS" in str(errors[0])
             await assert_still_serves(healthy, bound)
 
 
@@ -340,6 +341,7 @@ async def test_plain_chanserv_client_on_a_websocket_port(certs: Certs, tmp_path:
         async with troubled_server("ws", certs, tmp_path) as (bound, _errors, healthy):
             error = await join_error(f"tcp://127.0.0.1:{port_of(bound)}")
             assert isinstance(error, cs.ProtocolError)  # an HTTP 400 is no HELLO
+            assert "answered in HTTP" in str(error) and "ws://" in str(error)
             await assert_still_serves(healthy, bound)
 
 
@@ -373,6 +375,24 @@ async def test_server_speaking_another_protocol() -> None:
         async with fake_server(b"SSH-2.0-OpenSSH_9.6\r\n") as port:
             error = await join_error(f"tcp://127.0.0.1:{port}")
             assert isinstance(error, cs.ProtocolError)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered in HTTP"),
+        (b"GET / HTTP/1.1\r\n\r\n", "sent an HTTP request"),
+        (b"\x15\x03\x03\x00\x02\x02\x28", "TLS alert"),
+    ],
+)
+async def test_a_server_of_another_protocol_is_named_in_the_error(
+    answer: bytes, says: str
+) -> None:
+    with trio.fail_after(10):
+        async with fake_server(answer) as port:
+            error = await join_error(f"tcp://127.0.0.1:{port}")
+            assert isinstance(error, cs.ProtocolError)
+            assert says in str(error)
 
 
 async def test_server_speaking_another_protocol_version() -> None:
