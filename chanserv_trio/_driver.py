@@ -54,6 +54,10 @@ _RECEIVE_SIZE = 256 * 1024
 _SCHEDULE_EVERY = 32
 #: Queued payloads at least this large are written without being copied into a batch.
 _DIRECT_WRITE = 64 * 1024
+#: Senders wait while this many bytes are queued for the transport and not yet taken by
+#: the writer, so a link holds about this much (plus the write in progress) however many
+#: streams send at once.
+_QUEUE_LIMIT = 1 << 20
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -177,6 +181,11 @@ class LinkStream:
             raise trio.BusyResourceError("another task is already sending on this stream")
         await _checkpoint_if_cancelled()
         if self._error is not None or self._closed_locally:
+            self._check_sendable()
+        if conn.outgoing_size >= _QUEUE_LIMIT:
+            # The transport is behind: wait for the writer rather than queue without end
+            # (the connection window would bound it, but far above what is useful).
+            await link._wait_queue_below_limit()
             self._check_sendable()
         max_chunk = conn.peer_settings.max_frame_payload
         if conn.try_send_message(self.stream_id, data):
@@ -753,6 +762,12 @@ class Link:
                 self._released_lot.unpark_all()
 
     # ------------------------------------------------------------------ writer
+
+    async def _wait_queue_below_limit(self) -> None:
+        self._window_stalls += 1
+        while self.conn.outgoing_size >= _QUEUE_LIMIT and not self._writer_done:
+            self._kick_writer()
+            await self._drained_lot.park()
 
     def _spend(self) -> bool:
         """Count one call that could finish without waiting; True when it is this

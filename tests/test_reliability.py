@@ -320,3 +320,30 @@ async def test_an_empty_message_that_empties_the_inbox_still_returns_held_credit
             async with cs.Client(client).lookup_and_post("svc") as sources:
                 source = await sources.receive()
                 assert [frame async for frame in source] == frames
+
+
+async def test_bytes_queued_for_a_stalled_transport_stay_bounded(autojump_clock: object) -> None:
+    # Windows alone would let every stream queue its whole window for a transport that
+    # takes nothing; senders wait once about 1 MiB waits for the writer.
+    left, right = trio.testing.lockstep_stream_pair()
+    client_end = Valve(left)
+    async with cs.Multiplexer() as server, cs.Multiplexer() as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(server.attach, right, initiator=False))
+            await client.attach(client_end, initiator=True)
+
+        async def wide(request: bytes) -> AsyncIterator[cs.Source]:
+            for index in range(20):
+                yield cs.Source(b"%d" % index, _frames(*[b"w" * 65536] * 40))
+
+        await cs.Server(server).listen_and_serve("svc", wide)
+        with trio.fail_after(20):
+            async with cs.Client(client).lookup_and_post("svc") as sources:
+                first = await sources.receive()
+                client_end.deaf = True  # the client stops taking bytes off the wire
+                for _ in range(50):
+                    await trio.sleep(0.1)
+                    queued = server.statistics().bytes_queued
+                    assert queued <= (1 << 20) + 65536 + 1024
+                assert server.statistics().window_stalls > 0
+                assert first.header == b"0"
