@@ -45,3 +45,4 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite: ours beside the raw trio ceiling and gRPC (benchmarks/README.md)."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "-m", "benchmarks.memory")

@@ -1,0 +1,135 @@
+"""What an idle open source costs in memory, on each side of a link.
+
+Run as ``python -m benchmarks.memory [--sources N]``. One side runs in this process
+under ``tracemalloc``, the other in a child process, over TCP loopback; then the roles
+swap. A source is *idle and open* when the server has announced it and its producer
+waits for its next frame, and the client holds the ``RemoteSource`` without reading.
+The server's figure includes the per-source producer task and the application's
+waiting async generator; the client's is the library's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import trio
+
+import chanserv_trio as cs
+
+SERVICE = "idle"
+
+
+def idle_source_fn(release: trio.Event) -> cs.SourceFunction:
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        async def frames() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"done"
+
+        for index in range(int(request)):
+            yield cs.Source(b"%d" % index, frames())
+
+    return source_fn
+
+
+async def serve() -> None:
+    """Serve idle sources until stdin closes (the child process's role as a server)."""
+    async with cs.Multiplexer() as mpx:
+        address = await mpx.listen("tcp://127.0.0.1:0")
+        await cs.Server(mpx).listen_and_serve(SERVICE, idle_source_fn(trio.Event()))
+        print(address, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)
+
+
+async def hold(address: str, count: int, measure: bool) -> int:
+    """Open ``count`` idle sources from ``address``; return the bytes they cost here."""
+    async with cs.Multiplexer() as mpx:
+        await mpx.join(address)
+        client = cs.Client(mpx)
+        async with client.lookup_and_post(SERVICE, b"1") as sources:  # warm up
+            async for _ in sources:
+                pass
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0] if measure else 0
+        held = []
+        async with client.lookup_and_post(SERVICE, str(count).encode()) as sources:
+            async for source in sources:
+                held.append(source)
+            await trio.sleep(0.5)
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - base if measure else 0
+            if not measure:
+                print("held", flush=True)
+                await trio.to_thread.run_sync(sys.stdin.read)
+        return used
+
+
+async def measure_server(count: int) -> int:
+    release = trio.Event()
+    async with cs.Multiplexer() as mpx:
+        address = await mpx.listen("tcp://127.0.0.1:0")
+        await cs.Server(mpx).listen_and_serve(SERVICE, idle_source_fn(release))
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        child = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "benchmarks.memory", "--hold", address, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        line = b""
+        with trio.fail_after(120):
+            while not line.endswith(b"\n"):
+                line += await child.stdout.receive_some(1)
+        await trio.sleep(0.5)
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+        await child.stdin.aclose()
+        await child.wait()
+        release.set()
+        return used
+
+
+def measure_client(count: int) -> int:
+    with subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.memory", "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        address = child.stdout.readline().strip()
+        used = trio.run(hold, address, count, True)
+        child.stdin.close()
+        child.wait(timeout=30)
+    return used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, default=10_000)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hold", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        trio.run(serve)
+        return
+    if args.hold:
+        trio.run(hold, args.hold[0], int(args.hold[1]), False)
+        return
+    count = args.sources
+    tracemalloc.start()
+    client = measure_client(count)
+    server = trio.run(measure_server, count)
+    tracemalloc.stop()
+    print(f"{count:,} idle open sources:")
+    print(f"  client: {client / 1e6:.1f} MB, {client / count:,.0f} B per source")
+    print(f"  server: {server / 1e6:.1f} MB, {server / count:,.0f} B per source")
+
+
+if __name__ == "__main__":
+    main()
