@@ -122,7 +122,7 @@ class Settings:
     #: Bytes the peer may have in transit on the whole connection.
     connection_window: int = 16 << 20
     #: Largest DATA payload in one frame; longer messages are sent in chunks.
-    max_frame_payload: int = 256 << 10
+    max_frame_payload: int = 1 << 20
     #: Largest message (all chunks joined).
     max_message_size: int = 100 << 20
     #: Largest OPEN header (a source header or a request body).

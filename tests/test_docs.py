@@ -270,8 +270,9 @@ def test_window_bytes_in_the_example_notes() -> None:
 
 def test_chunking_arithmetic_in_the_example_notes() -> None:
     limit = Settings().max_frame_payload
-    assert f"DATA frame of {limit} bytes with flags `01`" in " ".join(PROTOCOL.split())
-    assert f"DATA frame of {300_000 - limit} bytes with flags `00`" in " ".join(PROTOCOL.split())
+    text = " ".join(PROTOCOL.split())
+    assert f"DATA frames of {limit} bytes with flags `01`" in text
+    assert f"DATA frame of {3_000_000 - 2 * limit} bytes with flags `00`" in text
 
 
 # -------------------------------------------------------- the complete programs
