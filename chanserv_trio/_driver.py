@@ -822,9 +822,11 @@ class Link:
     async def _reader(self) -> None:
         conn = self.conn
         transport = self.transport
+        # A transport of whole messages (WebSocket) is read a message at a time.
+        receive_size = None if getattr(transport, "whole_messages", False) else _RECEIVE_SIZE
         try:
             while self._error is None:
-                data = await transport.receive_some(_RECEIVE_SIZE)
+                data = await transport.receive_some(receive_size)
                 self._last_heard = trio.current_time()
                 try:
                     events = conn.receive_data(data)

@@ -49,6 +49,10 @@ def message_limit(settings: Settings) -> int:
     return settings.max_message_size + settings.connection_window + (16 << 20)
 
 
+#: Writes longer than this go out as several binary messages.
+_MAX_MESSAGE = 256 * 1024
+
+
 class WebSocketStream(trio.abc.Stream):
     """A link's byte stream over a WebSocket connection.
 
@@ -63,6 +67,10 @@ class WebSocketStream(trio.abc.Stream):
     WebSocket performs the close handshake as soon as the link is done with it, because
     the link closes its transport from a cancelled scope where a handshake cannot run.
     """
+
+    #: Reads return whole messages: the link reads with no size limit, so a large frame
+    #: (one message) is never cut into pieces and copied again.
+    whole_messages = True
 
     def __init__(self, websocket: trio_websocket.WebSocketConnection) -> None:
         #: The trio-websocket connection (for pings, the negotiated path...).
@@ -82,7 +90,14 @@ class WebSocketStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
-            await self.websocket.send_message(data if type(data) is bytes else bytes(data))
+            if len(data) <= _MAX_MESSAGE:
+                await self.websocket.send_message(data if type(data) is bytes else bytes(data))
+                return
+            # Our bytes may be split anywhere, and WebSocket peers handle a few
+            # medium messages much faster than one very large one.
+            view = memoryview(data)
+            for start in range(0, len(view), _MAX_MESSAGE):
+                await self.websocket.send_message(bytes(view[start : start + _MAX_MESSAGE]))
         except trio_websocket.ConnectionClosed as exc:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed") from None
