@@ -231,11 +231,17 @@ class Client:
         instead, so the same key reaches the same node from every client.
         """
         deadline = trio.current_effective_deadline()
-        timeout = None if math.isinf(deadline) else max(0.0, deadline - trio.current_time())
         request_tags = dict(tags or {})
         if self.source_buffer_size is not None:
             request_tags[SOURCE_WINDOW_TAG] = str(self.source_buffer_size)
-        header = encode_request(Request(bytes(body), timeout, request_tags))
+        payload = bytes(body)
+
+        def header() -> bytes:
+            # Made once a node is found, so the time spent waiting for one counts.
+            remaining = deadline - trio.current_time()
+            timeout = None if math.isinf(deadline) else max(0.0, remaining)
+            return encode_request(Request(payload, timeout, request_tags))
+
         try:
             master = await self.mpx.open_stream(
                 name,

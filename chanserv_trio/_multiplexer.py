@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
@@ -474,7 +475,7 @@ class Multiplexer:
     async def open_stream(
         self,
         service: str,
-        header: bytes,
+        header: bytes | Callable[[], bytes],
         *,
         dial_timeout: float = 10.0,
         no_send: bool = False,
@@ -484,7 +485,9 @@ class Multiplexer:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
         seconds for one to appear. Raises :class:`ServiceNotFound`.
 
-        Among several peers offering it, one is picked at random; with ``route_key``
+        ``header`` may be a function, called once a peer is found (so a deadline it
+        carries counts the time spent waiting). Among several peers offering it, one
+        is picked at random; with ``route_key``
         the pick is by rendezvous hashing of the key over the peers' names
         (:attr:`Link.node_key`), so the same key reaches the same node from every
         client while the set of nodes is unchanged, and about 1/N of keys move when a
@@ -501,7 +504,10 @@ class Multiplexer:
                         link = pick_by_key(candidates, route_key)
                     try:
                         return await link.open_stream(
-                            service, header, no_send=no_send, no_reply=no_reply
+                            service,
+                            header() if callable(header) else header,
+                            no_send=no_send,
+                            no_reply=no_reply,
                         )
                     except ConnectionLost:
                         if link.is_alive:

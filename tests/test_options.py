@@ -181,3 +181,27 @@ async def test_without_source_buffer_size_announcing_is_not_held_back(
             async with cs.Client(client).lookup_and_post("svc"):
                 await settle()
                 assert announced == 50
+
+
+async def test_time_spent_waiting_for_the_service_counts_against_the_deadline(
+    autojump_clock: object,
+) -> None:
+    remaining: list[float] = []
+
+    async def measure(request: bytes) -> AsyncIterator[cs.Source]:
+        remaining.append(trio.current_effective_deadline() - trio.current_time())
+        yield cs.Source(b"only", endless_frames())
+
+    async with linked_pair() as (server, client, _, _):
+
+        async def serve_later() -> None:
+            await trio.sleep(3)
+            await cs.Server(server).listen_and_serve("svc", measure)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_later)
+            with trio.move_on_after(5):
+                async with cs.Client(client, dial_timeout=10).lookup_and_post("svc") as sources:
+                    await sources.receive()
+    # The server got what was left after the 3 s spent waiting for it, not 5 s.
+    assert remaining and remaining[0] == pytest.approx(2.0, abs=0.01)
