@@ -280,6 +280,12 @@ class LinkStream:
             data, credit = self._inbox.popleft()
             self._consumed(credit)
             return data
+        self._raise_if_ended()
+        raise trio.WouldBlock
+
+    def _raise_if_ended(self) -> None:
+        """Raise what a reader gets once nothing is left: ``trio.EndOfChannel`` after a
+        normal end, the matching error after any other, the link's error if it broke."""
         status = self._remote_status
         if status is not None:
             if status.code == ErrorCode.OK:
@@ -287,7 +293,6 @@ class LinkStream:
             raise error_from_status(status)
         if self._error is not None:
             raise self._error
-        raise trio.WouldBlock
 
     async def receive(self) -> bytes:
         """Wait for the next message.
@@ -350,13 +355,7 @@ class LinkStream:
                 return children.popleft()
             if self._closed_locally:
                 raise trio.ClosedResourceError("stream was closed")
-            status = self._remote_status
-            if status is not None:
-                if status.code == ErrorCode.OK:
-                    raise trio.EndOfChannel
-                raise error_from_status(status)
-            if self._error is not None:
-                raise self._error
+            self._raise_if_ended()
             if not self._link.conn.is_open(self.stream_id):
                 raise trio.EndOfChannel  # closed both ways: no child can come any more
             await self._parking().park()
