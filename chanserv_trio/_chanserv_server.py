@@ -9,8 +9,8 @@ source's ``frames`` by its own task in the request's nursery.
 from __future__ import annotations
 
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Protocol, SupportsBytes
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Protocol, SupportsBytes, TypeVar
 
 import attrs
 import trio
@@ -20,6 +20,8 @@ from ._driver import LinkStream
 from ._errors import ChanservError
 from ._multiplexer import Multiplexer
 from ._wire_codec import ErrorCode, Status, WireProtocolError
+
+T = TypeVar("T")
 
 __all__ = ["FrameLike", "Server", "Source", "SourceFunction"]
 
@@ -74,6 +76,26 @@ def _error_status(exc: BaseException) -> Status:
 def _unfinished_generator(iterable: object) -> bool:
     """An async generator that has not run to its end (and so needs closing)."""
     return isinstance(iterable, types.AsyncGeneratorType) and iterable.ag_frame is not None
+
+
+class _TimedOut(Exception):
+    """One of the server's own timeouts expired. Kept apart from a ``TooSlowError``
+    raised by the application's code, which is the application's failure like any
+    other; ``on_error`` hears of it as the ``trio.TooSlowError`` in :attr:`error`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.error = trio.TooSlowError(message)
+
+
+async def _within(limit: float | None, message: str, step: Awaitable[T]) -> T:
+    """Await ``step``, within ``limit`` seconds if one is set; :class:`_TimedOut`
+    carrying ``message`` when it expires."""
+    if limit is None:
+        return await step
+    with trio.move_on_after(limit):
+        return await step
+    raise _TimedOut(message)
 
 
 async def _aclose_if_generator(iterable: object) -> None:
@@ -265,40 +287,28 @@ class Server:
                 )
             iterator = aiter(sources)
             while True:
-                if self.sourcing_timeout is not None:
-                    with trio.move_on_after(self.sourcing_timeout) as gap:
-                        source = await anext(iterator, None)
-                    if gap.cancelled_caught:
-                        exc = trio.TooSlowError(
-                            f"no source announced within sourcing_timeout "
-                            f"({self.sourcing_timeout} s)"
-                        )
-                        self._report(exc)
-                        master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
-                        return False
-                else:
-                    source = await anext(iterator, None)
+                source = await _within(
+                    self.sourcing_timeout,
+                    f"no source announced within sourcing_timeout ({self.sourcing_timeout} s)",
+                    anext(iterator, None),
+                )
                 if source is None:
                     break
                 if not isinstance(source, Source):
                     raise TypeError(
                         f"a source function must yield Source, not {type(source).__name__}"
                     )
-                header = bytes(source.header)
-                if self.master_write_timeout is None:
-                    child = await self._open_source(master, header, credit)
-                else:
-                    with trio.move_on_after(self.master_write_timeout) as stuck:
-                        child = await self._open_source(master, header, credit)
-                    if stuck.cancelled_caught:
-                        exc = trio.TooSlowError(
-                            f"a source could not be announced within master_write_timeout "
-                            f"({self.master_write_timeout} s): the client holds too many open"
-                        )
-                        self._report(exc)
-                        master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
-                        return False
+                child = await _within(
+                    self.master_write_timeout,
+                    f"a source could not be announced within master_write_timeout "
+                    f"({self.master_write_timeout} s): the client holds too many open",
+                    self._open_source(master, bytes(source.header), credit),
+                )
                 nursery.start_soon(self._pump, child, source, deadline)
+        except _TimedOut as exc:
+            self._report(exc.error)
+            master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
+            return False
         except Exception as exc:
             if isinstance(exc, ChanservError) and master.is_finished:
                 # The master stream broke (client went away, link lost): nothing to tell.
@@ -331,19 +341,14 @@ class Server:
             with child.cancel_on_reset():
                 try:
                     async for frame in frames:
-                        data = frame_bytes(frame)
-                        if write_timeout is None:
-                            await child.send(data)
+                        if write_timeout is None:  # the hot path: no wrapper per frame
+                            await child.send(frame_bytes(frame))
                             continue
-                        with trio.move_on_after(write_timeout) as stuck:
-                            await child.send(data)
-                        if stuck.cancelled_caught:
-                            exc = trio.TooSlowError(
-                                f"frame not taken within frame_write_timeout ({write_timeout} s)"
-                            )
-                            self._report(exc)
-                            child.reset(ErrorCode.TIMEOUT, str(exc))
-                            return
+                        await _within(
+                            write_timeout,
+                            f"frame not taken within frame_write_timeout ({write_timeout} s)",
+                            child.send(frame_bytes(frame)),
+                        )
                 finally:
                     if _unfinished_generator(frames):
                         with trio.CancelScope(shield=True):
@@ -355,6 +360,9 @@ class Server:
             else:
                 child.reset(ErrorCode.CANCEL, "cancelled on the server")
             raise
+        except _TimedOut as exc:
+            self._report(exc.error)
+            child.reset(ErrorCode.TIMEOUT, str(exc))
         except Exception as exc:
             if isinstance(exc, ChanservError) and child.is_finished:
                 return  # the stream broke under us: the client already knows
