@@ -136,51 +136,49 @@ async def test_master_write_timeout_ends_a_request_whose_client_holds_too_many_o
     assert any("master_write_timeout" in str(error) for error in errors)
 
 
+class AnnouncementCounter:
+    """A source function announcing 50 endless sources, counting how many it has."""
+
+    def __init__(self) -> None:
+        self.announced = 0
+
+    async def source_fn(self, request: bytes) -> AsyncIterator[cs.Source]:
+        for index in range(50):
+            yield cs.Source(b"%d" % index, endless_frames())
+            self.announced += 1
+
+
 async def test_source_buffer_size_holds_the_server_to_a_window_of_announcements(
     autojump_clock: object,
 ) -> None:
-    announced = 0
-
-    async def many(request: bytes) -> AsyncIterator[cs.Source]:
-        nonlocal announced
-        for index in range(50):
-            yield cs.Source(b"%d" % index, endless_frames())
-            announced += 1
-
+    counter = AnnouncementCounter()
     async with linked_pair() as (server, client, _, _):
-        await cs.Server(server).listen_and_serve("svc", many)
+        await cs.Server(server).listen_and_serve("svc", counter.source_fn)
         with trio.fail_after(30):
             async with cs.Client(client, source_buffer_size=4).lookup_and_post("svc") as sources:
                 await settle()
                 # Nothing taken yet: at most the window was announced.
-                assert announced <= 5
+                assert counter.announced <= 5
                 taken = [await sources.receive() for _ in range(10)]
                 await settle()
                 # Taking sources grants more, but never more than a window ahead.
-                assert 10 <= announced <= 10 + 5
+                assert 10 <= counter.announced <= 10 + 5
                 assert [s.header for s in taken] == [b"%d" % i for i in range(10)]
                 rest = [s.header async for s in sources]
                 assert rest == [b"%d" % i for i in range(10, 50)]
-            assert announced == 50
+            assert counter.announced == 50
 
 
 async def test_without_source_buffer_size_announcing_is_not_held_back(
     autojump_clock: object,
 ) -> None:
-    announced = 0
-
-    async def many(request: bytes) -> AsyncIterator[cs.Source]:
-        nonlocal announced
-        for index in range(50):
-            yield cs.Source(b"%d" % index, endless_frames())
-            announced += 1
-
+    counter = AnnouncementCounter()
     async with linked_pair() as (server, client, _, _):
-        await cs.Server(server).listen_and_serve("svc", many)
+        await cs.Server(server).listen_and_serve("svc", counter.source_fn)
         with trio.fail_after(30):
             async with cs.Client(client).lookup_and_post("svc"):
                 await settle()
-                assert announced == 50
+                assert counter.announced == 50
 
 
 async def test_time_spent_waiting_for_the_service_counts_against_the_deadline(
