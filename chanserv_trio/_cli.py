@@ -29,6 +29,7 @@ from ._chanserv_client import Client, RemoteSource
 from ._chanserv_server import Server, Source, SourceFunction
 from ._errors import ChanservError, ConnectionLost
 from ._multiplexer import Multiplexer
+from ._node_backoff import Backoff
 from ._registry import Registry
 from ._transport import parse_url
 
@@ -193,15 +194,12 @@ async def _join_eventually(
     mpx: Multiplexer, url: str, options: dict[str, Any], out: TextIO
 ) -> None:
     """Join ``url``, retrying with the redial backoff while nobody answers there."""
-    initial, factor, ceiling = mpx.redial_backoff
-    delay = initial
-    while True:
+    for delay in Backoff(*mpx.redial_backoff).delays():
         try:
             await mpx.join(url, **options)
         except (ChanservError, OSError) as exc:
-            print(f"cannot join {url} yet ({exc}); retrying in {delay:g} s", file=sys.stderr)
+            print(f"cannot join {url} yet ({exc}); retrying in {delay:.2g} s", file=sys.stderr)
             await trio.sleep(delay)
-            delay = min(delay * factor, ceiling)
             continue
         print(f"joined {url}", file=out, flush=True)
         return

@@ -22,6 +22,7 @@ import trio
 from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
+from ._node_backoff import Backoff
 from ._registry import Registry
 from ._router import relay
 from ._transport import dial, serve
@@ -99,9 +100,12 @@ class Multiplexer:
         registry: Registry | None = None,
         on_error: object = None,
     ) -> None:
-        initial, factor, ceiling = redial_backoff
-        if not (0 < initial <= ceiling and factor >= 1):
-            raise ValueError("redial_backoff is (first delay > 0, factor >= 1, max delay)")
+        try:
+            self._redial = Backoff(*redial_backoff)
+        except ValueError:
+            raise ValueError(
+                "redial_backoff is (first delay > 0, factor >= 1, max delay)"
+            ) from None
         self.redial_backoff = redial_backoff
         self.router = router
         self.registry = registry
@@ -188,6 +192,19 @@ class Multiplexer:
         if not lz4_available():
             raise ValueError("compression needs the lz4 package: pip install 'chanserv-trio[lz4]'")
         self.settings = attrs.evolve(self.settings, compression=True)
+
+    @property
+    def closing(self) -> bool:
+        """True once the node began to shut down (:meth:`shutdown`, or leaving the
+        ``async with`` block): from then on it starts no new links or streams, and
+        :meth:`join` and :meth:`listen` raise ``RuntimeError``."""
+        return self._closed
+
+    def report_error(self, exc: BaseException) -> None:
+        """Hand ``exc`` to this node's ``on_error`` (nothing happens without one): for
+        what runs beside the node on its behalf, such as a registry."""
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None or self._closed:
@@ -284,8 +301,10 @@ class Multiplexer:
         once the handshake is done.
 
         With ``redial`` (the default), a link to ``url`` that drops later is dialed again
-        with backoff (``redial_backoff``: first delay, factor, longest delay) until
-        :meth:`leave` or the multiplexer closes; requests in flight on the dead link
+        with backoff (``redial_backoff``: first delay, factor, longest delay; each delay
+        is drawn between half of its value and all of it, so the clients of a node that
+        died do not all redial it at the same instant) until :meth:`leave` or the
+        multiplexer closes; requests in flight on the dead link
         fail with :class:`ConnectionLost`, and its services return with it.
 
         ``options``: ``ssl_context=`` for ``tls://`` and ``wss://`` (default: the
@@ -331,22 +350,18 @@ class Multiplexer:
     async def _keep_joined(
         self, url: str, options: dict[str, Any], link: Link, scope: trio.CancelScope
     ) -> None:
-        initial, factor, ceiling = self.redial_backoff
         with scope:
             while True:
                 await link.wait_closed()
-                delay = initial
-                while True:
+                for delay in self._redial.delays():
                     await trio.sleep(delay)
+                    if self.closing:
+                        return  # checked right before dialing: nothing awaits in between
                     try:
                         link = await self._dial(url, options)
                         break
                     except (ConnectionLost, OSError) as exc:
-                        if self._on_error is not None:
-                            self._on_error(exc)
-                        delay = min(delay * factor, ceiling)
-                    except RuntimeError:
-                        return  # the multiplexer is closing
+                        self.report_error(exc)
 
     def leave(self, url: str) -> None:
         """Stop redialing ``url`` and close the links joined to it."""

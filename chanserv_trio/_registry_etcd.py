@@ -22,9 +22,11 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ._errors import ChanservError
+from ._node_backoff import Backoff
 
 if TYPE_CHECKING:
     import httpx
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EtcdRegistry", "RegistryError"]
 
-#: Retry delays after a failed etcd request: first delay, factor, longest delay.
-_BACKOFF = (0.1, 2.0, 5.0)
+#: Delays between retries of failed etcd requests (renewals: at most ``ttl / 3``).
+_RETRY = Backoff(0.1, 2.0, 5.0)
 
 #: gRPC status code etcd returns for an unknown (expired or revoked) lease.
 _NOT_FOUND = 5
@@ -250,22 +252,6 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-class _Backoff:
-    """Growing sleeps between retries, back to the first one after a success."""
-
-    def __init__(self, ceiling: float) -> None:
-        self.first, self.factor, longest = _BACKOFF
-        self.ceiling = max(self.first, min(longest, ceiling))
-        self.delay = self.first
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-    async def sleep(self) -> None:
-        await trio.sleep(self.delay)
-        self.delay = min(self.delay * self.factor, self.ceiling)
-
-
 class EtcdRegistry:
     """Publish this node's services in etcd and join the nodes published there.
 
@@ -411,7 +397,10 @@ class _Publisher:
                 self.published[key] = address
 
     async def run(self) -> None:
-        backoff = _Backoff(self.registry.ttl / 3)
+        # A lease must be renewed within its TTL: retry at least every ttl / 3.
+        ceiling = max(_RETRY.initial, min(_RETRY.ceiling, self.registry.ttl / 3))
+        retry = attrs.evolve(_RETRY, ceiling=ceiling)
+        delays = retry.delays()
         try:
             while True:
                 version = self.mpx.local_version
@@ -424,10 +413,10 @@ class _Publisher:
                             self.lease = None
                             continue
                         self.renew_at = trio.current_time() + self.interval
-                    backoff.reset()
+                    delays = retry.delays()  # the next failure waits the first delay again
                 except RegistryError as exc:
                     self.report(exc)
-                    await backoff.sleep()
+                    await trio.sleep(next(delays))
                     continue
                 with trio.move_on_at(self.renew_at if self.lease is not None else math.inf):
                     await self.mpx.wait_local_change(version)
@@ -469,7 +458,7 @@ class _Watcher:
         self.holders: dict[str, set[str]] = {}
         #: address -> the task joining it (or done joining it).
         self.joins: dict[str, trio.CancelScope] = {}
-        self.backoff = _Backoff(_BACKOFF[2])
+        self.delays = _RETRY.delays()
 
     def _is_own(self, key: str, address: str) -> bool:
         node = key.rpartition("/")[2]
@@ -520,14 +509,14 @@ class _Watcher:
         self._reconcile(touched)
 
     async def _join(self, address: str, scope: trio.CancelScope) -> None:
-        backoff = _Backoff(_BACKOFF[2])
+        delays = _RETRY.delays()
         with scope:
             while True:
                 try:
                     await self.mpx.join(address)
                 except ChanservError as exc:
                     self.report(exc)
-                    await backoff.sleep()
+                    await trio.sleep(next(delays))
                     continue
                 except ValueError as exc:  # not a URL we can dial: nothing to retry
                     self.report(RegistryError(f"cannot join {address!r} from etcd: {exc}"))
@@ -551,7 +540,7 @@ class _Watcher:
 
         def created() -> None:
             nonlocal ready
-            self.backoff.reset()
+            self.delays = _RETRY.delays()  # the watch is up again
             if not ready:
                 ready = True
                 task_status.started()
@@ -566,6 +555,6 @@ class _Watcher:
                 )
             except RegistryError as exc:
                 self.report(exc)
-                await self.backoff.sleep()
+                await trio.sleep(next(self.delays))
                 # Events may have been missed (or compacted away): read everything again.
                 resync = True

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from helpers import drain, wait_quiet, wait_until
 
 import chanserv_trio as cs
@@ -321,25 +322,44 @@ async def test_a_killed_node_fails_its_requests_and_comes_back_after_restart() -
             nursery.cancel_scope.cancel()
 
 
-async def test_redial_backs_off_and_stops_after_leave() -> None:
+async def test_redial_backs_off_and_stops_after_leave(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # On the autojump clock over a Unix socket, so the gaps measured are the delays the
+    # redial loop slept, exactly: bytes between two ends in one process are in the
+    # peer's buffer when the send returns (no clock jump can overtake them), and a dial
+    # to a socket file that is gone fails within the call. Only binding the socket file
+    # runs in a thread, which the clock cannot see: it runs in real time until the node
+    # listens, and stands still between jumps from then on.
     dials: list[float] = []
+    errors: list[BaseException] = []
+
+    def dialed(exc: BaseException) -> None:
+        dials.append(trio.current_time())
+        errors.append(exc)
+
+    path = tmp_path / "node.sock"
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            node = await start_node(nursery, "a")
-            async with client_of(
-                [node.url],
-                redial_backoff=(0.05, 2.0, 0.2),
-                on_error=lambda exc: dials.append(trio.current_time()),
-            ) as (mpx, _):
+            mock_clock.rate = 1
+            node = await start_node(nursery, "a", f"unix://{path}")
+            mock_clock.rate = 0
+            mock_clock.autojump_threshold = 0
+            redialing = client_of([node.url], redial_backoff=(0.05, 2.0, 0.2), on_error=dialed)
+            async with redialing as (mpx, _):
                 await offering(mpx, 1)
+                path.unlink()  # nobody can dial the node any more, however long it takes to go
                 await node.kill()
                 await offering(mpx, 0)
                 with trio.fail_after(5):
                     await wait_until(lambda: len(dials) >= 5)
+                assert all(isinstance(exc, cs.ConnectionLost) for exc in errors), errors
                 gaps = [later - earlier for earlier, later in itertools.pairwise(dials)]
-                # 0.1, 0.2, 0.2, ...: doubling up to the ceiling (plus scheduling noise).
-                assert 0.08 <= gaps[0] < 0.19
-                assert all(0.18 <= gap < 0.5 for gap in gaps[1:4])
+                # 0.1, 0.2, 0.2, ...: doubling up to the ceiling, each delay drawn between
+                # half of it and all of it (the jitter).
+                assert 0.05 <= gaps[0] <= 0.1
+                assert all(0.1 <= gap <= 0.2 for gap in gaps[1:4])
+                assert len(set(gaps[1:4])) == 3
                 mpx.leave(node.url)
                 assert mpx.joined == []
                 count = len(dials)
