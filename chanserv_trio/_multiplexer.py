@@ -23,7 +23,7 @@ from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
 from ._node_backoff import Backoff
-from ._registry import Registry
+from ._registry import Registry, RegistryNode
 from ._router import relay
 from ._transport import dial, serve
 from ._wire_codec import ErrorCode
@@ -144,8 +144,9 @@ class Multiplexer:
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         if self.registry is not None:
+            node: RegistryNode = self  # all a registry sees of us (and mypy checks it is met)
             try:
-                await self._nursery.start(self.registry.run, self)
+                await self._nursery.start(self.registry.run, node)
             except BaseException:
                 # Close the (cancelled) nursery cleanly, then let the error out as itself.
                 self._nursery.cancel_scope.cancel()

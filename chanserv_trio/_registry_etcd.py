@@ -27,11 +27,10 @@ import trio
 
 from ._errors import ChanservError
 from ._node_backoff import Backoff
+from ._registry import RegistryNode
 
 if TYPE_CHECKING:
     import httpx
-
-    from ._multiplexer import Multiplexer
 
 __all__ = ["EtcdRegistry", "RegistryError"]
 
@@ -318,21 +317,16 @@ class EtcdRegistry:
         return min(5.0, max(1.0, self.ttl / 3))
 
     async def run(
-        self, mpx: Multiplexer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, node: RegistryNode, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep ``mpx`` published and joined until cancelled (the multiplexer starts it).
+        """Keep ``node`` published and joined until cancelled (the multiplexer starts it).
 
         Reports ready once etcd answered the first read and, with ``join``, the watch
         is in place; raises :class:`RegistryError` before that if etcd is unreachable.
         """
         import httpx
 
-        on_error = self.on_error or getattr(mpx, "_on_error", None)
-
-        def report(exc: BaseException) -> None:
-            if on_error is not None:
-                on_error(exc)
-
+        report = self.on_error or node.report_error
         # Straight to etcd: proxy settings from the environment are not for it.
         async with httpx.AsyncClient(
             base_url=self.endpoint, timeout=self._request_timeout(), trust_env=False
@@ -341,9 +335,9 @@ class EtcdRegistry:
             revision, snapshot = await etcd.range_prefix(self.prefix)
             async with trio.open_nursery() as nursery:
                 if self.join:
-                    watcher = _Watcher(self, mpx, etcd, report, nursery)
+                    watcher = _Watcher(self, node, etcd, report, nursery)
                     await nursery.start(watcher.run, revision, snapshot)
-                publisher = _Publisher(self, mpx, etcd, report)
+                publisher = _Publisher(self, node, etcd, report)
                 nursery.start_soon(publisher.run)
                 task_status.started()
 
@@ -354,12 +348,12 @@ class _Publisher:
     def __init__(
         self,
         registry: EtcdRegistry,
-        mpx: Multiplexer,
+        node: RegistryNode,
         etcd: _EtcdClient,
-        report: Callable[[BaseException], None],
+        report: Callable[[BaseException], object],
     ) -> None:
         self.registry = registry
-        self.mpx = mpx
+        self.node = node
         self.etcd = etcd
         self.report = report
         self.lease: int | None = None
@@ -369,12 +363,12 @@ class _Publisher:
         self.published: dict[str, str] = {}
 
     def desired(self) -> dict[str, str]:
-        listening = self.mpx.listening
+        listening = self.node.listening
         if not listening:
             return {}  # only a listening node serves anyone
         address = self.registry.advertise or listening[0]
-        prefix, node = self.registry.prefix, self.mpx.node_id
-        return {f"{prefix}{service}/{node}": address for service in self.mpx.services}
+        prefix, node = self.registry.prefix, self.node.node_id
+        return {f"{prefix}{service}/{node}": address for service in self.node.services}
 
     async def sync(self, desired: dict[str, str]) -> None:
         if desired and self.lease is None:
@@ -403,7 +397,7 @@ class _Publisher:
         delays = retry.delays()
         try:
             while True:
-                version = self.mpx.local_version
+                version = self.node.local_version
                 try:
                     await self.sync(self.desired())
                     if self.lease is not None and trio.current_time() >= self.renew_at:
@@ -419,7 +413,7 @@ class _Publisher:
                     await trio.sleep(next(delays))
                     continue
                 with trio.move_on_at(self.renew_at if self.lease is not None else math.inf):
-                    await self.mpx.wait_local_change(version)
+                    await self.node.wait_local_change(version)
         finally:
             await self._revoke()
 
@@ -441,13 +435,13 @@ class _Watcher:
     def __init__(
         self,
         registry: EtcdRegistry,
-        mpx: Multiplexer,
+        node: RegistryNode,
         etcd: _EtcdClient,
-        report: Callable[[BaseException], None],
+        report: Callable[[BaseException], object],
         nursery: trio.Nursery,
     ) -> None:
         self.registry = registry
-        self.mpx = mpx
+        self.node = node
         self.etcd = etcd
         self.report = report
         self.nursery = nursery
@@ -463,9 +457,9 @@ class _Watcher:
     def _is_own(self, key: str, address: str) -> bool:
         node = key.rpartition("/")[2]
         return (
-            node == self.mpx.node_id
+            node == self.node.node_id
             or address == self.registry.advertise
-            or address in self.mpx.listening
+            or address in self.node.listening
         )
 
     def _set(self, key: str, address: str | None, touched: set[str]) -> None:
@@ -489,7 +483,7 @@ class _Watcher:
                 self.nursery.start_soon(self._join, address, scope)
             elif not wanted and address in self.joins:
                 self.joins.pop(address).cancel()
-                self.mpx.leave(address)
+                self.node.leave(address)
 
     def apply_snapshot(self, revision: int, kvs: dict[str, str]) -> None:
         touched: set[str] = set()
@@ -509,23 +503,22 @@ class _Watcher:
         self._reconcile(touched)
 
     async def _join(self, address: str, scope: trio.CancelScope) -> None:
-        delays = _RETRY.delays()
         with scope:
-            while True:
+            for delay in _RETRY.delays():
+                if self.node.closing:
+                    return  # checked right before joining: nothing awaits in between
                 try:
-                    await self.mpx.join(address)
+                    await self.node.join(address)
                 except ChanservError as exc:
                     self.report(exc)
-                    await trio.sleep(next(delays))
+                    await trio.sleep(delay)
                     continue
                 except ValueError as exc:  # not a URL we can dial: nothing to retry
                     self.report(RegistryError(f"cannot join {address!r} from etcd: {exc}"))
                     return
-                except RuntimeError:
-                    return  # the multiplexer is closing
                 # The key may have vanished while the dial was finishing.
                 if address not in self.holders:
-                    self.mpx.leave(address)
+                    self.node.leave(address)
                 return
 
     async def run(

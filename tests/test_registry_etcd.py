@@ -277,6 +277,27 @@ async def test_an_etcd_restart_does_not_take_the_nodes_down() -> None:
     assert all(isinstance(e, RegistryError) for e in errors), errors
 
 
+async def test_without_on_error_the_registry_reports_to_the_multiplexers(
+    etcd_endpoint: str,
+) -> None:
+    prefix = unique_prefix()
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    errors: list[BaseException] = []
+    key = f"{prefix}svc/gone"
+    async with httpx.AsyncClient(base_url=etcd_endpoint, trust_env=False) as http:
+        etcd = _EtcdClient(http, etcd_endpoint)
+        await etcd.put(key, dead, 0)  # lease 0: no lease, so delete it at the end
+        try:
+            registry = cs.EtcdRegistry(etcd_endpoint, prefix=prefix, ttl=TTL)
+            with trio.fail_after(10):
+                async with cs.Multiplexer(registry=registry, on_error=errors.append):
+                    # The node named there does not answer: the node hears of each try.
+                    await wait_until(lambda: len(errors) >= 2)
+        finally:
+            await etcd.delete(key)
+    assert all(isinstance(e, cs.ConnectionLost) and dead in str(e) for e in errors), errors
+
+
 # ------------------------------------------------------------ without etcd
 
 
