@@ -303,15 +303,20 @@ async def test_failing_frames_iterable_is_a_remote_error_on_that_source_only() -
 
 
 async def test_failing_source_function_ends_the_request_after_its_sources() -> None:
+    failed = trio.Event()
+
     async def frames(index: int) -> AsyncIterator[bytes]:
         for seq in range(3):
             yield b"%d:%d" % (index, seq)
-            await trio.sleep(0.01)  # still running when the source function fails
+            await failed.wait()  # still running when the source function fails
 
     async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
-        yield cs.Source(header=b"0", frames=frames(0))
-        yield cs.Source(header=b"1", frames=frames(1))
-        raise RuntimeError("ran out of sources")
+        try:
+            yield cs.Source(header=b"0", frames=frames(0))
+            yield cs.Source(header=b"1", frames=frames(1))
+            raise RuntimeError("ran out of sources")
+        finally:
+            failed.set()
 
     async with chanserv_nodes() as (server_mpx, client_mpx):
         _, server_errors = await serve(server_mpx, source_fn)

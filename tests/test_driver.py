@@ -343,7 +343,7 @@ async def test_concurrent_stream_limit_parks_the_opener_until_one_closes() -> No
                     opened.append(await pair.left.open_stream("echo", b"third"))
 
                 nursery.start_soon(open_third)
-                await trio.sleep(0.01)
+                await trio.testing.wait_all_tasks_blocked()
                 assert not opened
                 first.end()  # echo's handler finishes, the stream closes both ways
         assert opened and opened[0].header == b"third"

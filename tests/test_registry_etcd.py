@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import pytest
 import trio
+import trio.testing
 from etcd_fixture import etcd_endpoint, free_port, have_etcd, own_etcd
 from helpers import wait_until
 
@@ -134,7 +135,8 @@ async def test_services_and_advertise_follow_the_node(etcd_endpoint: str) -> Non
     with trio.fail_after(10):
         async with cs.Multiplexer(registry=registry) as mpx:
             mpx.handle("a", lambda stream: stream.aclose())
-            await trio.sleep(0.3)
+            # The registry has seen the change once every task waits again.
+            await trio.testing.wait_all_tasks_blocked()
             assert await etcd_keys(etcd_endpoint, prefix) == {}  # not listening yet
             await mpx.listen("tcp://127.0.0.1:0")
             where = "tcp://10.1.2.3:7000"
