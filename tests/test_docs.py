@@ -6,8 +6,10 @@
 - ``README.md`` and ``docs/index.md``: every python block that is a complete program
   (it ends in ``trio.run(main)``) runs in-process under ``trio.fail_after``; the README
   tour's output is checked line by line.
-- The known protocol defects that ``docs/protocol.md`` names are pinned down as strict
-  expected failures, so a fix shows up here (and the page gets updated).
+- What the page promises of chunks and credit (chunked messages give their credit
+  back, a message larger than the window gets through, unread messages stay within
+  it), and regressions: defects fixed before, each kept as a plain test that failed
+  until its fix. The page names no open defect, so nothing here is an expected failure.
 """
 
 from __future__ import annotations
