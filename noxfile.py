@@ -26,11 +26,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy --strict over the package."""
+    """ruff (lint and format check) and mypy --strict over the package and its tests."""
     session.install("-e", ".[lint]")
     session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
-    session.run("mypy", "--strict", "chanserv_trio")
+    session.run("mypy", "--strict", "chanserv_trio", "tests")
 
 
 @nox.session

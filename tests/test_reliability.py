@@ -33,7 +33,7 @@ class Valve(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         while True:
             if self.frozen or self.deaf:
                 await trio.sleep_forever()

@@ -314,7 +314,9 @@ def test_raising_the_limit_between_frames_applies_to_the_next_frame() -> None:
     # A connection raises the limit once HELLO is handled, while the bytes that
     # followed HELLO in the same read are still being decoded.
     decoder = FrameDecoder(max_payload=16)
-    decoder.feed(encode_frame(FrameType.HELLO, 0, 0, b"h") + encode_frame(2, 0, 1, b"d" * 100))
+    decoder.feed(
+        encode_frame(FrameType.HELLO, 0, 0, b"h") + encode_frame(FrameType.DATA, 0, 1, b"d" * 100)
+    )
     frames = decoder.frames()
     assert next(frames) == (FrameType.HELLO, 0, 0, b"h")
     decoder.max_payload = 1000

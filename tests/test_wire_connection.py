@@ -1047,7 +1047,7 @@ def test_random_bytes_after_hello_give_events_or_protocol_error(chunks: list[byt
     wire(pair.server)
 
     def check(events: list[Event]) -> None:
-        assert all(isinstance(e, Event) for e in events)  # type: ignore[arg-type]
+        assert all(isinstance(e, Event) for e in events)
 
     _feed_until_error(pair.server, chunks, check)
 
