@@ -37,7 +37,6 @@ from ._transport_socket import (
     tls_accept,
 )
 from ._transport_websocket import WebSocketStream, accept_websocket, dial_websocket
-from ._wire_connection import Settings
 
 __all__ = [
     "SCHEMES",
@@ -52,6 +51,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The largest WebSocket message taken from a peer unless the caller says otherwise.
+DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 
 #: Runs a link over an accepted connection: ``handler(stream, local_addr, remote_addr)``.
 ConnectionHandler: TypeAlias = Callable[[trio.abc.Stream, str, str], Awaitable[None]]
@@ -84,7 +86,7 @@ async def serve(
     handler: ConnectionHandler,
     *,
     on_error: Callable[[BaseException], object] | None = None,
-    settings: Settings | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     handshake_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -95,11 +97,11 @@ async def serve(
     The TLS handshake and the WebSocket upgrade happen here, within
     ``handshake_timeout``; a connection that fails them is reported to ``on_error`` as
     :class:`ConnectionLost` and closed, touching nothing else. Binding errors are
-    raised as ``OSError``.
+    raised as ``OSError``. ``max_message_size`` bounds a message read from a
+    WebSocket (the caller derives it from its protocol limits).
     """
     endpoint = parse_url(url)
     context = _tls_option(endpoint, ssl_context, server_side=True)
-    link_settings = settings or Settings()
 
     def report(error: BaseException) -> None:
         if on_error is not None:
@@ -127,7 +129,7 @@ async def serve(
                 handler,
                 local=local + endpoint.path,
                 remote=remote,
-                settings=link_settings,
+                max_message_size=max_message_size,
                 deadline=deadline,
                 report=report,
             )
@@ -143,7 +145,7 @@ async def dial(
     url: str,
     handler: LinkRunner[T],
     *,
-    settings: Settings | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     handshake_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[T] = trio.TASK_STATUS_IGNORED,
@@ -155,7 +157,8 @@ async def dial(
     ``handshake_timeout``; any failure there raises :class:`ConnectionLost` with the
     transport's exception as its cause. For ``tls://`` and ``wss://`` the server's
     certificate is checked against ``ssl_context`` (default: the system's trusted
-    authorities) and the host named in the URL.
+    authorities) and the host named in the URL. ``max_message_size`` is as for
+    :func:`serve`.
     """
     endpoint = parse_url(url)
     context = _tls_option(endpoint, ssl_context, server_side=False)
@@ -170,7 +173,7 @@ async def dial(
             handler,
             local=local,
             remote=endpoint.url(),
-            settings=settings or Settings(),
+            max_message_size=max_message_size,
             deadline=deadline,
             task_status=task_status,
         )

@@ -20,9 +20,8 @@ import trio_websocket
 from ._errors import ConnectionLost
 from ._transport_errors import TRANSPORT_ERRORS, describe_close, transport_failure
 from ._transport_socket import Endpoint
-from ._wire_connection import Settings
 
-__all__ = ["WebSocketStream", "accept_websocket", "dial_websocket", "message_limit"]
+__all__ = ["WebSocketStream", "accept_websocket", "dial_websocket"]
 
 T = TypeVar("T")
 
@@ -36,17 +35,6 @@ CLOSE_TIMEOUT = 2.0
 MESSAGE_QUEUE = 1
 _NORMAL_CLOSE = (1000, 1001)
 _FIRST_BYTES = 32
-
-
-def message_limit(settings: Settings) -> int:
-    """The largest WebSocket message a node with ``settings`` accepts.
-
-    A peer's writer sends whatever it has queued as one message: DATA bounded by the
-    connection window we announce, plus OPEN and control frames. The protocol's own
-    limits do the real policing; this cap only stops something that is not a
-    chanserv_trio peer from making trio-websocket buffer without end.
-    """
-    return settings.max_message_size + settings.connection_window + (16 << 20)
 
 
 #: Writes longer than this go out as several binary messages.
@@ -209,10 +197,10 @@ class _UpgradeWatch(trio.abc.Stream):
         return transport_failure(what, error)
 
 
-def _limits(settings: Settings) -> dict[str, Any]:
+def _limits(max_message_size: int) -> dict[str, Any]:
     return {
         "message_queue_size": MESSAGE_QUEUE,
-        "max_message_size": message_limit(settings),
+        "max_message_size": max_message_size,
         "receive_buffer_size": RECEIVE_BUFFER,
     }
 
@@ -244,7 +232,7 @@ async def accept_websocket(
     *,
     local: str,
     remote: str,
-    settings: Settings,
+    max_message_size: int,
     deadline: float,
     report: Callable[[BaseException], object],
 ) -> None:
@@ -257,7 +245,9 @@ async def accept_websocket(
     async with trio.open_nursery() as nursery:  # trio-websocket's reader task
         with trio.move_on_at(deadline) as upgrade_scope:
             watch.on_failure = upgrade_scope.cancel
-            request = await trio_websocket.wrap_server_stream(nursery, watch, **_limits(settings))
+            request = await trio_websocket.wrap_server_stream(
+                nursery, watch, **_limits(max_message_size)
+            )
         watch.on_failure = None
         if request is None:
             report(watch.failure(what))
@@ -292,7 +282,7 @@ async def dial_websocket(
     *,
     local: str,
     remote: str,
-    settings: Settings,
+    max_message_size: int,
     deadline: float,
     task_status: trio.TaskStatus[T],
 ) -> None:
@@ -319,7 +309,7 @@ async def dial_websocket(
                     cast(trio.SocketStream, watch),
                     host,
                     endpoint.path,
-                    **_limits(settings),
+                    **_limits(max_message_size),
                 )
             watch.on_failure = None
             if websocket is None:
