@@ -10,6 +10,7 @@ continuous byte stream.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, cast
@@ -115,11 +116,21 @@ class WebSocketStream(trio.abc.Stream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
         if self._closed:
@@ -133,6 +144,9 @@ class WebSocketStream(trio.abc.Stream):
                 try:
                     message = await self.websocket.get_message()
                 except trio_websocket.ConnectionClosed as exc:
+                    # A closed WebSocket answers at once: still a checkpoint, as
+                    # every receive is.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     if self._closed:
                         raise trio.ClosedResourceError("stream was closed") from None
                     if exc.reason is not None and exc.reason.code in _NORMAL_CLOSE:

@@ -1,5 +1,5 @@
-"""The transport interface: schemes found in one registry, and a new transport is one
-class plus one registration."""
+"""The transport interface: every registered transport's streams honour trio's stream
+contract, and a new transport is one class plus one registration."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import errno
 import math
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import attrs
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import chanserv_trio as cs
-from chanserv_trio._transport import parse_url
+from chanserv_trio._transport import parse_url, reads_whole_messages
 from chanserv_trio._transport_base import (
     Bound,
     Endpoint,
@@ -25,6 +28,77 @@ from chanserv_trio._transport_base import (
     transport_for,
     unregister_transport,
 )
+
+
+@attrs.frozen
+class Certs:
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return Certs(server, client)
+
+
+def loopback_url(scheme: str, tmp_path: Path) -> str:
+    if scheme == "unix":
+        return f"unix://{tmp_path}/check.sock"
+    return f"{scheme}://127.0.0.1:0" + ("/links" if scheme in ("ws", "wss") else "")
+
+
+# ------------------------------------------------------- trio's stream contract
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "unix", "tls", "ws", "wss"])
+async def test_every_transports_streams_pass_trios_stream_checks(
+    scheme: str, certs: Certs, tmp_path: Path
+) -> None:
+    transport = transport_for(scheme)
+    listen_options = TransportOptions(ssl_context=certs.server if transport.tls else None)
+    dial_options = TransportOptions(ssl_context=certs.client if transport.tls else None)
+    async with trio.open_nursery() as nursery:  # tasks the streams need
+        bound = await transport.listen(parse_url(loopback_url(scheme, tmp_path)), listen_options)
+        endpoint = parse_url(bound.url)
+
+        async def stream_maker() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+            accepted: list[trio.abc.Stream] = []
+
+            async def accept_one() -> None:
+                raw = await bound.listeners[0].accept()
+                accepted.append(await transport.accept(raw, endpoint, listen_options, nursery))
+
+            async with trio.open_nursery() as both:
+                both.start_soon(accept_one)
+                dialed = await transport.dial(endpoint, dial_options, nursery)
+            # The declared property is what the streams say of themselves.
+            assert reads_whole_messages(dialed) is transport.whole_messages
+            assert reads_whole_messages(accepted[0]) is transport.whole_messages
+            return dialed, accepted[0]
+
+        async def half_closeable_maker() -> tuple[
+            trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream
+        ]:
+            dialed, accepted = await stream_maker()
+            assert isinstance(dialed, trio.abc.HalfCloseableStream)
+            assert isinstance(accepted, trio.abc.HalfCloseableStream)
+            return dialed, accepted
+
+        try:
+            with trio.fail_after(30):
+                if scheme in ("tcp", "unix"):
+                    await trio.testing.check_half_closeable_stream(half_closeable_maker, None)
+                else:
+                    await trio.testing.check_two_way_stream(stream_maker, None)
+        finally:
+            for listener in bound.listeners:
+                await trio.aclose_forcefully(listener)
+        nursery.cancel_scope.cancel()
 
 
 def test_websocket_transports_declare_whole_messages() -> None:
