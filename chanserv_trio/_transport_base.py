@@ -15,6 +15,7 @@ URL. Nothing else in the package tests a scheme by name.
 from __future__ import annotations
 
 import abc
+import re
 import ssl
 from urllib.parse import urlsplit
 
@@ -142,6 +143,8 @@ class Transport(abc.ABC):
 # ------------------------------------------------------------------ the registry
 
 _transports: dict[str, Transport] = {}
+# RFC 3986, section 3.1, in the lower case urlsplit gives.
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 def register_transport(transport: Transport) -> None:
@@ -149,8 +152,10 @@ def register_transport(transport: Transport) -> None:
     if not transport.schemes:
         raise ValueError(f"{transport!r} names no URL scheme")
     for scheme in transport.schemes:
-        if scheme != scheme.lower() or not scheme.isascii() or not scheme.isalnum():
-            raise ValueError(f"bad URL scheme {scheme!r}: lower-case letters and digits")
+        if not _SCHEME.fullmatch(scheme):
+            raise ValueError(
+                f"bad URL scheme {scheme!r}: a lower-case letter, then letters, digits, + - ."
+            )
         if scheme in _transports:
             raise ValueError(f"{scheme}:// is already served by {_transports[scheme]!r}")
     for scheme in transport.schemes:
