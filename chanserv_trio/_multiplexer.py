@@ -30,7 +30,18 @@ from ._wire_codec import ErrorCode
 from ._wire_compression import lz4_available
 from ._wire_connection import Settings
 
-__all__ = ["Multiplexer", "MultiplexerStatistics", "pick_by_key"]
+__all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key"]
+
+
+def message_limit(settings: Settings) -> int:
+    """The largest transport message (WebSocket) a node with ``settings`` accepts.
+
+    A peer's writer sends whatever it has queued as one write: DATA bounded by the
+    connection window we announce, plus OPEN and control frames. The protocol's own
+    limits do the real policing; this cap only stops something that is not a
+    chanserv_trio peer from making the transport buffer without end.
+    """
+    return settings.max_message_size + settings.connection_window + (16 << 20)
 
 
 def _score(key: str, node: str) -> int:
@@ -276,7 +287,7 @@ class Multiplexer:
                 url,
                 self._accept,
                 on_error=self._on_error,
-                settings=self.settings,
+                max_message_size=message_limit(self.settings),
                 handshake_timeout=self.handshake_timeout,
                 **options,
             )
@@ -341,7 +352,7 @@ class Multiplexer:
                 dial,
                 url,
                 run,
-                settings=self.settings,
+                max_message_size=message_limit(self.settings),
                 handshake_timeout=self.handshake_timeout,
                 **options,
             )

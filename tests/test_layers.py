@@ -66,10 +66,6 @@ KNOWN_VIOLATIONS = frozenset(
         # removed by the architecture issue's seams: the router routes by a key in the
         # OPEN frame instead of decoding the chanserv envelope for the bucket tag.
         ("_multiplexer", "_chanserv_protocol"),
-        # removed by the architecture issue's seams: transports take their WebSocket
-        # message limit as a number, not the protocol's Settings.
-        ("_transport", "_wire_connection"),
-        ("_transport_websocket", "_wire_connection"),
         # removed by the architecture issue's seams: _errors becomes a leaf (the protocol
         # error code written as a literal, error_from_status moved to the link layer).
         ("_errors", "_wire_codec"),

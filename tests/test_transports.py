@@ -24,8 +24,9 @@ import trustme
 import chanserv_trio as cs
 from chanserv_trio import _cli as cli
 from chanserv_trio._cli import run_demo
+from chanserv_trio._multiplexer import message_limit
 from chanserv_trio._transport import parse_url
-from chanserv_trio._transport_websocket import WebSocketStream, message_limit
+from chanserv_trio._transport_websocket import WebSocketStream
 from chanserv_trio._wire_codec import ErrorCode, FrameType, encode_frame, encode_hello
 
 SERVICE = "chanserv"
