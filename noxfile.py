@@ -42,7 +42,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: ours beside the raw trio ceiling and gRPC (benchmarks/README.md)."""
+    """The benchmark suite: ours beside the trio ceiling, gRPC and pyzmq (benchmarks/README.md)."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.memory")

@@ -28,8 +28,8 @@ def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark chanserv_trio beside the raw trio ceiling and gRPC, server and "
-        "client in separate processes on 127.0.0.1.",
+        description="Benchmark chanserv_trio beside the raw trio ceiling, gRPC and pyzmq, server "
+        "and client in separate processes on 127.0.0.1.",
     )
     scenarios = tuple(SCENARIOS)
     parser.add_argument(

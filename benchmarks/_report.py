@@ -17,7 +17,7 @@ from ._scenarios import SCENARIOS, Metric, Settings, number
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The ratios reported, each as (numerator, denominator).
-RATIOS = (("ours", "ceiling"), ("ours", "grpc"), ("ours-ws", "ceiling-ws"))
+RATIOS = (("ours", "ceiling"), ("ours", "grpc"), ("ours", "zmq"), ("ours-ws", "ceiling-ws"))
 
 
 @attrs.frozen

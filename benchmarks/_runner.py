@@ -27,6 +27,7 @@ from typing import IO, Any, Literal
 import attrs
 
 from ._scenarios import SCENARIOS, Settings, number
+from ._zmq_service import NO_SLOW
 
 
 @attrs.frozen
@@ -37,9 +38,14 @@ class Peer:
     module: str
     arguments: tuple[str, ...] = ()
     scenarios: frozenset[str] | None = None
+    #: Scenarios the peer is listed in but does not run, each with the reason the table shows.
+    skips: tuple[tuple[str, str], ...] = ()
 
     def runs(self, scenario: str) -> bool:
         return self.scenarios is None or scenario in self.scenarios
+
+    def skip_reason(self, scenario: str) -> str | None:
+        return dict(self.skips).get(scenario)
 
 
 #: Over WebSocket links only flood and heavy are measured, as the issue asks.
@@ -50,6 +56,7 @@ PEERS: dict[str, Peer] = {
         Peer("ours", "ours"),
         Peer("ceiling", "ceiling"),
         Peer("grpc", "grpc"),
+        Peer("zmq", "zmq", skips=(("slow", NO_SLOW),)),
         Peer("ours-ws", "ours", ("--scheme", "ws"), _OVER_WEBSOCKET),
         Peer("ceiling-ws", "ceiling_ws", (), _OVER_WEBSOCKET),
     )
@@ -279,6 +286,11 @@ def run_scenario(
         clients: dict[str, ClientProcess] = {}
         for peer in peers:
             say = says[peer]
+            reason = PEERS[peer].skip_reason(scenario)
+            if reason is not None:
+                results[peer] = Outcome("skipped", reason)
+                say(f"skipped ({reason})")
+                continue
             if peer in unavailable:
                 results[peer] = Outcome("skipped", unavailable[peer])
                 say(f"skipped ({unavailable[peer]})")
