@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from ._report import default_path, document, load_average, table, write_json
-from ._runner import PEERS, run_suite
+from ._runner import PEER_NAMES, choose_peers, peer_table, run_suite
 from ._scenarios import SCENARIOS, Settings
+from ._trees import expected_package, source_tree
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -40,10 +41,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peers",
-        type=lambda text: _names(text, tuple(PEERS), "peer"),
-        default=list(PEERS),
-        help=f"comma-separated, from {','.join(PEERS)} (default: all; the -ws peers run "
-        "flood and heavy only)",
+        type=lambda text: _names(text, PEER_NAMES, "peer"),
+        default=None,
+        help=f"comma-separated, from {','.join(PEER_NAMES)} (default: all; the -ws peers run "
+        "flood and heavy only; base and base-ws need --baseline)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        default=None,
+        help="another source tree of chanserv_trio (a checkout's root) to run as peers base "
+        "and base-ws, under this tree's benchmark code, beside ours and ours-ws in the same "
+        "turns",
     )
     parser.add_argument(
         "--quick",
@@ -70,12 +79,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--runs must be at least 1")
     if args.budget is not None and args.budget <= 0:
         parser.error("--budget must be positive")
+    if args.baseline is not None:
+        try:
+            args.baseline = source_tree(args.baseline)
+        except ValueError as error:
+            parser.error(f"--baseline: {error}")
+    try:
+        args.peers = choose_peers(args.peers, args.baseline is not None)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def progress(message: str) -> None:
     sys.stderr.write(f"{time.strftime('%H:%M:%S')} {message}\n")
     sys.stderr.flush()
+
+
+def _trees_line(baseline: Path) -> str:
+    return (
+        f"ours runs {expected_package(None)}, base runs {expected_package(baseline)}, "
+        "under the same benchmark code"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(args.scenarios)} scenario(s) x {len(args.peers)} peer(s); "
         f"{settings.runs} timed runs in about {settings.budget:g} s each time, after warm-up"
     )
-    results = run_suite(args.scenarios, args.peers, settings, progress)
+    if args.baseline is not None:
+        progress(f"A/B: {_trees_line(args.baseline)}; runs of the two alternate")
+    peers = peer_table(args.baseline)
+    results = run_suite(args.scenarios, args.peers, settings, progress, peers)
     path = args.json or default_path(started)
-    write_json(path, document(results, args.peers, settings, started, load_before))
+    write_json(path, document(results, args.peers, settings, started, load_before, args.baseline))
     print(table(results, args.peers))
+    if args.baseline is not None:
+        print(f"\n{_trees_line(args.baseline)}")
     print(f"\nload average (1 min): {load_before} before, {load_average()} after, {cpus} CPUs")
     print(f"\nresults: {path}")
     failed = any(

@@ -6,12 +6,20 @@ from typing import Any
 
 import trio
 
+from ._trees import PACKAGE, imported_package
+
 #: What follows host:port in the URL, per scheme.
 PATHS = {"tcp": "", "ws": "/chanserv"}
 #: Service the server's peak buffered bytes are asked for on; bodies below.
 STATS_SERVICE = "bench-stats"
 BEGIN = b"begin"
 END = b"end"
+
+
+def about() -> dict[str, str]:
+    """Where this process's chanserv_trio came from (the runner checks it per peer)."""
+    return {PACKAGE: imported_package()}
+
 
 #: Fields of ``Multiplexer.statistics()`` that count bytes the library holds: received and not
 #: yet consumed, and queued for the transport. Any that exist are added up.

@@ -17,7 +17,14 @@ from ._scenarios import SCENARIOS, Metric, Settings, number
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The ratios reported, each as (numerator, denominator).
-RATIOS = (("ours", "ceiling"), ("ours", "grpc"), ("ours", "zmq"), ("ours-ws", "ceiling-ws"))
+RATIOS = (
+    ("ours", "base"),
+    ("ours", "ceiling"),
+    ("ours", "grpc"),
+    ("ours", "zmq"),
+    ("ours-ws", "base-ws"),
+    ("ours-ws", "ceiling-ws"),
+)
 
 
 @attrs.frozen
@@ -123,6 +130,7 @@ def document(
     settings: Settings,
     started: datetime.datetime,
     load_before: float | None,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     """Everything measured, as one JSON-ready object."""
     scenarios: dict[str, Any] = {}
@@ -141,6 +149,7 @@ def document(
                 "seconds": round(outcome.seconds, 3),
                 "runs": outcome.runs,
                 "details": outcome.details,
+                "about": outcome.about,
                 "summary": summaries,
             }
         for metric in spec.metrics:
@@ -161,6 +170,7 @@ def document(
         "load_average_1min": {"before": load_before, "after": load_average()},
         "settings": attrs.asdict(settings),
         "peers": peers,
+        "baseline": None if baseline is None else str(baseline),
         "scenarios": scenarios,
     }
 

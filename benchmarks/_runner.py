@@ -4,14 +4,14 @@ For every (scenario, peer) the runner starts ``python -m benchmarks.server_<peer
 reads the bound port from its first line of output, then runs
 ``python -m benchmarks.client_<peer>`` against it, which reports JSON events a line at a time.
 Both stay on 127.0.0.1. A peer whose server cannot start (for instance because its library
-does not import) is skipped for the rest of the invocation, with the reason.
+does not import) is skipped for the rest of the invocation, with the reason. The ``base``
+peers run another source tree's chanserv_trio under this tree's benchmark code (``_trees``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import select
 import subprocess
@@ -26,6 +26,7 @@ from typing import IO, Any, Literal
 
 import attrs
 
+from . import _trees as trees
 from ._scenarios import SCENARIOS, Settings, number
 from ._zmq_service import NO_SLOW
 
@@ -40,6 +41,8 @@ class Peer:
     scenarios: frozenset[str] | None = None
     #: Scenarios the peer is listed in but does not run, each with the reason the table shows.
     skips: tuple[tuple[str, str], ...] = ()
+    #: The source tree its processes import chanserv_trio from; None for this tree.
+    tree: Path | None = None
 
     def runs(self, scenario: str) -> bool:
         return self.scenarios is None or scenario in self.scenarios
@@ -47,22 +50,64 @@ class Peer:
     def skip_reason(self, scenario: str) -> str | None:
         return dict(self.skips).get(scenario)
 
+    @property
+    def imports_package(self) -> bool:
+        """Whether its processes import chanserv_trio (and report which one)."""
+        return self.module == "ours"
+
 
 #: Over WebSocket links only flood and heavy are measured, as the issue asks.
 _OVER_WEBSOCKET = frozenset({"flood", "heavy"})
-PEERS: dict[str, Peer] = {
-    peer.name: peer
-    for peer in (
+#: Every peer's name, in the order of the table's columns when all run.
+PEER_NAMES = ("ours", "base", "ceiling", "grpc", "zmq", "ours-ws", "base-ws", "ceiling-ws")
+#: The peers that run the ``--baseline`` tree, by the peer of this tree they stand beside.
+BASELINE_OF = {"ours": "base", "ours-ws": "base-ws"}
+
+
+def peer_table(baseline: Path | None = None) -> dict[str, Peer]:
+    """Every peer there is; the ``base`` peers only with a baseline tree to run."""
+    peers = [
         Peer("ours", "ours"),
         Peer("ceiling", "ceiling"),
         Peer("grpc", "grpc"),
         Peer("zmq", "zmq", skips=(("slow", NO_SLOW),)),
         Peer("ours-ws", "ours", ("--scheme", "ws"), _OVER_WEBSOCKET),
         Peer("ceiling-ws", "ceiling_ws", (), _OVER_WEBSOCKET),
-    )
-}
-#: The project root, so ``python -m benchmarks...`` finds the package from the subprocesses.
-ROOT = Path(__file__).resolve().parent.parent
+    ]
+    if baseline is not None:
+        # The same as ours and ours-ws, run on the other tree's package.
+        peers += [
+            attrs.evolve(peer, name=BASELINE_OF[peer.name], tree=baseline)
+            for peer in peers
+            if peer.name in BASELINE_OF
+        ]
+    by_name = {peer.name: peer for peer in peers}
+    return {name: by_name[name] for name in PEER_NAMES if name in by_name}
+
+
+def choose_peers(requested: list[str] | None, baseline: bool) -> list[str]:
+    """The peers to run, in column order: ``requested`` (None: all), and with a baseline,
+    ``base`` right after ``ours`` and ``base-ws`` after ``ours-ws`` unless named already.
+    ValueError if a base peer is asked for without a baseline."""
+    if requested is None:
+        requested = [name for name in PEER_NAMES if name not in BASELINE_OF.values()]
+    if not baseline:
+        stray = [name for name in requested if name in BASELINE_OF.values()]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} run(s) the --baseline tree: give --baseline")
+        return list(requested)
+    chosen: list[str] = []
+    for name in requested:
+        if name not in chosen:
+            chosen.append(name)
+        base = BASELINE_OF.get(name)
+        if base is not None and base not in requested:
+            chosen.append(base)
+    return chosen
+
+
+#: The peers of this tree (the ``base`` peers need ``--baseline``).
+PEERS = peer_table()
 SERVER_START_TIMEOUT = 30.0
 
 Progress = Callable[[str], None]
@@ -83,6 +128,8 @@ class Outcome:
     runs: list[dict[str, float | None]] = attrs.Factory(list)
     details: list[dict[str, Any]] = attrs.Factory(list)
     seconds: float = 0.0
+    #: What the server and the client said of themselves (libraries, where they came from).
+    about: dict[str, dict[str, str]] = attrs.Factory(dict)
 
 
 def _tail(path: Path, lines: int = 12) -> str:
@@ -102,11 +149,20 @@ def _command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"benchmarks.{module}", *args]
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH", "")])])
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def described(about: dict[str, str]) -> str:
+    """What a process said of itself, for a progress line."""
+    return ", ".join(f"{key} {value}" for key, value in about.items())
+
+
+def package_mismatch(peer: Peer, side: str, about: dict[str, str]) -> str | None:
+    """Why ``about`` shows the wrong chanserv_trio for ``peer``, or None if it is right."""
+    if not peer.imports_package:
+        return None
+    expected = str(trees.expected_package(peer.tree))
+    imported = about.get(trees.PACKAGE)
+    if imported == expected:
+        return None
+    return f"{side} imported {trees.PACKAGE} from {imported or '(not said)'}, not {expected}"
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -119,30 +175,44 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
+@attrs.frozen
+class Server:
+    port: int
+    #: What the server said of itself after its port (see ``_server_cli.announce``).
+    about: dict[str, str]
+
+
 @contextmanager
-def running_server(peer: Peer, workdir: Path) -> Iterator[int]:
-    """Start ``peer``'s server; yield its port; stop it afterwards."""
+def running_server(peer: Peer, workdir: Path) -> Iterator[Server]:
+    """Start ``peer``'s server; yield its port and what it said of itself; stop it
+    afterwards. PeerUnavailable if it does not start, or imported the wrong chanserv_trio."""
     errors = workdir / f"server_{peer.name}.err"
+    cwd, env = trees.launch(peer.tree, workdir)
     with errors.open("wb") as stderr:
         process = subprocess.Popen(
             _command(f"server_{peer.module}", "--port", "0", *peer.arguments),
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=_environment(),
+            cwd=cwd,
+            env=env,
         )
     try:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT)
         line = process.stdout.readline().decode().strip() if ready else ""
-        if not line.isdigit():
+        port, _, rest = line.partition(" ")
+        if not port.isdigit():
             _stop(process)
             reason = _last_line(_tail(errors)) if line == "" else f"printed {line!r}"
             if not ready:
                 reason = f"no port within {SERVER_START_TIMEOUT:.0f} s"
             raise PeerUnavailable(f"server_{peer.module} did not start: {reason}")
-        yield int(line)
+        about = json.loads(rest) if rest else {}
+        mismatch = package_mismatch(peer, "server", about)
+        if mismatch is not None:
+            raise PeerUnavailable(mismatch)
+        yield Server(int(port), about)
     finally:
         _stop(process)
 
@@ -151,6 +221,10 @@ def _lines(stream: IO[bytes], into: queue.Queue[bytes | None]) -> None:
     for line in stream:
         into.put(line)
     into.put(None)
+
+
+class _WrongPackage(Exception):
+    """The client imported another chanserv_trio than its peer's."""
 
 
 class ClientProcess:
@@ -167,6 +241,7 @@ class ClientProcess:
         say: Progress,
     ) -> None:
         self.outcome = Outcome(status="failed")
+        self._peer = peer
         self._settings = settings
         self._metric = SCENARIOS[scenario].metrics[0]
         self._say = say
@@ -179,14 +254,15 @@ class ClientProcess:
         ]
         if settings.quick:
             arguments.append("--quick")
+        cwd, env = trees.launch(peer.tree, workdir)
         with self._errors.open("wb") as stderr:
             self._process = subprocess.Popen(
                 _command(f"client_{peer.module}", *arguments),
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.PIPE,
-                cwd=ROOT,
-                env=_environment(),
+                cwd=cwd,
+                env=env,
             )
         assert self._process.stdout is not None
         self._events: queue.Queue[bytes | None] = queue.Queue()
@@ -196,7 +272,13 @@ class ClientProcess:
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind == "calibrated":
+        if kind == "about":
+            about = self.outcome.about["client"] = event["about"]
+            self._say(f"client: {described(about)}")
+            mismatch = package_mismatch(self._peer, "client", about)
+            if mismatch is not None:
+                raise _WrongPackage(mismatch)
+        elif kind == "calibrated":
             self.outcome.params = event["params"]
             shown = ", ".join(f"{key}={value}" for key, value in self.outcome.params.items())
             self._say(f"warmed up; {shown}")
@@ -224,7 +306,11 @@ class ClientProcess:
                 if line is None:
                     return False
                 event = json.loads(line)
-                self._handle(event)
+                try:
+                    self._handle(event)
+                except _WrongPackage as error:
+                    self.outcome.message = str(error)
+                    return False
                 if event.get("event") == kind:
                     return True
         finally:
@@ -275,6 +361,7 @@ def run_scenario(
     workdir: Path,
     unavailable: dict[str, str],
     says: dict[str, Progress],
+    table: dict[str, Peer],
 ) -> dict[str, Outcome]:
     """One scenario against ``peers``: each peer's server and client start and warm up in
     turn, then the timed runs go round the peers, one run each at a time, so that whatever
@@ -286,7 +373,7 @@ def run_scenario(
         clients: dict[str, ClientProcess] = {}
         for peer in peers:
             say = says[peer]
-            reason = PEERS[peer].skip_reason(scenario)
+            reason = table[peer].skip_reason(scenario)
             if reason is not None:
                 results[peer] = Outcome("skipped", reason)
                 say(f"skipped ({reason})")
@@ -296,14 +383,16 @@ def run_scenario(
                 say(f"skipped ({unavailable[peer]})")
                 continue
             try:
-                port = stack.enter_context(running_server(PEERS[peer], workdir))
+                server = stack.enter_context(running_server(table[peer], workdir))
             except PeerUnavailable as error:
                 unavailable[peer] = str(error)
                 results[peer] = Outcome("skipped", str(error))
                 say(f"SKIPPED: {error}")
                 continue
-            say(f"server up on 127.0.0.1:{port}")
-            client = ClientProcess(PEERS[peer], port, scenario, settings, workdir, say)
+            shown = f"; {described(server.about)}" if server.about else ""
+            say(f"server up on 127.0.0.1:{server.port}{shown}")
+            client = ClientProcess(table[peer], server.port, scenario, settings, workdir, say)
+            client.outcome.about["server"] = server.about
             stack.callback(client.stop)
             if client.warm_up(warm_up_timeout):
                 clients[peer] = client
@@ -335,18 +424,22 @@ def _labelled(progress: Progress, label: str) -> Progress:
 
 
 def run_suite(
-    scenarios: list[str], peers: list[str], settings: Settings, progress: Progress
+    scenarios: list[str],
+    peers: list[str],
+    settings: Settings,
+    progress: Progress,
+    table: dict[str, Peer] = PEERS,
 ) -> dict[str, dict[str, Outcome]]:
-    """Every scenario against every peer that runs it; a peer that cannot start is skipped,
-    with its reason, for the rest of the suite."""
+    """Every scenario against every peer of ``table`` named in ``peers`` that runs it; a peer
+    that cannot start is skipped, with its reason, for the rest of the suite."""
     unavailable: dict[str, str] = {}
     results: dict[str, dict[str, Outcome]] = {}
     with tempfile.TemporaryDirectory(prefix="chanserv-bench-") as scratch:
         for index, scenario in enumerate(scenarios, 1):
-            running = [peer for peer in peers if PEERS[peer].runs(scenario)]
+            running = [peer for peer in peers if table[peer].runs(scenario)]
             prefix = f"[{index}/{len(scenarios)}] {scenario}"
             says = {peer: _labelled(progress, f"{prefix} / {peer}") for peer in running}
             results[scenario] = run_scenario(
-                scenario, running, settings, Path(scratch), unavailable, says
+                scenario, running, settings, Path(scratch), unavailable, says, table
             )
     return results

@@ -1,9 +1,10 @@
 """What every ``benchmarks.server_<peer>`` module shares: its command line and how it says
-which port it bound."""
+which port it bound (and, for some, which library it runs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import attrs
@@ -25,7 +26,8 @@ def server_arguments(argv: list[str] | None = None) -> ServerArguments:
     return ServerArguments(port=args.port, scheme=args.scheme)
 
 
-def announce(port: int) -> None:
-    """Tell the runner the bound port: the first line on stdout."""
-    sys.stdout.write(f"{port}\n")
+def announce(port: int, about: dict[str, str] | None = None) -> None:
+    """Tell the runner the bound port: the first line on stdout, followed on that line by
+    what the server says of itself (libraries and where they came from) as a JSON object."""
+    sys.stdout.write(f"{port} {json.dumps(about)}\n" if about else f"{port}\n")
     sys.stdout.flush()

@@ -27,6 +27,7 @@ END_REQUEST = 4
 HEAD = struct.Struct("!IIB")
 REQUEST_ID = struct.Struct("!I")
 
+
 #: Why the slow scenario is not run against zmq.
 NO_SLOW = (
     "zmq has no per-source flow control: every source of a request comes through one "

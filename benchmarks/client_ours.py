@@ -18,7 +18,7 @@ import chanserv_trio as cs
 
 from . import _ours_service as ours_service
 from ._pacing import trio_harness
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import SERVICE, Shape, index_of
 
 DIAL_TIMEOUT = 5.0
@@ -140,6 +140,7 @@ class OursClient:
 
 if __name__ == "__main__":
     arguments = client_arguments()
+    emit_json({"event": "about", "about": ours_service.about()})
     trio.run(
         drive,
         OursClient(arguments.port, arguments.scheme),

@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from . import _zmq_service as wire
 from ._pacing import asyncio_harness
-from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive
+from ._scenarios import Buffered, Fetched, Throttle, client_arguments, drive, emit_json
 from ._workload import Shape, index_of
 
 
@@ -110,6 +110,7 @@ if __name__ == "__main__":
     arguments = client_arguments()
     if arguments.scenario == "slow":
         raise SystemExit(f"client_zmq: slow is not run: {wire.NO_SLOW}")
+    emit_json({"event": "about", "about": {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}})
     asyncio.run(
         drive(
             ZmqClient(arguments.port),

@@ -73,7 +73,7 @@ async def main(port: int, scheme: str) -> None:
             await server.listen_and_serve(ours_service.STATS_SERVICE, sampling.source_fn)
             bound = urlsplit(str(address)).port
             assert bound is not None, f"no port in {address!r}"
-            announce(bound)
+            announce(bound, ours_service.about())
             await trio.sleep_forever()
 
 

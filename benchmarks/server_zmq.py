@@ -55,7 +55,9 @@ async def main(port: int) -> None:
     socket.setsockopt(zmq.LINGER, 0)
     socket.bind(f"tcp://127.0.0.1:{port or '*'}")
     endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-    announce(int(endpoint.rsplit(":", 1)[1]))
+    announce(
+        int(endpoint.rsplit(":", 1)[1]), {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
+    )
     answering: set[asyncio.Task[None]] = set()
     try:
         while True:

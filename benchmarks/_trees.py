@@ -1,0 +1,62 @@
+"""Which source tree a benchmark process imports chanserv_trio from.
+
+The ``ours`` peers run this tree: their processes start in its root, which comes first on
+``sys.path``. The ``base`` peers (``--baseline PATH``) run another checkout of chanserv_trio
+with *this* tree's benchmark code, so both sides run the same workloads. Neither tree's root
+can simply go first on the path: this one holds its own ``chanserv_trio``, and the other may
+hold a ``benchmarks`` of its own. So a base process starts in a folder of its own that holds
+just two links, ``chanserv_trio`` to PATH's package and ``benchmarks`` to this tree's, and that
+folder is the first entry of its ``PYTHONPATH``. Every process reports the package it imported
+(:func:`imported_package`) and the runner checks it against :func:`expected_package`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+#: This tree's root: the benchmark code always comes from here.
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "chanserv_trio"
+
+
+def source_tree(path: str | Path) -> Path:
+    """``path`` resolved, if it is a tree with a chanserv_trio package; ValueError if not."""
+    tree = Path(path).expanduser().resolve()
+    if not (tree / PACKAGE / "__init__.py").is_file():
+        raise ValueError(f"{path} holds no {PACKAGE}/__init__.py")
+    return tree
+
+
+def expected_package(tree: Path | None) -> Path:
+    """The package folder a process launched for ``tree`` (None: this tree) must import."""
+    return ((tree or ROOT) / PACKAGE).resolve()
+
+
+def _import_folder(tree: Path, scratch: Path) -> Path:
+    """A folder holding only links to ``tree``'s chanserv_trio and this tree's benchmarks."""
+    folder = scratch / f"imports-{hashlib.sha256(bytes(tree)).hexdigest()[:12]}"
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        (folder / PACKAGE).symlink_to(tree / PACKAGE, target_is_directory=True)
+        (folder / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
+    return folder
+
+
+def launch(tree: Path | None, scratch: Path) -> tuple[Path, dict[str, str]]:
+    """The working directory and environment for a benchmark subprocess
+    (``python -m benchmarks...``) that imports chanserv_trio from ``tree``, or from this tree
+    when ``tree`` is None. ``scratch`` is where the link folder goes, if one is needed."""
+    env = dict(os.environ)
+    folder = ROOT if tree is None else _import_folder(tree, scratch)
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return folder, env
+
+
+def imported_package() -> str:
+    """The folder this process's chanserv_trio was imported from, links resolved."""
+    import chanserv_trio
+
+    return str(Path(chanserv_trio.__file__).resolve().parent)
