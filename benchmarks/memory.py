@@ -1,25 +1,32 @@
 """What an idle open source costs in memory, on each side of a link.
 
-Run as ``python -m benchmarks.memory [--sources N]``. One side runs in this process
-under ``tracemalloc``, the other in a child process, over TCP loopback; then the roles
+Run as ``python -m benchmarks.memory [--sources N] [--baseline PATH]``. One side runs in this
+process under ``tracemalloc``, the other in a child process, over TCP loopback; then the roles
 swap. A source is *idle and open* when the server has announced it and its producer
 waits for its next frame, and the client holds the ``RemoteSource`` without reading.
 The server's figure includes the per-source producer task and the application's
-waiting async generator; the client's is the library's alone.
+waiting async generator; the client's is the library's alone. With ``--baseline PATH``, this
+tree's chanserv_trio and PATH's are each measured the same way in processes of their own (see
+``_trees``), one after the other, and shown side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import trio
 
 import chanserv_trio as cs
+
+from . import _trees as trees
 
 SERVICE = "idle"
 
@@ -109,11 +116,59 @@ def measure_client(count: int) -> int:
     return used
 
 
+def measure(count: int) -> dict[str, int]:
+    """Bytes ``count`` idle open sources cost on each side, with this process's package."""
+    tracemalloc.start()
+    client = measure_client(count)
+    server = trio.run(measure_server, count)
+    tracemalloc.stop()
+    return {"client": client, "server": server}
+
+
+def measure_tree(tree: Path | None, count: int, scratch: Path) -> dict[str, int]:
+    """:func:`measure` in a process of its own that imports chanserv_trio from ``tree``."""
+    cwd, env = trees.launch(tree, scratch)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", "--sources", str(count), "--report"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    expected = str(trees.expected_package(tree))
+    if report["package"] != expected:
+        raise SystemExit(f"imported {trees.PACKAGE} from {report['package']}, not {expected}")
+    return {"client": int(report["client"]), "server": int(report["server"])}
+
+
+def compare(baseline: Path, count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="chanserv-memory-") as scratch:
+        ours = measure_tree(None, count, Path(scratch))
+        base = measure_tree(baseline, count, Path(scratch))
+    print(f"{count:,} idle open sources, bytes per source:")
+    print(f"  {'':6}  {'ours':>8}  {'base':>8}  ours/base")
+    for side in ("client", "server"):
+        print(
+            f"  {side:6}  {ours[side] / count:8,.0f}  {base[side] / count:8,.0f}  "
+            f"{ours[side] / base[side]:.2f}x"
+        )
+    print(f"ours: {trees.expected_package(None)}; base: {trees.expected_package(baseline)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=10_000)
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="also measure the chanserv_trio of another source tree, beside this one's",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hold", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         trio.run(serve)
@@ -122,11 +177,19 @@ def main() -> None:
         trio.run(hold, args.hold[0], int(args.hold[1]), False)
         return
     count = args.sources
-    tracemalloc.start()
-    client = measure_client(count)
-    server = trio.run(measure_server, count)
-    tracemalloc.stop()
-    print(f"{count:,} idle open sources:")
+    if args.baseline is not None:
+        try:
+            baseline = trees.source_tree(args.baseline)
+        except ValueError as error:
+            parser.error(f"--baseline: {error}")
+        compare(baseline, count)
+        return
+    used = measure(count)
+    if args.report:
+        print(json.dumps({"package": trees.imported_package(), **used}))
+        return
+    client, server = used["client"], used["server"]
+    print(f"{count:,} idle open sources ({trees.PACKAGE} of {trees.imported_package()}):")
     print(f"  client: {client / 1e6:.1f} MB, {client / count:,.0f} B per source")
     print(f"  server: {server / 1e6:.1f} MB, {server / count:,.0f} B per source")
 
