@@ -30,8 +30,9 @@ from ._errors import (
     ServerShuttingDown,
     error_from_status,
 )
+from ._link_options import LinkOptions
 from ._wire_codec import ErrorCode, Status, WireProtocolError
-from ._wire_connection import Connection, Settings
+from ._wire_connection import Connection
 from ._wire_events import (
     ConnectionTerminated,
     GoAwayReceived,
@@ -471,42 +472,28 @@ class Link:
     def __init__(
         self,
         transport: trio.abc.Stream,
+        options: LinkOptions | None = None,
         *,
         initiator: bool,
-        settings: Settings | None = None,
         remote_addr: str = "",
         local_addr: str = "",
-        handler_for: Callable[[str], StreamHandler | None] | None = None,
-        on_services: Callable[[Link], None] | None = None,
-        handshake_timeout: float = 10.0,
-        keepalive_interval: float | None = None,
-        keepalive_timeout: float = 20.0,
-        write_timeout: float | None = None,
-        reset_burst: int = 1000,
-        reset_rate: float = 100.0,
-        on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.transport = transport
-        self.conn = Connection(initiator=initiator, settings=settings)
+        #: What this link announces, waits for and tolerates (shared by a node's links).
+        self.options = options = options or LinkOptions()
+        self.conn = Connection(initiator=initiator, settings=options.settings)
         self.remote_addr = remote_addr
         self.local_addr = local_addr
-        self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
-        self.write_timeout = write_timeout
-        self.reset_burst = reset_burst
-        self.reset_rate = reset_rate
-        self._reset_tokens = float(reset_burst)
+        self._reset_tokens = float(options.reset_burst)
         self._reset_time = 0.0
         # Control frames (WINDOW, PING answers, RESET) may pile up when the peer does not
         # read; past this many queued bytes the reader waits for the writer.
-        self._outgoing_limit = self.conn.local_settings.connection_window + (4 << 20)
+        self._outgoing_limit = options.outgoing_limit or (
+            self.conn.local_settings.connection_window + (4 << 20)
+        )
         self._budget = _SCHEDULE_EVERY
         self._unacked_total = 0
         self._ack_batch = max(1, self.conn.local_settings.initial_stream_window >> 3)
-        self._handler_for = handler_for or (lambda name: None)
-        self._on_services = on_services
-        self._on_error = on_error
         #: Services the peer currently offers.
         self.peer_services: set[str] = set()
         #: Those of ``peer_services`` the peer offers by relaying (it is a router).
@@ -548,14 +535,14 @@ class Link:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._reader)
-                with trio.move_on_after(self.handshake_timeout) as scope:
+                with trio.move_on_after(self.options.handshake_timeout) as scope:
                     await self._handshake.wait()
                 if scope.cancelled_caught:
                     self._fail(ConnectionLost("handshake timed out"))
                 if self._error is None:
                     started = True
                     task_status.started(self)
-                    if self.keepalive_interval:
+                    if self.options.keepalive_interval:
                         nursery.start_soon(self._keepalive)
                     await self._closed.wait()
                 nursery.cancel_scope.cancel()
@@ -687,10 +674,11 @@ class Link:
         self._writer_parked = False
         self._writer_lot.unpark_all()
         self._closed.set()
-        if self._on_services is not None and self.peer_services:
+        on_services = self.options.on_services
+        if on_services is not None and self.peer_services:
             self.peer_services = set()
             self.peer_relayed = set()
-            self._on_services(self)
+            on_services(self)
 
     # ----------------------------------------------------------------- streams
 
@@ -785,6 +773,7 @@ class Link:
     async def _writer(self) -> None:
         conn = self.conn
         transport = self.transport
+        write_timeout = self.options.write_timeout
         try:
             while True:
                 if not conn.outgoing_size:
@@ -795,15 +784,15 @@ class Link:
                     continue
                 self._writing = True
                 for data in _batches(conn.take_outgoing()):
-                    if self.write_timeout is None:
+                    if write_timeout is None:
                         await transport.send_all(data)
                         continue
-                    with trio.move_on_after(self.write_timeout) as stuck:
+                    with trio.move_on_after(write_timeout) as stuck:
                         await transport.send_all(data)
                     if stuck.cancelled_caught:
                         self._fail(
                             ConnectionLost(
-                                f"peer took no data for write_timeout ({self.write_timeout} s)"
+                                f"peer took no data for write_timeout ({write_timeout} s)"
                             )
                         )
                         return
@@ -859,8 +848,9 @@ class Link:
                 await self._drained_lot.park()
 
     def _report(self, error: BaseException) -> None:
-        if self._on_error is not None:
-            self._on_error(error)
+        on_error = self.options.on_error
+        if on_error is not None:
+            on_error(error)
 
     def _dispatch(self, event: object) -> None:
         # Ordered by frequency: messages first.
@@ -916,8 +906,8 @@ class Link:
             else:
                 self.peer_services.discard(event.name)
                 self.peer_relayed.discard(event.name)
-            if self._on_services is not None:
-                self._on_services(self)
+            if self.options.on_services is not None:
+                self.options.on_services(self)
         elif type(event) is PingAcknowledged:
             sent = self._pings.pop(event.payload, None)
             if sent is not None:
@@ -926,8 +916,8 @@ class Link:
             self._handshake.set()
         elif type(event) is GoAwayReceived:
             self._open_lot.unpark_all()
-            if self._on_services is not None:
-                self._on_services(self)
+            if self.options.on_services is not None:
+                self.options.on_services(self)
         elif type(event) is ConnectionTerminated:
             if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
                 self._fail(ConnectionLost(f"connection closed by peer: {event.message}"))
@@ -937,18 +927,16 @@ class Link:
 
     def _count_peer_reset(self) -> None:
         """A token bucket against a peer that opens and resets streams to burn our CPU."""
+        burst, rate = self.options.reset_burst, self.options.reset_rate
         now = trio.current_time()
         elapsed = now - self._reset_time
         self._reset_time = now
-        self._reset_tokens = min(
-            float(self.reset_burst), self._reset_tokens + elapsed * self.reset_rate
-        )
+        self._reset_tokens = min(float(burst), self._reset_tokens + elapsed * rate)
         self._reset_tokens -= 1
         if self._reset_tokens < 0:
             raise WireProtocolError(
                 ErrorCode.ENHANCE_YOUR_CALM,
-                f"peer reset more than {self.reset_burst} of its streams "
-                f"(sustained limit {self.reset_rate:g}/s)",
+                f"peer reset more than {burst} of its streams (sustained limit {rate:g}/s)",
             )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
@@ -967,7 +955,8 @@ class Link:
             if parent._lot:
                 parent._lot.unpark_all()
             return
-        handler = self._handler_for(event.service)
+        handler_for = self.options.handler_for
+        handler = None if handler_for is None else handler_for(event.service)
         if handler is None or self._nursery is None or self._closing:
             stream.reset(ErrorCode.SERVICE_NOT_FOUND, f"no service named {event.service!r} here")
             return
@@ -989,12 +978,13 @@ class Link:
     # --------------------------------------------------------------- keepalive
 
     async def _keepalive(self) -> None:
-        assert self.keepalive_interval
-        interval = self.keepalive_interval
+        interval = self.options.keepalive_interval
+        assert interval
+        timeout = self.options.keepalive_timeout
         while self._error is None:
             await trio.sleep(interval)
             silent = trio.current_time() - self._last_heard
-            if silent >= interval + self.keepalive_timeout:
+            if silent >= interval + timeout:
                 self._fail(ConnectionLost(f"peer silent for {silent:.1f} s (keepalive)"))
                 return
             self.ping()

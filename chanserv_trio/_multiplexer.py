@@ -22,6 +22,7 @@ import trio
 from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
+from ._link_options import LinkOptions
 from ._registry import Registry
 from ._router import relay
 from ._transport import dial, serve
@@ -110,21 +111,28 @@ class Multiplexer:
         self._local_version = 0
         self._local_lot = trio.lowlevel.ParkingLot()
         self._joined: dict[str, trio.CancelScope] = {}
-        self.settings = settings or Settings()
-        if self.settings.compression and not lz4_available():
+        settings = settings or Settings()
+        if settings.compression and not lz4_available():
             raise ValueError(
                 "Settings(compression=True) needs the lz4 package: "
                 "pip install 'chanserv-trio[lz4]'"
             )
-        self.write_timeout = write_timeout
         self.shutdown_grace = shutdown_grace
-        self.reset_burst = reset_burst
-        self.reset_rate = reset_rate
         self._accepting = True
-        self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
         self._on_error = on_error if callable(on_error) else None
+        # Everything that is the same for every link of this node, built once.
+        self._link_options = LinkOptions(
+            settings=settings,
+            handshake_timeout=handshake_timeout,
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            write_timeout=write_timeout,
+            reset_burst=reset_burst,
+            reset_rate=reset_rate,
+            handler_for=self._handler_for,
+            on_services=self._services_changed,
+            on_error=self._on_error,
+        )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
         self._services_lot = trio.lowlevel.ParkingLot()
@@ -187,7 +195,15 @@ class Multiplexer:
         """Ask for compression on links made from now on (``Settings.compression``)."""
         if not lz4_available():
             raise ValueError("compression needs the lz4 package: pip install 'chanserv-trio[lz4]'")
-        self.settings = attrs.evolve(self.settings, compression=True)
+        options = self._link_options
+        self._link_options = attrs.evolve(
+            options, settings=attrs.evolve(options.settings, compression=True)
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The windows and limits this node announces on each new link."""
+        return self._link_options.settings
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None or self._closed:
@@ -211,19 +227,10 @@ class Multiplexer:
     ) -> Link:
         return Link(
             transport,
+            self._link_options,
             initiator=initiator,
-            settings=self.settings,
             remote_addr=remote,
             local_addr=local,
-            handler_for=self._handler_for,
-            on_services=self._services_changed,
-            handshake_timeout=self.handshake_timeout,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_timeout=self.keepalive_timeout,
-            write_timeout=self.write_timeout,
-            reset_burst=self.reset_burst,
-            reset_rate=self.reset_rate,
-            on_error=self._on_error,
         )
 
     async def _run_link(
@@ -258,8 +265,8 @@ class Multiplexer:
                 url,
                 self._accept,
                 on_error=self._on_error,
-                settings=self.settings,
-                handshake_timeout=self.handshake_timeout,
+                settings=self._link_options.settings,
+                handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )
@@ -321,8 +328,8 @@ class Multiplexer:
                 dial,
                 url,
                 run,
-                settings=self.settings,
-                handshake_timeout=self.handshake_timeout,
+                settings=self._link_options.settings,
+                handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )

@@ -10,6 +10,7 @@ import trio.testing
 from helpers import drain, link_pair, wait_until
 
 import chanserv_trio as cs
+from chanserv_trio._link_options import LinkOptions
 from chanserv_trio._wire_codec import (
     HEADER,
     ErrorCode,
@@ -530,7 +531,7 @@ async def test_statistics_count_messages_bytes_and_open_streams() -> None:
 
 async def test_handshake_timeout_is_connection_lost(autojump_clock: trio.abc.Clock) -> None:
     ours, _theirs = trio.testing.memory_stream_pair()  # the peer never speaks
-    link = cs.Link(ours, initiator=True, handshake_timeout=3.0)
+    link = cs.Link(ours, LinkOptions(handshake_timeout=3.0), initiator=True)
     start = trio.current_time()
     with pytest.raises(cs.ConnectionLost, match="handshake timed out"):
         await link.run()
@@ -539,7 +540,9 @@ async def test_handshake_timeout_is_connection_lost(autojump_clock: trio.abc.Clo
 
 async def test_keepalive_declares_a_silent_peer_lost(autojump_clock: trio.abc.Clock) -> None:
     ours, theirs = trio.testing.memory_stream_pair()
-    link = cs.Link(ours, initiator=True, keepalive_interval=1.0, keepalive_timeout=2.0)
+    link = cs.Link(
+        ours, LinkOptions(keepalive_interval=1.0, keepalive_timeout=2.0), initiator=True
+    )
     peer = Connection(initiator=False)
     await theirs.send_all(b"".join(peer.take_outgoing()))  # HELLO, then silence
     async with trio.open_nursery() as nursery:
@@ -556,7 +559,7 @@ async def test_keepalive_declares_a_silent_peer_lost(autojump_clock: trio.abc.Cl
 async def test_garbage_from_the_peer_is_a_protocol_error_sent_back_in_goaway() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     reported: list[BaseException] = []
-    link = cs.Link(ours, initiator=True, on_error=reported.append)
+    link = cs.Link(ours, LinkOptions(on_error=reported.append), initiator=True)
     peer = Connection(initiator=False)
     await theirs.send_all(b"".join(peer.take_outgoing()))
     with trio.fail_after(5):
@@ -584,6 +587,24 @@ async def test_first_frame_not_hello_fails_the_handshake() -> None:
 
 
 # ------------------------------------------------------- Multiplexer.attach
+
+
+async def test_every_link_of_a_multiplexer_runs_with_one_options_object() -> None:
+    async with (
+        cs.Multiplexer(write_timeout=7.0, reset_burst=3) as hub,
+        cs.Multiplexer() as a,
+        cs.Multiplexer() as b,
+    ):
+        with trio.fail_after(5):
+            for peer in (a, b):
+                ours, theirs = trio.testing.memory_stream_pair()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(peer.attach, theirs, initiator=False))
+                    await hub.attach(ours)
+        first, second = hub.links
+        assert first.options is second.options
+        assert first.options.write_timeout == 7.0 and first.options.reset_burst == 3
+        assert first.options.settings is hub.settings
 
 
 async def test_multiplexer_attach_serves_named_services_over_memory_streams() -> None:
