@@ -477,8 +477,12 @@ class Link:
         initiator: bool,
         remote_addr: str = "",
         local_addr: str = "",
+        whole_messages: bool = False,
     ) -> None:
         self.transport = transport
+        #: The transport hands out one whole message per read (WebSocket): it is read
+        #: with no size limit, so a large frame is never cut into pieces and copied again.
+        self.whole_messages = whole_messages
         #: What this link announces, waits for and tolerates (shared by a node's links).
         self.options = options = options or LinkOptions()
         self.conn = Connection(initiator=initiator, settings=options.settings)
@@ -810,8 +814,7 @@ class Link:
     async def _reader(self) -> None:
         conn = self.conn
         transport = self.transport
-        # A transport of whole messages (WebSocket) is read a message at a time.
-        receive_size = None if getattr(transport, "whole_messages", False) else _RECEIVE_SIZE
+        receive_size = None if self.whole_messages else _RECEIVE_SIZE
         try:
             while self._error is None:
                 data = await transport.receive_some(receive_size)

@@ -25,7 +25,7 @@ from ._errors import ChanservError, ConnectionLost, ServiceNotFound
 from ._link_options import LinkOptions
 from ._registry import Registry
 from ._router import relay
-from ._transport import dial, serve
+from ._transport import dial, reads_whole_messages, serve
 from ._wire_codec import ErrorCode
 from ._wire_compression import lz4_available
 from ._wire_connection import Settings
@@ -231,6 +231,7 @@ class Multiplexer:
             initiator=initiator,
             remote_addr=remote,
             local_addr=local,
+            whole_messages=reads_whole_messages(transport),
         )
 
     async def _run_link(

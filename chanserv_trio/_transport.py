@@ -48,6 +48,7 @@ __all__ = [
     "dial",
     "format_address",
     "parse_url",
+    "reads_whole_messages",
     "serve",
 ]
 
@@ -77,6 +78,12 @@ def _tls_option(
             f"listening on {endpoint.scheme}:// needs ssl_context= with the server's certificate"
         )
     return ssl_context
+
+
+def reads_whole_messages(stream: trio.abc.Stream) -> bool:
+    """Whether each ``receive_some`` of ``stream`` returns one whole message (WebSocket),
+    so its reader should ask for no particular size."""
+    return isinstance(stream, WebSocketStream)
 
 
 async def serve(

@@ -578,6 +578,29 @@ async def test_garbage_from_the_peer_is_a_protocol_error_sent_back_in_goaway() -
     assert terminated and terminated[0].code == ErrorCode.PROTOCOL_ERROR
 
 
+@pytest.mark.parametrize(("whole_messages", "size"), [(False, 256 * 1024), (True, None)])
+async def test_a_link_of_whole_messages_reads_with_no_size_limit(
+    whole_messages: bool, size: int | None
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    asked: list[int | None] = []
+    receive_some = ours.receive_some
+
+    async def recording(max_bytes: int | None = None) -> bytes:
+        asked.append(max_bytes)
+        return await receive_some(max_bytes)
+
+    ours.receive_some = recording  # type: ignore[method-assign]
+    link = cs.Link(ours, initiator=True, whole_messages=whole_messages)
+    peer = Connection(initiator=False)
+    await theirs.send_all(b"".join(peer.take_outgoing()))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            nursery.cancel_scope.cancel()
+    assert asked and set(asked) == {size}
+
+
 async def test_first_frame_not_hello_fails_the_handshake() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     link = cs.Link(ours, initiator=True)
