@@ -17,7 +17,8 @@ import attrs
 from ._wire_connection import Settings
 
 if TYPE_CHECKING:
-    from ._driver import Link, StreamHandler
+    from ._driver import Link
+    from ._link_stream import StreamHandler
 
 __all__ = ["LinkOptions"]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -671,3 +673,25 @@ async def test_multiplexer_attach_carries_chanserv() -> None:
                     assert source.meta.remote_addr == "attached"
                     got[source.header] = [frame async for frame in source]
     assert got == {b"0": [b"req 0"], b"1": [b"req 1"], b"2": [b"req 2"]}
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_link_and_streams_touch_no_private_member_of_each_other() -> None:
+    """The link and its streams share state objects (``_link_state``); none of the
+    link modules reads or writes ``other._name`` of another object."""
+    package = Path(cs.__file__).parent
+    modules = ["_driver.py", "_link_options.py", "_link_state.py", "_link_stream.py"]
+    foreign: list[str] = []
+    for name in modules:
+        tree = ast.parse((package / name).read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+            ):
+                foreign.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert foreign == []
