@@ -32,8 +32,14 @@ _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 StreamHandler = Callable[["LinkStream"], Awaitable[None]]
 
 
-class LinkStream:
-    """One multiplexed stream of whole messages on a :class:`Link`."""
+class LinkStream(trio.abc.Channel[bytes]):
+    """One multiplexed stream of whole messages on a :class:`Link`.
+
+    A ``trio.abc.Channel[bytes]``: ``send`` and ``receive`` whole messages, and
+    ``async for message in stream`` reads until the peer ends its half normally (any
+    other end raises the matching error). ``end`` closes our half with a status;
+    ``reset``, ``aclose`` and leaving ``async with stream`` abort both halves.
+    """
 
     __slots__ = (
         "__weakref__",

@@ -148,6 +148,60 @@ async def test_receive_nowait_and_receive_buffered() -> None:
             stream.receive_nowait()
 
 
+async def test_a_stream_is_a_trio_channel_read_with_async_for() -> None:
+    received: list[bytes] = []
+
+    async def collect(stream: cs.LinkStream) -> None:
+        async for message in stream:
+            received.append(message)
+        await stream.send(b"%d messages" % len(received))
+
+    async with link_pair(right_handlers={"collect": collect}) as pair:
+        stream = await pair.left.open_stream("collect", b"")
+        assert isinstance(stream, trio.abc.Channel)
+        with trio.fail_after(5):
+            for message in (b"a", b"", b"c"):
+                await stream.send(message)
+            stream.end()
+            replies = [message async for message in stream]
+    assert received == [b"a", b"", b"c"]
+    assert replies == [b"3 messages"]
+
+
+async def test_async_for_over_a_stream_raises_how_it_ended_unless_ok() -> None:
+    async def refuse(stream: cs.LinkStream) -> None:
+        await stream.send(b"first")
+        stream.end(Status(ErrorCode.APPLICATION_ERROR, "ValueError", "no thanks"))
+
+    async with link_pair(right_handlers={"refuse": refuse}) as pair:
+        stream = await pair.left.open_stream("refuse", b"", no_send=True)
+        got: list[bytes] = []
+        with trio.fail_after(5), pytest.raises(cs.RemoteError, match="no thanks"):
+            async for message in stream:
+                got.append(message)
+    assert got == [b"first"]
+
+
+async def test_leaving_async_with_a_stream_resets_it_and_cancels_the_handler() -> None:
+    started = trio.Event()
+    cancelled = trio.Event()
+
+    async def wait(stream: cs.LinkStream) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with link_pair(right_handlers={"wait": wait}) as pair:
+        with trio.fail_after(5):
+            async with await pair.left.open_stream("wait", b"") as stream:
+                await started.wait()
+            await cancelled.wait()
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send(b"late")
+
+
 # ------------------------------------------------------------- end statuses
 
 
