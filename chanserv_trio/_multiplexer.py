@@ -7,6 +7,7 @@ finds a peer that offers a name and opens a stream to it.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
 import uuid
@@ -41,6 +42,19 @@ def _score(key: str, node: str) -> int:
 def pick_by_key(links: list[Link], key: str) -> Link:
     """The link whose node scores highest for ``key`` (rendezvous hashing)."""
     return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
+
+
+class _Lifetime(enum.Enum):
+    """Where a multiplexer is in its life; it only moves forward."""
+
+    #: Built, not yet entered.
+    NEW = enum.auto()
+    #: Inside ``async with``: links and streams may start.
+    RUNNING = enum.auto()
+    #: Shutting down: nothing new starts (no link, no stream, no redial).
+    CLOSING = enum.auto()
+    #: The ``async with`` block was left.
+    CLOSED = enum.auto()
 
 
 @attrs.frozen
@@ -118,7 +132,7 @@ class Multiplexer:
                 "pip install 'chanserv-trio[lz4]'"
             )
         self.shutdown_grace = shutdown_grace
-        self._accepting = True
+        self._lifetime = _Lifetime.NEW
         self._on_error = on_error if callable(on_error) else None
         # Everything that is the same for every link of this node, built once.
         self._link_options = LinkOptions(
@@ -139,7 +153,6 @@ class Multiplexer:
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: trio.Nursery | None = None
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._closed = False
         self._listening: list[str] = []
 
     # ---------------------------------------------------------------- lifetime
@@ -147,11 +160,14 @@ class Multiplexer:
     async def __aenter__(self) -> Self:
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
+        if self._lifetime is _Lifetime.NEW:
+            self._lifetime = _Lifetime.RUNNING
         if self.registry is not None:
             try:
                 await self._nursery.start(self.registry.run, self)
             except BaseException:
                 # Close the (cancelled) nursery cleanly, then let the error out as itself.
+                self._lifetime = _Lifetime.CLOSED
                 self._nursery.cancel_scope.cancel()
                 await self._cm.__aexit__(None, None, None)
                 self._nursery = None
@@ -177,6 +193,7 @@ class Multiplexer:
                 return False
             raise
         finally:
+            self._lifetime = _Lifetime.CLOSED
             self._nursery = None
         return result
 
@@ -184,8 +201,8 @@ class Multiplexer:
         """Close gracefully: accept no new links or streams, tell every peer so, give
         open streams ``grace`` seconds to finish, then reset the rest with
         ``SHUTDOWN`` and close the links. Safe to call more than once."""
-        self._accepting = False
-        self._closed = True
+        if self._lifetime is not _Lifetime.CLOSED:
+            self._lifetime = _Lifetime.CLOSING
         with trio.CancelScope(shield=True), trio.move_on_after(grace + 2.0):
             async with trio.open_nursery() as nursery:
                 for link in list(self._links):
@@ -205,9 +222,16 @@ class Multiplexer:
         """The windows and limits this node announces on each new link."""
         return self._link_options.settings
 
+    @property
+    def closing(self) -> bool:
+        """True once the multiplexer began shutting down (or left its block): it starts
+        no new links, streams or redials."""
+        return self._lifetime is _Lifetime.CLOSING or self._lifetime is _Lifetime.CLOSED
+
     def _require_nursery(self) -> trio.Nursery:
-        if self._nursery is None or self._closed:
+        if self._lifetime is not _Lifetime.RUNNING:
             raise RuntimeError("use the Multiplexer inside 'async with' (and before it exits)")
+        assert self._nursery is not None
         return self._nursery
 
     # ------------------------------------------------------------------- links
@@ -276,7 +300,7 @@ class Multiplexer:
         return bound
 
     async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
-        if not self._accepting:
+        if self._lifetime is not _Lifetime.RUNNING:
             await trio.aclose_forcefully(transport)
             return
         link = self._new_link(transport, initiator=False, local=local, remote=remote)
@@ -346,6 +370,8 @@ class Multiplexer:
                 delay = initial
                 while True:
                     await trio.sleep(delay)
+                    if self._lifetime is not _Lifetime.RUNNING:
+                        return  # the multiplexer is closing: nothing to redial for
                     try:
                         link = await self._dial(url, options)
                         break
@@ -353,8 +379,6 @@ class Multiplexer:
                         if self._on_error is not None:
                             self._on_error(exc)
                         delay = min(delay * factor, ceiling)
-                    except RuntimeError:
-                        return  # the multiplexer is closing
 
     def leave(self, url: str) -> None:
         """Stop redialing ``url`` and close the links joined to it."""

@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from helpers import wait_until
 
 import chanserv_trio as cs
 from chanserv_trio._wire_codec import ErrorCode, FrameType, Status, encode_frame
@@ -132,6 +133,40 @@ async def test_shutdown_after_grace_cancels_with_a_clear_error(autojump_clock: o
                         async for _ in source:
                             pass
                 await cancelled.wait()
+
+
+async def test_leaving_the_block_while_a_redial_is_pending_ends_cleanly() -> None:
+    errors: list[BaseException] = []
+    holding = trio.Event()
+
+    async def hold(stream: cs.LinkStream) -> None:
+        # Keeps the client closing (not yet closed) for many redial periods.
+        holding.set()
+        await wait_until(lambda: client.closing)
+        await trio.sleep(0.1)
+
+    with trio.fail_after(10):
+        async with cs.Multiplexer() as peer:
+            async with cs.Multiplexer(
+                redial_backoff=(0.01, 1.0, 0.01), on_error=errors.append
+            ) as client:
+                client.handle("hold", hold)
+                left, right = trio.testing.memory_stream_pair()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(client.attach, right, initiator=False))
+                    await peer.attach(left)
+                async with cs.Multiplexer() as node:
+                    url = await node.listen("tcp://127.0.0.1:0")
+                    await client.join(url)
+                # The node is gone: the client redials it every 10 ms, and fails.
+                await wait_until(lambda: len(errors) >= 2)
+                await peer.open_stream("hold", b"", dial_timeout=5)
+                await holding.wait()
+                before = len(errors)
+            assert not client.links
+    # No redial ran while closing (at most one was already under way), nothing broke.
+    assert len(errors) - before <= 1
+    assert all(isinstance(error, cs.ConnectionLost) for error in errors)
 
 
 async def handshake_raw(stream: trio.abc.Stream) -> Connection:
