@@ -110,9 +110,10 @@ class Link:
         self._reset_time = 0.0
         # Control frames (WINDOW, PING answers, RESET) may pile up when the peer does not
         # read; past this many queued bytes the reader waits for the writer.
-        self._outgoing_limit = options.outgoing_limit or (
-            self.conn.local_settings.connection_window + (4 << 20)
-        )
+        limit = options.outgoing_limit
+        if limit is None:
+            limit = self.conn.local_settings.connection_window + (4 << 20)
+        self._outgoing_limit = limit
         # What the link shares with its streams; ``_streams`` is its dict of open streams.
         self._state = LinkState(self.conn)
         self._streams = self._state.streams
