@@ -115,8 +115,8 @@ class Link:
             limit = self.conn.local_settings.connection_window + (4 << 20)
         self._outgoing_limit = limit
         # What the link shares with its streams; ``_streams`` is its dict of open streams.
-        self._state = LinkState(self.conn)
-        self._streams = self._state.streams
+        self._shared = LinkState(self.conn)
+        self._streams = self._shared.streams
         #: Services the peer currently offers.
         self.peer_services: set[str] = set()
         #: Those of ``peer_services`` the peer offers by relaying (it is a router).
@@ -196,9 +196,9 @@ class Link:
             messages_in=conn.messages_received,
             messages_out=conn.messages_sent,
             # Consumed messages whose credit waits for its batch are not buffered.
-            bytes_buffered=max(0, conn.buffered_bytes() - self._state.unacked_total),
+            bytes_buffered=max(0, conn.buffered_bytes() - self._shared.unacked_total),
             bytes_queued=conn.outgoing_size,
-            window_stalls=self._state.window_stalls,
+            window_stalls=self._shared.window_stalls,
             rtt=self.rtt,
         )
 
@@ -213,19 +213,19 @@ class Link:
         :class:`~chanserv_trio.ServerShuttingDown`) and close the link."""
         if self._error is not None:
             return
-        state = self._state
+        shared = self._shared
         if not self.conn.local_goaway:
             self.conn.go_away(ErrorCode.OK, message)
-            state.kick_writer()
+            shared.kick_writer()
         self._closing = True
         with trio.move_on_after(grace):
             while self._streams and self._error is None:
-                await state.released_lot.park()
+                await shared.released_lot.park()
         if self._error is None:
             error = ServerShuttingDown(message, ErrorCode.SHUTDOWN)
             status = Status(ErrorCode.SHUTDOWN, "", message)
             for stream in list(self._streams.values()):
-                state.reset(stream, status)
+                shared.reset(stream, status)
                 stream.broken(error)
         await self.aclose(ErrorCode.OK, message)
 
@@ -235,7 +235,7 @@ class Link:
             if not self.conn.local_goaway or code != ErrorCode.OK:
                 self.conn.go_away(code, message)
             self._closing = True
-            self._state.kick_writer()
+            self._shared.kick_writer()
             await self._drain(1.0)
             self._fail(ConnectionLost(message))
         await self._closed.wait()
@@ -267,7 +267,7 @@ class Link:
         """Tell the peer a service is offered here, or withdrawn."""
         if self._error is None:
             self.conn.advertise(name, available, relayed=relayed)
-            self._state.kick_writer()
+            self._shared.kick_writer()
 
     def ping(self) -> None:
         """Send a PING; ``rtt`` is updated when its answer arrives."""
@@ -275,7 +275,7 @@ class Link:
             payload = os.urandom(8)
             self._pings[payload] = trio.current_time()
             self.conn.ping(payload)
-            self._state.kick_writer()
+            self._shared.kick_writer()
 
     def _fail(self, error: ChanservError) -> None:
         if self._error is not None:
@@ -285,11 +285,11 @@ class Link:
         for stream in list(self._streams.values()):
             stream.broken(error)
         self._streams.clear()
-        state = self._state
-        state.window_lot.unpark_all()
-        state.open_lot.unpark_all()
-        state.writer_parked = False
-        state.writer_lot.unpark_all()
+        shared = self._shared
+        shared.window_lot.unpark_all()
+        shared.open_lot.unpark_all()
+        shared.writer_parked = False
+        shared.writer_lot.unpark_all()
         self._closed.set()
         on_services = self.options.on_services
         if on_services is not None and self.peer_services:
@@ -323,7 +323,7 @@ class Link:
             if conn.peer_goaway is not None:
                 raise ConnectionLost("peer is going away and accepts no new streams")
             parked = True
-            await self._state.open_lot.park()
+            await self._shared.open_lot.park()
         if self._error is not None:
             raise self._error
         if parent and parent not in self._streams:
@@ -331,7 +331,7 @@ class Link:
         stream_id = conn.open_stream(
             service, header, parent=parent, no_send=no_send, no_reply=no_reply
         )
-        shared = self._state
+        shared = self._shared
         state = StreamState(stream_id)
         stream = LinkStream(
             self,
@@ -356,15 +356,15 @@ class Link:
     async def _writer(self) -> None:
         conn = self.conn
         transport = self.transport
-        state = self._state
+        shared = self._shared
         write_timeout = self.options.write_timeout
         try:
             while True:
                 if not conn.outgoing_size:
                     if self._error is not None:
                         return
-                    state.writer_parked = True
-                    await state.writer_lot.park()
+                    shared.writer_parked = True
+                    await shared.writer_lot.park()
                     continue
                 self._writing = True
                 for data in _batches(conn.take_outgoing()):
@@ -381,20 +381,20 @@ class Link:
                         )
                         return
                 self._writing = False
-                if state.drained_lot:
-                    state.drained_lot.unpark_all()
+                if shared.drained_lot:
+                    shared.drained_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_lost("sending failed", exc))
         finally:
-            state.writer_done = True
-            state.drained_lot.unpark_all()
+            shared.writer_done = True
+            shared.drained_lot.unpark_all()
 
     # ------------------------------------------------------------------ reader
 
     async def _reader(self) -> None:
         conn = self.conn
         transport = self.transport
-        state = self._state
+        shared = self._shared
         receive_size = None if self.whole_messages else _RECEIVE_SIZE
         try:
             while self._error is None:
@@ -410,11 +410,11 @@ class Link:
                     await self._flush_and_fail(error)
                     return
                 if conn.outgoing_size:
-                    state.kick_writer()
+                    shared.kick_writer()
                     if conn.outgoing_size > self._outgoing_limit:
                         # The peer is not reading what we owe it: wait for the writer.
-                        while conn.outgoing_size > self._outgoing_limit and not state.writer_done:
-                            await state.drained_lot.park()
+                        while conn.outgoing_size > self._outgoing_limit and not shared.writer_done:
+                            await shared.drained_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_lost("receiving failed", exc))
 
@@ -424,11 +424,11 @@ class Link:
 
     async def _drain(self, limit: float) -> None:
         """Wait (at most ``limit`` seconds) until the writer sent everything queued."""
-        state = self._state
-        state.kick_writer()
+        shared = self._shared
+        shared.kick_writer()
         with trio.move_on_after(limit):
-            while (self.conn.outgoing_size or self._writing) and not state.writer_done:
-                await state.drained_lot.park()
+            while (self.conn.outgoing_size or self._writing) and not shared.writer_done:
+                await shared.drained_lot.park()
 
     def _report(self, error: BaseException) -> None:
         on_error = self.options.on_error
@@ -464,7 +464,7 @@ class Link:
                     stream = streams.get(event.stream_id)
                     if stream is not None:
                         stream.remote_ended(event.status)
-                        self._state.release_if_closed(stream)
+                        self._shared.release_if_closed(stream)
                 case StreamReset():
                     self._on_stream_reset(event)
                 case ServiceAdvertised():
@@ -476,7 +476,7 @@ class Link:
                 case HandshakeCompleted():
                     self._handshake.set()
                 case GoAwayReceived():
-                    self._state.open_lot.unpark_all()
+                    self._shared.open_lot.unpark_all()
                     if self.options.on_services is not None:
                         self.options.on_services(self)
                 case ConnectionTerminated():
@@ -486,7 +486,7 @@ class Link:
 
     def _on_window_opened(self, event: WindowOpened) -> None:
         if event.stream_id == 0:
-            self._state.window_lot.unpark_all()
+            self._shared.window_lot.unpark_all()
             for stream in self._streams.values():
                 if stream.window_lot:
                     stream.window_lot.unpark_all()
@@ -500,7 +500,7 @@ class Link:
             self._count_peer_reset()
         stream = self._streams.get(event.stream_id)
         if stream is not None:
-            self._state.release(stream)
+            self._shared.release(stream)
             stream.peer_reset(event.status, error_from_status(event.status))
 
     def _on_service_advertised(self, event: ServiceAdvertised) -> None:
@@ -541,7 +541,7 @@ class Link:
         state = StreamState(event.stream_id)
         stream = LinkStream(
             self,
-            self._state,
+            self._shared,
             state,
             event.service,
             event.header,

@@ -226,7 +226,7 @@ class Multiplexer:
     def closing(self) -> bool:
         """True once the multiplexer began shutting down (or left its block): it starts
         no new links, streams or redials."""
-        return self._lifetime is _Lifetime.CLOSING or self._lifetime is _Lifetime.CLOSED
+        return self._lifetime in (_Lifetime.CLOSING, _Lifetime.CLOSED)
 
     def _require_nursery(self) -> trio.Nursery:
         if self._lifetime is not _Lifetime.RUNNING:
