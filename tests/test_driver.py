@@ -642,7 +642,7 @@ async def test_a_link_of_whole_messages_reads_with_no_size_limit(
     asked: list[int | None] = []
     receive_some = ours.receive_some
 
-    async def recording(max_bytes: int | None = None) -> bytes:
+    async def recording(max_bytes: int | None = None) -> bytes | bytearray:
         asked.append(max_bytes)
         return await receive_some(max_bytes)
 
