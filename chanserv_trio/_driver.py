@@ -340,8 +340,8 @@ class Link:
             service,
             header,
             parent,
-            peer_sends=not no_reply,
-            we_send=not no_send,
+            not no_reply,  # peer_sends
+            not no_send,  # we_send
         )
         self._streams[stream_id] = state
         shared.kick_writer()
@@ -546,8 +546,8 @@ class Link:
             event.service,
             event.header,
             event.parent,
-            peer_sends=event.peer_sends,
-            we_send=event.we_send,
+            event.peer_sends,
+            event.we_send,
         )
         self._streams[event.stream_id] = state
         if event.parent:

@@ -64,10 +64,10 @@ class LinkStream(trio.abc.Channel[bytes]):
         service: str,
         header: bytes,
         parent: int,
-        *,
         peer_sends: bool = True,
         we_send: bool = True,
     ) -> None:
+        # (Positional: a class call with keywords builds a dict, one per stream opened.)
         self._link = link
         self._shared = shared
         self._state = state
