@@ -7,6 +7,7 @@ finds a peer that offers a name and opens a stream to it.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
 import uuid
@@ -22,10 +23,11 @@ import trio
 from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
+from ._link_options import LinkOptions
 from ._node_backoff import Backoff
 from ._registry import Registry, RegistryNode
 from ._router import relay
-from ._transport import dial, serve
+from ._transport import dial, reads_whole_messages, serve
 from ._wire_codec import ErrorCode
 from ._wire_compression import lz4_available
 from ._wire_connection import Settings
@@ -52,6 +54,19 @@ def _score(key: str, node: str) -> int:
 def pick_by_key(links: list[Link], key: str) -> Link:
     """The link whose node scores highest for ``key`` (rendezvous hashing)."""
     return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
+
+
+class _Lifetime(enum.Enum):
+    """Where a multiplexer is in its life; it only moves forward."""
+
+    #: Built, not yet entered.
+    NEW = enum.auto()
+    #: Inside ``async with``: links and streams may start.
+    RUNNING = enum.auto()
+    #: Shutting down: nothing new starts (no link, no stream, no redial).
+    CLOSING = enum.auto()
+    #: The ``async with`` block was left.
+    CLOSED = enum.auto()
 
 
 @attrs.frozen
@@ -125,28 +140,34 @@ class Multiplexer:
         self._local_version = 0
         self._local_lot = trio.lowlevel.ParkingLot()
         self._joined: dict[str, trio.CancelScope] = {}
-        self.settings = settings or Settings()
-        if self.settings.compression and not lz4_available():
+        settings = settings or Settings()
+        if settings.compression and not lz4_available():
             raise ValueError(
                 "Settings(compression=True) needs the lz4 package: "
                 "pip install 'chanserv-trio[lz4]'"
             )
-        self.write_timeout = write_timeout
         self.shutdown_grace = shutdown_grace
-        self.reset_burst = reset_burst
-        self.reset_rate = reset_rate
-        self._accepting = True
-        self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
+        self._lifetime = _Lifetime.NEW
         self._on_error = on_error if callable(on_error) else None
+        # Everything that is the same for every link of this node, built once.
+        self._link_options = LinkOptions(
+            settings=settings,
+            handshake_timeout=handshake_timeout,
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            write_timeout=write_timeout,
+            reset_burst=reset_burst,
+            reset_rate=reset_rate,
+            handler_for=self._handler_for,
+            on_services=self._services_changed,
+            on_error=self._on_error,
+        )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
         self._services_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: trio.Nursery | None = None
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._closed = False
         self._listening: list[str] = []
 
     # ---------------------------------------------------------------- lifetime
@@ -154,12 +175,15 @@ class Multiplexer:
     async def __aenter__(self) -> Self:
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
+        if self._lifetime is _Lifetime.NEW:
+            self._lifetime = _Lifetime.RUNNING
         if self.registry is not None:
             node: RegistryNode = self  # all a registry sees of us (and mypy checks it is met)
             try:
                 await self._nursery.start(self.registry.run, node)
             except BaseException:
                 # Close the (cancelled) nursery cleanly, then let the error out as itself.
+                self._lifetime = _Lifetime.CLOSED
                 self._nursery.cancel_scope.cancel()
                 await self._cm.__aexit__(None, None, None)
                 self._nursery = None
@@ -185,6 +209,7 @@ class Multiplexer:
                 return False
             raise
         finally:
+            self._lifetime = _Lifetime.CLOSED
             self._nursery = None
         return result
 
@@ -192,8 +217,8 @@ class Multiplexer:
         """Close gracefully: accept no new links or streams, tell every peer so, give
         open streams ``grace`` seconds to finish, then reset the rest with
         ``SHUTDOWN`` and close the links. Safe to call more than once."""
-        self._accepting = False
-        self._closed = True
+        if self._lifetime is not _Lifetime.CLOSED:
+            self._lifetime = _Lifetime.CLOSING
         with trio.CancelScope(shield=True), trio.move_on_after(grace + 2.0):
             async with trio.open_nursery() as nursery:
                 for link in list(self._links):
@@ -203,14 +228,22 @@ class Multiplexer:
         """Ask for compression on links made from now on (``Settings.compression``)."""
         if not lz4_available():
             raise ValueError("compression needs the lz4 package: pip install 'chanserv-trio[lz4]'")
-        self.settings = attrs.evolve(self.settings, compression=True)
+        options = self._link_options
+        self._link_options = attrs.evolve(
+            options, settings=attrs.evolve(options.settings, compression=True)
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The windows and limits this node announces on each new link."""
+        return self._link_options.settings
 
     @property
     def closing(self) -> bool:
         """True once the node began to shut down (:meth:`shutdown`, or leaving the
-        ``async with`` block): from then on it starts no new links or streams, and
-        :meth:`join` and :meth:`listen` raise ``RuntimeError``."""
-        return self._closed
+        ``async with`` block): from then on it starts no new links, streams or redials,
+        and :meth:`join` and :meth:`listen` raise ``RuntimeError``."""
+        return self._lifetime in (_Lifetime.CLOSING, _Lifetime.CLOSED)
 
     def report_error(self, exc: BaseException) -> None:
         """Hand ``exc`` to this node's ``on_error`` (nothing happens without one): for
@@ -219,8 +252,9 @@ class Multiplexer:
             self._on_error(exc)
 
     def _require_nursery(self) -> trio.Nursery:
-        if self._nursery is None or self._closed:
+        if self._lifetime is not _Lifetime.RUNNING:
             raise RuntimeError("use the Multiplexer inside 'async with' (and before it exits)")
+        assert self._nursery is not None
         return self._nursery
 
     # ------------------------------------------------------------------- links
@@ -240,19 +274,11 @@ class Multiplexer:
     ) -> Link:
         return Link(
             transport,
+            self._link_options,
             initiator=initiator,
-            settings=self.settings,
             remote_addr=remote,
             local_addr=local,
-            handler_for=self._handler_for,
-            on_services=self._services_changed,
-            handshake_timeout=self.handshake_timeout,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_timeout=self.keepalive_timeout,
-            write_timeout=self.write_timeout,
-            reset_burst=self.reset_burst,
-            reset_rate=self.reset_rate,
-            on_error=self._on_error,
+            whole_messages=reads_whole_messages(transport),
         )
 
     async def _run_link(
@@ -288,7 +314,7 @@ class Multiplexer:
                 self._accept,
                 on_error=self._on_error,
                 max_message_size=message_limit(self.settings),
-                handshake_timeout=self.handshake_timeout,
+                handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )
@@ -297,7 +323,7 @@ class Multiplexer:
         return bound
 
     async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
-        if not self._accepting:
+        if self._lifetime is not _Lifetime.RUNNING:
             await trio.aclose_forcefully(transport)
             return
         link = self._new_link(transport, initiator=False, local=local, remote=remote)
@@ -353,7 +379,7 @@ class Multiplexer:
                 url,
                 run,
                 max_message_size=message_limit(self.settings),
-                handshake_timeout=self.handshake_timeout,
+                handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )

@@ -6,6 +6,8 @@ acts: wake a reader, start a handler, cancel a task.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import attrs
 
 from ._wire_codec import Status
@@ -133,7 +135,8 @@ class ConnectionTerminated:
     message: str
 
 
-Event = (
+#: Every event a Connection returns (a driver's dispatch over it can be checked exhaustive).
+Event: TypeAlias = (
     HandshakeCompleted
     | StreamOpened
     | MessageReceived

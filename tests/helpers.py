@@ -13,6 +13,7 @@ import trio.testing
 
 import chanserv_trio as cs
 from chanserv_trio._driver import StreamHandler
+from chanserv_trio._link_options import LinkOptions
 
 
 @attrs.define
@@ -49,21 +50,21 @@ async def link_pair(
     right_map = dict(right_handlers or {})
     left = cs.Link(
         left_transport,
+        LinkOptions(
+            settings=left_settings or cs.Settings(), handler_for=left_map.get, on_error=on_error
+        ),
         initiator=True,
-        settings=left_settings,
         remote_addr="memory://right",
         local_addr="memory://left",
-        handler_for=left_map.get,
-        on_error=on_error,
     )
     right = cs.Link(
         right_transport,
+        LinkOptions(
+            settings=right_settings or cs.Settings(), handler_for=right_map.get, on_error=on_error
+        ),
         initiator=False,
-        settings=right_settings,
         remote_addr="memory://left",
         local_addr="memory://right",
-        handler_for=right_map.get,
-        on_error=on_error,
     )
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -10,6 +12,7 @@ import trio.testing
 from helpers import drain, link_pair, wait_until
 
 import chanserv_trio as cs
+from chanserv_trio._link_options import LinkOptions
 from chanserv_trio._wire_codec import (
     HEADER,
     ErrorCode,
@@ -143,6 +146,60 @@ async def test_receive_nowait_and_receive_buffered() -> None:
         assert stream.receive_buffered() == []
         with pytest.raises(trio.EndOfChannel):
             stream.receive_nowait()
+
+
+async def test_a_stream_is_a_trio_channel_read_with_async_for() -> None:
+    received: list[bytes] = []
+
+    async def collect(stream: cs.LinkStream) -> None:
+        async for message in stream:
+            received.append(message)
+        await stream.send(b"%d messages" % len(received))
+
+    async with link_pair(right_handlers={"collect": collect}) as pair:
+        stream = await pair.left.open_stream("collect", b"")
+        assert isinstance(stream, trio.abc.Channel)
+        with trio.fail_after(5):
+            for message in (b"a", b"", b"c"):
+                await stream.send(message)
+            stream.end()
+            replies = [message async for message in stream]
+    assert received == [b"a", b"", b"c"]
+    assert replies == [b"3 messages"]
+
+
+async def test_async_for_over_a_stream_raises_how_it_ended_unless_ok() -> None:
+    async def refuse(stream: cs.LinkStream) -> None:
+        await stream.send(b"first")
+        stream.end(Status(ErrorCode.APPLICATION_ERROR, "ValueError", "no thanks"))
+
+    async with link_pair(right_handlers={"refuse": refuse}) as pair:
+        stream = await pair.left.open_stream("refuse", b"", no_send=True)
+        got: list[bytes] = []
+        with trio.fail_after(5), pytest.raises(cs.RemoteError, match="no thanks"):
+            async for message in stream:
+                got.append(message)
+    assert got == [b"first"]
+
+
+async def test_leaving_async_with_a_stream_resets_it_and_cancels_the_handler() -> None:
+    started = trio.Event()
+    cancelled = trio.Event()
+
+    async def wait(stream: cs.LinkStream) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with link_pair(right_handlers={"wait": wait}) as pair:
+        with trio.fail_after(5):
+            async with await pair.left.open_stream("wait", b"") as stream:
+                await started.wait()
+            await cancelled.wait()
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send(b"late")
 
 
 # ------------------------------------------------------------- end statuses
@@ -530,7 +587,7 @@ async def test_statistics_count_messages_bytes_and_open_streams() -> None:
 
 async def test_handshake_timeout_is_connection_lost(autojump_clock: trio.abc.Clock) -> None:
     ours, _theirs = trio.testing.memory_stream_pair()  # the peer never speaks
-    link = cs.Link(ours, initiator=True, handshake_timeout=3.0)
+    link = cs.Link(ours, LinkOptions(handshake_timeout=3.0), initiator=True)
     start = trio.current_time()
     with pytest.raises(cs.ConnectionLost, match="handshake timed out"):
         await link.run()
@@ -539,7 +596,9 @@ async def test_handshake_timeout_is_connection_lost(autojump_clock: trio.abc.Clo
 
 async def test_keepalive_declares_a_silent_peer_lost(autojump_clock: trio.abc.Clock) -> None:
     ours, theirs = trio.testing.memory_stream_pair()
-    link = cs.Link(ours, initiator=True, keepalive_interval=1.0, keepalive_timeout=2.0)
+    link = cs.Link(
+        ours, LinkOptions(keepalive_interval=1.0, keepalive_timeout=2.0), initiator=True
+    )
     peer = Connection(initiator=False)
     await theirs.send_all(b"".join(peer.take_outgoing()))  # HELLO, then silence
     async with trio.open_nursery() as nursery:
@@ -556,7 +615,7 @@ async def test_keepalive_declares_a_silent_peer_lost(autojump_clock: trio.abc.Cl
 async def test_garbage_from_the_peer_is_a_protocol_error_sent_back_in_goaway() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     reported: list[BaseException] = []
-    link = cs.Link(ours, initiator=True, on_error=reported.append)
+    link = cs.Link(ours, LinkOptions(on_error=reported.append), initiator=True)
     peer = Connection(initiator=False)
     await theirs.send_all(b"".join(peer.take_outgoing()))
     with trio.fail_after(5):
@@ -575,6 +634,29 @@ async def test_garbage_from_the_peer_is_a_protocol_error_sent_back_in_goaway() -
     assert terminated and terminated[0].code == ErrorCode.PROTOCOL_ERROR
 
 
+@pytest.mark.parametrize(("whole_messages", "size"), [(False, 256 * 1024), (True, None)])
+async def test_a_link_of_whole_messages_reads_with_no_size_limit(
+    whole_messages: bool, size: int | None
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    asked: list[int | None] = []
+    receive_some = ours.receive_some
+
+    async def recording(max_bytes: int | None = None) -> bytes | bytearray:
+        asked.append(max_bytes)
+        return await receive_some(max_bytes)
+
+    ours.receive_some = recording  # type: ignore[method-assign]
+    link = cs.Link(ours, initiator=True, whole_messages=whole_messages)
+    peer = Connection(initiator=False)
+    await theirs.send_all(b"".join(peer.take_outgoing()))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            nursery.cancel_scope.cancel()
+    assert asked and set(asked) == {size}
+
+
 async def test_first_frame_not_hello_fails_the_handshake() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     link = cs.Link(ours, initiator=True)
@@ -584,6 +666,24 @@ async def test_first_frame_not_hello_fails_the_handshake() -> None:
 
 
 # ------------------------------------------------------- Multiplexer.attach
+
+
+async def test_every_link_of_a_multiplexer_runs_with_one_options_object() -> None:
+    async with (
+        cs.Multiplexer(write_timeout=7.0, reset_burst=3) as hub,
+        cs.Multiplexer() as a,
+        cs.Multiplexer() as b,
+    ):
+        with trio.fail_after(5):
+            for peer in (a, b):
+                ours, theirs = trio.testing.memory_stream_pair()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(peer.attach, theirs, initiator=False))
+                    await hub.attach(ours)
+        first, second = hub.links
+        assert first.options is second.options
+        assert first.options.write_timeout == 7.0 and first.options.reset_burst == 3
+        assert first.options.settings is hub.settings
 
 
 async def test_multiplexer_attach_serves_named_services_over_memory_streams() -> None:
@@ -627,3 +727,25 @@ async def test_multiplexer_attach_carries_chanserv() -> None:
                     assert source.meta.remote_addr == "attached"
                     got[source.header] = [frame async for frame in source]
     assert got == {b"0": [b"req 0"], b"1": [b"req 1"], b"2": [b"req 2"]}
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_link_and_streams_touch_no_private_member_of_each_other() -> None:
+    """The link and its streams share state objects (``_link_state``); none of the
+    link modules reads or writes ``other._name`` of another object."""
+    package = Path(cs.__file__).parent
+    modules = ["_driver.py", "_link_options.py", "_link_state.py", "_link_stream.py"]
+    foreign: list[str] = []
+    for name in modules:
+        tree = ast.parse((package / name).read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+            ):
+                foreign.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert foreign == []

@@ -9,8 +9,10 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from helpers import wait_until
 
 import chanserv_trio as cs
+from chanserv_trio._link_options import LinkOptions
 from chanserv_trio._wire_codec import ErrorCode, FrameType, Status, encode_frame
 from chanserv_trio._wire_connection import Connection
 
@@ -132,6 +134,40 @@ async def test_shutdown_after_grace_cancels_with_a_clear_error(autojump_clock: o
                         async for _ in source:
                             pass
                 await cancelled.wait()
+
+
+async def test_leaving_the_block_while_a_redial_is_pending_ends_cleanly() -> None:
+    errors: list[BaseException] = []
+    holding = trio.Event()
+
+    async def hold(stream: cs.LinkStream) -> None:
+        # Keeps the client closing (not yet closed) for many redial periods.
+        holding.set()
+        await wait_until(lambda: client.closing)
+        await trio.sleep(0.1)
+
+    with trio.fail_after(10):
+        async with cs.Multiplexer() as peer:
+            async with cs.Multiplexer(
+                redial_backoff=(0.01, 1.0, 0.01), on_error=errors.append
+            ) as client:
+                client.handle("hold", hold)
+                left, right = trio.testing.memory_stream_pair()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(client.attach, right, initiator=False))
+                    await peer.attach(left)
+                async with cs.Multiplexer() as node:
+                    url = await node.listen("tcp://127.0.0.1:0")
+                    await client.join(url)
+                # The node is gone: the client redials it every 10 ms, and fails.
+                await wait_until(lambda: len(errors) >= 2)
+                await peer.open_stream("hold", b"", dial_timeout=5)
+                await holding.wait()
+                before = len(errors)
+            assert not client.links
+    # No redial ran while closing (at most one was already under way), nothing broke.
+    assert len(errors) - before <= 1
+    assert all(isinstance(error, cs.ConnectionLost) for error in errors)
 
 
 async def handshake_raw(stream: trio.abc.Stream) -> Connection:
@@ -347,3 +383,46 @@ async def test_bytes_queued_for_a_stalled_transport_stay_bounded(autojump_clock:
                     assert queued <= (1 << 20) + 65536 + 1024
                 assert server.statistics().window_stalls > 0
                 assert first.header == b"0"
+
+
+class _NotReading(trio.abc.Stream):
+    """A peer that sends but never reads: every write we make waits forever."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.sleep_forever()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(("outgoing_limit", "reads_on"), [(None, True), (4096, False)])
+async def test_a_link_stops_reading_while_it_owes_the_peer_more_than_its_outgoing_limit(
+    autojump_clock: object, outgoing_limit: int | None, reads_on: bool
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    link = cs.Link(_NotReading(ours), LinkOptions(outgoing_limit=outgoing_limit), initiator=False)
+    peer = Connection(initiator=True)
+    for index in range(1000):  # each PING queues an 18-byte answer we cannot write
+        peer.ping(index.to_bytes(8, "big"))
+    first = b"".join(peer.take_outgoing())
+    pings = b"".join(encode_frame(FrameType.PING, 0, 0, bytes(8)) for _ in range(10))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await theirs.send_all(first)
+            await nursery.start(link.run)
+            await wait_until(lambda: link.statistics().bytes_in == len(first))
+            assert link.statistics().bytes_queued > 4096
+            await theirs.send_all(pings)
+            await trio.sleep(5)
+            read_more = link.statistics().bytes_in == len(first) + len(pings)
+            nursery.cancel_scope.cancel()
+    assert read_more is reads_on

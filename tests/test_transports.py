@@ -25,7 +25,7 @@ import chanserv_trio as cs
 from chanserv_trio import _cli as cli
 from chanserv_trio._cli import run_demo
 from chanserv_trio._multiplexer import message_limit
-from chanserv_trio._transport import parse_url
+from chanserv_trio._transport import parse_url, reads_whole_messages
 from chanserv_trio._transport_websocket import WebSocketStream
 from chanserv_trio._wire_codec import ErrorCode, FrameType, encode_frame, encode_hello
 
@@ -663,6 +663,20 @@ async def test_websocket_link_carries_frames_as_whole_messages(
             # The big frame went out in a few large messages, not in small pieces.
             assert max(sent) >= 256 * 1024
             assert client_mpx.links[0].statistics().bytes_in >= BIG
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_only_websocket_links_read_whole_messages(
+    transport: str, certs: Certs, tmp_path: Path
+) -> None:
+    websocket = transport in ("ws", "wss")
+    with trio.fail_after(10):
+        async with linked(transport, certs, tmp_path) as (server_mpx, client_mpx, _):
+            links = server_mpx.links + client_mpx.links
+            assert len(links) == 2
+            for link in links:
+                assert reads_whole_messages(link.transport) is websocket
+                assert link.whole_messages is websocket
 
 
 async def test_websocket_pings_answered_while_the_application_is_slow(
