@@ -27,10 +27,11 @@ from ._errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
+    RemoteProtocolError,
     ServerShuttingDown,
-    error_from_status,
 )
-from ._wire_codec import ErrorCode, Status, WireProtocolError
+from ._link_status import error_from_status
+from ._wire_codec import ErrorCode, Status
 from ._wire_connection import Connection, Settings
 from ._wire_events import (
     ConnectionTerminated,
@@ -831,10 +832,12 @@ class Link:
                     events = conn.receive_data(data)
                     for event in events:
                         self._dispatch(event)
-                except WireProtocolError as exc:
+                except RemoteProtocolError as exc:
                     if not conn.closed:
                         conn.go_away(exc.code, exc.message)
-                    error = ProtocolError(f"peer broke the protocol: {exc}", exc.code)
+                    error = RemoteProtocolError(
+                        f"peer broke the protocol: {exc.message}", exc.code
+                    )
                     self._report(error)
                     await self._flush_and_fail(error)
                     return
@@ -945,10 +948,10 @@ class Link:
         )
         self._reset_tokens -= 1
         if self._reset_tokens < 0:
-            raise WireProtocolError(
-                ErrorCode.ENHANCE_YOUR_CALM,
+            raise RemoteProtocolError(
                 f"peer reset more than {self.reset_burst} of its streams "
                 f"(sustained limit {self.reset_rate:g}/s)",
+                ErrorCode.ENHANCE_YOUR_CALM,
             )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:

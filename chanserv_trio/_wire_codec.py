@@ -8,7 +8,7 @@ Every frame is a 10-byte header followed by ``length`` payload bytes::
 
 ``docs/protocol.md`` describes each frame type's payload; this module is the
 reference. :class:`FrameDecoder` can be fed bytes split at any point and yields
-whole frames; anything malformed raises :class:`WireProtocolError` with the code
+whole frames; anything malformed raises :class:`RemoteProtocolError` with the code
 that goes on the wire in the GOAWAY frame.
 """
 
@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from typing import Final
 
 import attrs
+
+from ._errors import RemoteProtocolError
 
 __all__ = [
     "HEADER",
@@ -33,7 +35,6 @@ __all__ = [
     "FrameType",
     "Setting",
     "Status",
-    "WireProtocolError",
     "decode_goaway",
     "decode_hello",
     "decode_open",
@@ -136,15 +137,6 @@ class Setting(enum.IntEnum):
     COMPRESSION = 7
 
 
-class WireProtocolError(Exception):
-    """The peer broke the wire protocol; ``code`` is what goes into GOAWAY."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
 @attrs.frozen
 class Frame:
     """One decoded frame."""
@@ -186,12 +178,12 @@ def encode_hello(settings: dict[Setting, int], version: int = PROTOCOL_VERSION) 
 def decode_hello(payload: bytes) -> tuple[int, dict[int, int]]:
     """Return ``(version, settings)`` from a HELLO payload; unknown ids are kept as ints."""
     if len(payload) < _HELLO.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO frame too short")
+        raise RemoteProtocolError("HELLO frame too short", ErrorCode.PROTOCOL_ERROR)
     magic, version, count = _HELLO.unpack_from(payload)
     if magic != MAGIC:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "peer does not speak chanserv_trio")
+        raise RemoteProtocolError("peer does not speak chanserv_trio", ErrorCode.PROTOCOL_ERROR)
     if len(payload) != _HELLO.size + count * _SETTING.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO settings have the wrong length")
+        raise RemoteProtocolError("HELLO settings have the wrong length", ErrorCode.PROTOCOL_ERROR)
     settings: dict[int, int] = {}
     for index in range(count):
         key, value = _SETTING.unpack_from(payload, _HELLO.size + index * _SETTING.size)
@@ -208,15 +200,17 @@ def encode_open(parent: int, service: str, header: bytes) -> bytes:
 def decode_open(payload: bytes) -> tuple[int, str, bytes]:
     """Return ``(parent, service, header)`` from an OPEN payload."""
     if len(payload) < _OPEN.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN frame too short")
+        raise RemoteProtocolError("OPEN frame too short", ErrorCode.PROTOCOL_ERROR)
     parent, name_len = _OPEN.unpack_from(payload)
     end = _OPEN.size + name_len
     if end > len(payload):
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name overruns frame")
+        raise RemoteProtocolError("OPEN service name overruns frame", ErrorCode.PROTOCOL_ERROR)
     try:
         service = payload[_OPEN.size : end].decode()
     except UnicodeDecodeError:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name not UTF-8") from None
+        raise RemoteProtocolError(
+            "OPEN service name not UTF-8", ErrorCode.PROTOCOL_ERROR
+        ) from None
     return parent, service, payload[end:]
 
 
@@ -231,11 +225,11 @@ def decode_status(payload: bytes) -> Status:
     if not payload:
         return Status(ErrorCode.OK)
     if len(payload) < _STATUS.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status too short")
+        raise RemoteProtocolError("status too short", ErrorCode.PROTOCOL_ERROR)
     code, kind_len = _STATUS.unpack_from(payload)
     end = _STATUS.size + kind_len
     if end > len(payload):
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status kind overruns frame")
+        raise RemoteProtocolError("status kind overruns frame", ErrorCode.PROTOCOL_ERROR)
     kind = payload[_STATUS.size : end].decode(errors="replace")
     message = payload[end:].decode(errors="replace")
     return Status(code, kind, message)
@@ -249,7 +243,7 @@ def encode_goaway(last_stream_id: int, code: int, message: str) -> bytes:
 def decode_goaway(payload: bytes) -> tuple[int, int, str]:
     """Return ``(last_stream_id, code, message)`` from a GOAWAY payload."""
     if len(payload) < _GOAWAY.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY frame too short")
+        raise RemoteProtocolError("GOAWAY frame too short", ErrorCode.PROTOCOL_ERROR)
     last, code = _GOAWAY.unpack_from(payload)
     return last, code, payload[_GOAWAY.size :].decode(errors="replace")
 
@@ -257,7 +251,7 @@ def decode_goaway(payload: bytes) -> tuple[int, int, str]:
 def decode_u32(payload: bytes, what: str) -> int:
     """A payload that must be exactly one u32 (WINDOW)."""
     if len(payload) != 4:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} payload must be 4 bytes")
+        raise RemoteProtocolError(f"{what} payload must be 4 bytes", ErrorCode.PROTOCOL_ERROR)
     value: int = _U32.unpack(payload)[0]
     return value
 
@@ -334,7 +328,7 @@ class FrameDecoder:
         """Yield ``(type, flags, stream_id, payload)`` for each complete frame buffered.
 
         Types are returned as plain ints (unknown types are the caller's to judge);
-        raises :class:`WireProtocolError` on an oversized length field.
+        raises :class:`RemoteProtocolError` on an oversized length field.
         """
         unpack = HEADER.unpack_from
         while True:
@@ -351,9 +345,9 @@ class FrameDecoder:
             # (once HELLO is handled, with more frames of the same read pending).
             limit = self.max_payload
             if length > limit:
-                raise WireProtocolError(
-                    ErrorCode.FRAME_SIZE_ERROR,
+                raise RemoteProtocolError(
                     f"frame of {length} bytes exceeds the limit of {limit}",
+                    ErrorCode.FRAME_SIZE_ERROR,
                 )
             end = offset + HEADER_SIZE + length
             if end > len(buffer):

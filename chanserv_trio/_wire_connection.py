@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._wire_codec import (
     HEADER,
     MAX_HELLO_SIZE,
@@ -36,7 +37,6 @@ from ._wire_codec import (
     FrameType,
     Setting,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_hello,
     decode_open,
@@ -62,7 +62,7 @@ from ._wire_events import (
     WindowOpened,
 )
 
-__all__ = ["Connection", "LocalProtocolError", "Settings"]
+__all__ = ["Connection", "Settings"]
 
 _MAX_WINDOW = 2**31 - 1
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
@@ -107,10 +107,6 @@ def _foreign_protocol(first: bytes) -> str | None:
     if first[:4] in _HTTP_METHODS:
         return "the peer sent an HTTP request, not chanserv_trio (it expects an HTTP server)"
     return None
-
-
-class LocalProtocolError(Exception):
-    """Our own side tried something the protocol does not allow (a bug or misuse)."""
 
 
 @attrs.frozen
@@ -175,8 +171,8 @@ class Settings:
         try:
             return cls(**kwargs)
         except ValueError as exc:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"bad HELLO setting: {exc}"
+            raise RemoteProtocolError(
+                f"bad HELLO setting: {exc}", ErrorCode.PROTOCOL_ERROR
             ) from None
 
 
@@ -572,7 +568,7 @@ class Connection:
 
         Returns the events, in order. On a protocol violation a GOAWAY with the
         error code is queued, the connection is marked closed and
-        :class:`WireProtocolError` is raised.
+        :class:`RemoteProtocolError` is raised.
         """
         if self.closed:
             return []
@@ -588,7 +584,7 @@ class Connection:
             if foreign is not None:
                 self.bytes_received += len(data)
                 self.go_away(ErrorCode.PROTOCOL_ERROR, foreign)
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, foreign)
+                raise RemoteProtocolError(foreign, ErrorCode.PROTOCOL_ERROR)
         self.bytes_received += len(data)
         self._decoder.feed(data)
         on_data = self._on_data
@@ -600,7 +596,7 @@ class Connection:
                 self._handle_frame(ftype, flags, stream_id, payload, events)
                 if self.closed:
                     break
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             self.go_away(exc.code, exc.message)
             raise
         if self._pending_conn_credit >= self.local_settings.connection_window >> 2:
@@ -618,7 +614,7 @@ class Connection:
             return
         if not self.handshake_done:
             if ftype != FrameType.HELLO:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
+                raise RemoteProtocolError("first frame must be HELLO", ErrorCode.PROTOCOL_ERROR)
             self._on_hello(payload, events)
             return
         if ftype == FrameType.OPEN:
@@ -631,7 +627,7 @@ class Connection:
             self._on_window(stream_id, payload, events)
         elif ftype == FrameType.PING:
             if stream_id or len(payload) != 8:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed PING")
+                raise RemoteProtocolError("malformed PING", ErrorCode.PROTOCOL_ERROR)
             if flags & Flags.ACK:
                 events.append(PingAcknowledged(payload))
             else:
@@ -640,26 +636,26 @@ class Connection:
             self._on_goaway(stream_id, payload, events)
         elif ftype == FrameType.SERVICE:
             if stream_id:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "SERVICE on a stream")
+                raise RemoteProtocolError("SERVICE on a stream", ErrorCode.PROTOCOL_ERROR)
             try:
                 name = payload.decode()
             except UnicodeDecodeError:
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, "SERVICE name not UTF-8"
+                raise RemoteProtocolError(
+                    "SERVICE name not UTF-8", ErrorCode.PROTOCOL_ERROR
                 ) from None
             events.append(
                 ServiceAdvertised(name, not flags & Flags.REMOVE, bool(flags & Flags.RELAYED))
             )
         elif ftype == FrameType.HELLO:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO sent twice")
+            raise RemoteProtocolError("HELLO sent twice", ErrorCode.PROTOCOL_ERROR)
         else:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type {ftype}")
+            raise RemoteProtocolError(f"unknown frame type {ftype}", ErrorCode.PROTOCOL_ERROR)
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:
         version, values = decode_hello(payload)
         if version < 1:
-            raise WireProtocolError(
-                ErrorCode.VERSION_MISMATCH, f"peer speaks version {version}, we need 1"
+            raise RemoteProtocolError(
+                f"peer speaks version {version}, we need 1", ErrorCode.VERSION_MISMATCH
             )
         self.version = min(version, PROTOCOL_VERSION)
         self.peer_settings = Settings.from_wire(values)
@@ -685,23 +681,23 @@ class Connection:
     def _lookup(self, stream_id: int, what: str) -> _Stream | None:
         """The stream, or None for one that existed and closed; errors for one never opened."""
         if stream_id == 0:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} on stream 0")
+            raise RemoteProtocolError(f"{what} on stream 0", ErrorCode.PROTOCOL_ERROR)
         stream = self._streams.get(stream_id)
         if stream is None and not self._was_used(stream_id):
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"{what} on stream {stream_id}, which was never opened"
+            raise RemoteProtocolError(
+                f"{what} on stream {stream_id}, which was never opened", ErrorCode.PROTOCOL_ERROR
             )
         return stream
 
     def _on_open(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id == 0 or not self._is_peer_id(stream_id):
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN with bad id {stream_id}")
+            raise RemoteProtocolError(f"OPEN with bad id {stream_id}", ErrorCode.PROTOCOL_ERROR)
         if stream_id <= self._highest_peer_id:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN reuses id {stream_id}")
+            raise RemoteProtocolError(f"OPEN reuses id {stream_id}", ErrorCode.PROTOCOL_ERROR)
         self._highest_peer_id = stream_id
         parent, service, header = decode_open(payload)
         if len(header) > self.local_settings.max_open_payload:
-            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "OPEN header exceeds the limit")
+            raise RemoteProtocolError("OPEN header exceeds the limit", ErrorCode.FRAME_SIZE_ERROR)
         if self.local_goaway:
             self._queue(
                 FrameType.RESET,
@@ -720,8 +716,8 @@ class Connection:
             return
         if parent and parent not in self._streams:
             if not self._was_used(parent):
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, f"OPEN with unknown parent {parent}"
+                raise RemoteProtocolError(
+                    f"OPEN with unknown parent {parent}", ErrorCode.PROTOCOL_ERROR
                 )
             # The parent closed while this OPEN was in flight: refuse the child quietly.
             self._queue(
@@ -748,20 +744,20 @@ class Connection:
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not self.handshake_done:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
+            raise RemoteProtocolError("first frame must be HELLO", ErrorCode.PROTOCOL_ERROR)
         local = self.local_settings
         if flags & _COMPRESSED:
             if not self.compressing:
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, "compressed DATA on a link that did not agree to it"
+                raise RemoteProtocolError(
+                    "compressed DATA on a link that did not agree to it", ErrorCode.PROTOCOL_ERROR
                 )
             payload = decompress(payload, local.max_frame_payload)
         size = len(payload)
         if size > local.max_frame_payload:
-            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "DATA exceeds max_frame_payload")
+            raise RemoteProtocolError("DATA exceeds max_frame_payload", ErrorCode.FRAME_SIZE_ERROR)
         if size > self._recv_window:
-            raise WireProtocolError(
-                ErrorCode.FLOW_CONTROL_ERROR, "DATA exceeds the connection window"
+            raise RemoteProtocolError(
+                "DATA exceeds the connection window", ErrorCode.FLOW_CONTROL_ERROR
             )
         self._recv_window -= size
         self._pending_conn_credit += size
@@ -770,18 +766,18 @@ class Connection:
             return  # closed or reset on our side: drop it
         assert stream is not None
         if not stream.remote_open:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"DATA on stream {stream_id} after its end"
+            raise RemoteProtocolError(
+                f"DATA on stream {stream_id} after its end", ErrorCode.PROTOCOL_ERROR
             )
         if size > stream.recv_window:
-            raise WireProtocolError(
-                ErrorCode.FLOW_CONTROL_ERROR, f"DATA exceeds the window of stream {stream_id}"
+            raise RemoteProtocolError(
+                f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
             )
         total = stream.chunks_size + size
         if total > local.max_message_size:
-            raise WireProtocolError(
-                ErrorCode.FRAME_SIZE_ERROR,
+            raise RemoteProtocolError(
                 f"message exceeds max_message_size ({local.max_message_size})",
+                ErrorCode.FRAME_SIZE_ERROR,
             )
         stream.recv_window -= size
         if flags & _MORE:
@@ -813,10 +809,10 @@ class Connection:
         if stream is None:
             return
         if not stream.remote_open:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"END twice on stream {stream_id}")
+            raise RemoteProtocolError(f"END twice on stream {stream_id}", ErrorCode.PROTOCOL_ERROR)
         if stream.assembling:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"END inside a message on stream {stream_id}"
+            raise RemoteProtocolError(
+                f"END inside a message on stream {stream_id}", ErrorCode.PROTOCOL_ERROR
             )
         stream.remote_open = False
         events.append(StreamEnded(stream_id, status))
@@ -833,11 +829,13 @@ class Connection:
     def _on_window(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         increment = decode_u32(payload, "WINDOW")
         if increment == 0:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "WINDOW increment of 0")
+            raise RemoteProtocolError("WINDOW increment of 0", ErrorCode.PROTOCOL_ERROR)
         if stream_id == 0:
             self._send_window += increment
             if self._send_window > _MAX_WINDOW:
-                raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+                raise RemoteProtocolError(
+                    "connection window overflow", ErrorCode.FLOW_CONTROL_ERROR
+                )
             events.append(WindowOpened(0))
             return
         stream = self._lookup(stream_id, "WINDOW")
@@ -845,12 +843,12 @@ class Connection:
             return
         stream.send_window += increment
         if stream.send_window > _MAX_WINDOW:
-            raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow")
+            raise RemoteProtocolError("stream window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         events.append(WindowOpened(stream_id))
 
     def _on_goaway(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise RemoteProtocolError("GOAWAY on a stream", ErrorCode.PROTOCOL_ERROR)
         last, code, message = decode_goaway(payload)
         self.peer_goaway = (last, code)
         if code != ErrorCode.OK:

@@ -11,13 +11,13 @@ import trio
 
 import chanserv_trio as cs
 from chanserv_trio import _multiplexer, _wire_compression
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER,
     ErrorCode,
     Flags,
     FrameDecoder,
     FrameType,
-    WireProtocolError,
 )
 from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import MessageReceived
@@ -105,7 +105,7 @@ def test_compressed_data_on_a_link_that_did_not_agree_is_a_protocol_error() -> N
     b.receive_data(b"".join(a.take_outgoing()))
     packed = _wire_compression.compress(COMPRESSIBLE[:4096])
     assert packed is not None
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         b.receive_data(_data_frame(sid, packed, Flags.COMPRESSED))
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -122,7 +122,7 @@ def test_hostile_compressed_payloads_are_protocol_errors(payload: bytes, code: i
     a, b = pair(True, True)
     sid = a.open_stream("svc", b"")
     b.receive_data(b"".join(a.take_outgoing()))
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         b.receive_data(_data_frame(sid, payload, Flags.COMPRESSED))
     assert info.value.code == code
     assert b.closed

@@ -23,8 +23,9 @@ import pytest
 import trio
 import trio.testing
 
-from chanserv_trio import _errors
+from chanserv_trio import _errors, _link_status
 from chanserv_trio._chanserv_protocol import NO_DEADLINE, Request, decode_request, encode_request
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER_SIZE,
     MAGIC,
@@ -36,7 +37,6 @@ from chanserv_trio._wire_codec import (
     FrameType,
     Setting,
     Status,
-    WireProtocolError,
     encode_frame,
 )
 from chanserv_trio._wire_connection import Connection, Settings
@@ -112,7 +112,7 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
             assert list(named) == ["ProtocolError"], row
             continue
         expected = by_scope.get("stream") or next(iter(named))
-        error = _errors.error_from_status(Status(code, "Kind", "text"))
+        error = _link_status.error_from_status(Status(code, "Kind", "text"))
         assert type(error).__name__ == expected, row
         assert issubclass(getattr(_errors, expected), _errors.ChanservError)
 
@@ -426,7 +426,7 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
     stream = server.open_stream("", b"", no_reply=True)
     deliver(server, client)
     server.send_data(stream, b"z" * 500)
-    with pytest.raises(WireProtocolError) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         deliver(server, client)
     assert caught.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -478,7 +478,7 @@ async def test_frame_above_the_clients_limit_ends_the_source(
 
 
 def test_status_without_message_names_its_code() -> None:
-    error = _errors.error_from_status(Status(ErrorCode.CANCEL))
+    error = _link_status.error_from_status(Status(ErrorCode.CANCEL))
     assert "CANCEL" in str(error)
 
 

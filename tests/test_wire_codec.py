@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
@@ -18,7 +19,6 @@ from chanserv_trio._wire_codec import (
     FrameType,
     Setting,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_hello,
     decode_open,
@@ -131,7 +131,7 @@ def test_hello_keeps_unknown_setting_ids_as_ints() -> None:
     ],
 )
 def test_malformed_hello_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_hello(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -151,7 +151,7 @@ def test_open_round_trip(parent: int, service: str, header: bytes) -> None:
     ],
 )
 def test_malformed_open_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_open(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -179,7 +179,7 @@ def test_status_with_bad_utf8_is_replaced_not_rejected() -> None:
     [(b"\x00\x00\x00", "too short"), (b"\x00\x00\x00\x01\x00\x09ab", "overruns")],
 )
 def test_malformed_status_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_status(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -191,14 +191,14 @@ def test_goaway_round_trip(last: int, code: int, message: str) -> None:
 
 
 def test_short_goaway_is_a_protocol_error() -> None:
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         decode_goaway(b"\x00" * 7)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00\x00\x01", b"\x00\x00\x00\x01\x00"])
 def test_u32_payload_must_be_four_bytes(payload: bytes) -> None:
-    with pytest.raises(WireProtocolError, match="WINDOW payload must be 4 bytes"):
+    with pytest.raises(RemoteProtocolError, match="WINDOW payload must be 4 bytes"):
         decode_u32(payload, "WINDOW")
 
 
@@ -208,8 +208,8 @@ def test_error_code_coerce_keeps_unknown_codes_as_ints() -> None:
     assert not isinstance(ErrorCode.coerce(4242), ErrorCode)
 
 
-def test_wire_protocol_error_carries_code_and_message() -> None:
-    exc = WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "too much")
+def test_remote_protocol_error_carries_code_and_message() -> None:
+    exc = RemoteProtocolError("too much", ErrorCode.FLOW_CONTROL_ERROR)
     assert exc.code is ErrorCode.FLOW_CONTROL_ERROR
     assert exc.message == "too much"
     assert str(exc) == "FLOW_CONTROL_ERROR: too much"
@@ -285,7 +285,7 @@ def test_payload_of_exactly_max_payload_is_accepted() -> None:
 def test_oversized_length_field_fails_on_the_header_alone() -> None:
     decoder = FrameDecoder(max_payload=64)
     decoder.feed(HEADER.pack(65, FrameType.DATA, 0, 1))
-    with pytest.raises(WireProtocolError, match="65 bytes exceeds the limit of 64") as info:
+    with pytest.raises(RemoteProtocolError, match="65 bytes exceeds the limit of 64") as info:
         list(decoder.frames())
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
     # Nothing of the announced payload was waited for or buffered.
@@ -298,7 +298,7 @@ def test_huge_length_field_after_good_frames_yields_them_then_fails() -> None:
     decoder.feed(good + HEADER.pack(0xFFFF_FFFF, FrameType.DATA, 0, 1) + b"abc")
     frames = decoder.frames()
     assert next(frames) == (FrameType.PING, 0, 0, b"12345678")
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         next(frames)
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -348,5 +348,5 @@ def test_random_bytes_give_frames_or_frame_size_error_and_stay_bounded(
                 assert 0 <= stream_id <= 0xFFFF_FFFF
                 assert len(payload) <= limit
             assert decoder.buffered < HEADER_SIZE + limit
-    except WireProtocolError as exc:
+    except RemoteProtocolError as exc:
         assert exc.code == ErrorCode.FRAME_SIZE_ERROR

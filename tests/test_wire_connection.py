@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chanserv_trio._errors import LocalProtocolError, RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
@@ -21,7 +22,6 @@ from chanserv_trio._wire_codec import (
     FrameType,
     Setting,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_status,
     encode_frame,
@@ -30,7 +30,7 @@ from chanserv_trio._wire_codec import (
     encode_open,
     encode_status,
 )
-from chanserv_trio._wire_connection import Connection, LocalProtocolError, Settings
+from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import (
     ConnectionTerminated,
     Event,
@@ -134,8 +134,8 @@ def send_message(
 
 def expect_protocol_error(
     conn: Connection, data: bytes, code: ErrorCode, match: str | None = None
-) -> WireProtocolError:
-    with pytest.raises(WireProtocolError, match=match) as info:
+) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
         conn.receive_data(data)
     assert info.value.code == code
     assert conn.closed
@@ -572,7 +572,7 @@ def test_message_beyond_max_message_size_is_a_frame_size_error() -> None:
     pair.to_client()
     # Even the last chunk counts.
     pair.server.send_data(sid, b"x" * 1000)
-    with pytest.raises(WireProtocolError, match="max_message_size") as info:
+    with pytest.raises(RemoteProtocolError, match="max_message_size") as info:
         pair.to_client()
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -1022,11 +1022,11 @@ def _check_bounds(conn: Connection) -> None:
 
 def _feed_until_error(
     conn: Connection, chunks: list[bytes], on_events: Callable[[list[Event]], None]
-) -> WireProtocolError | None:
+) -> RemoteProtocolError | None:
     for chunk in chunks:
         try:
             on_events(conn.receive_data(chunk))
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             assert conn.closed
             goaway = sent_frames(conn)[-1]
             assert goaway.type == FrameType.GOAWAY
@@ -1224,7 +1224,7 @@ def test_chunked_messages_beyond_the_window_are_a_flow_control_error() -> None:
     pair.to_server()
     message = raw(FrameType.DATA, Flags.MORE, sid, b"c" * 1024) + raw(FrameType.DATA, 0, sid, b"!")
     received = 0
-    with pytest.raises(WireProtocolError, match="window of stream") as info:
+    with pytest.raises(RemoteProtocolError, match="window of stream") as info:
         for _ in range(50):
             events = pair.server.receive_data(message)
             received += sum(len(e.data) for e in events if isinstance(e, MessageReceived))
@@ -1329,7 +1329,7 @@ def test_random_bytes_before_hello_give_a_protocol_error_or_wait(chunks: list[by
     for chunk in chunks:
         try:
             events = conn.receive_data(chunk)
-        except WireProtocolError:
+        except RemoteProtocolError:
             assert conn.closed
             assert sent_frames(conn)[-1].type == FrameType.GOAWAY
             return
