@@ -24,15 +24,19 @@ import attrs
 from ._errors import RemoteProtocolError
 
 __all__ = [
+    "FLAGS",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
+    "DataFlags",
     "ErrorCode",
-    "Flags",
     "Frame",
     "FrameDecoder",
     "FrameType",
+    "OpenFlags",
+    "PingFlags",
+    "ServiceFlags",
     "Setting",
     "Status",
     "decode_goaway",
@@ -76,25 +80,52 @@ class FrameType(enum.IntEnum):
     SERVICE = 8
 
 
-class Flags(enum.IntFlag):
-    """Flag bits; their meaning depends on the frame type."""
+class OpenFlags(enum.IntFlag):
+    """Flag bits of OPEN, in terms of the stream's two halves."""
 
     NONE = 0
-    #: DATA: the message continues in the next DATA frame of this stream.
+    #: The opener sends no data on this stream: its half starts closed.
+    NO_SEND = 0x1
+    #: The accepting side must not send data: its half starts closed.
+    NO_REPLY = 0x2
+
+
+class DataFlags(enum.IntFlag):
+    """Flag bits of DATA."""
+
+    NONE = 0
+    #: The message continues in the next DATA frame of this stream.
     MORE = 0x1
-    #: DATA: the payload is LZ4-compressed: u32 BE original length, then an LZ4 block.
+    #: The payload is LZ4-compressed: u32 BE original length, then an LZ4 block.
     COMPRESSED = 0x2
-    #: OPEN: the opener sends no data on this stream (its half starts closed).
-    OPEN_NO_SEND = 0x1
-    #: OPEN: the accepting side must not send data (its half starts closed).
-    OPEN_NO_REPLY = 0x2
-    #: PING: this is the answer to a PING with the same payload.
+
+
+class PingFlags(enum.IntFlag):
+    """Flag bits of PING."""
+
+    NONE = 0
+    #: This is the answer to a PING with the same payload.
     ACK = 0x1
-    #: SERVICE: the named service is withdrawn rather than offered.
+
+
+class ServiceFlags(enum.IntFlag):
+    """Flag bits of SERVICE."""
+
+    NONE = 0
+    #: The named service is withdrawn rather than offered.
     REMOVE = 0x1
-    #: SERVICE: offered through the sender, a router that relays to a node serving it;
-    #: a router must not offer it further (routes are one hop, so they cannot loop).
+    #: Offered through the sender, a router that relays to a node serving it; a router
+    #: must not offer it further (routes are one hop, so they cannot loop).
     RELAYED = 0x2
+
+
+#: The flag class of each frame type that has flags (the others send 0 and ignore them).
+FLAGS: Final[dict[FrameType, type[enum.IntFlag]]] = {
+    FrameType.OPEN: OpenFlags,
+    FrameType.DATA: DataFlags,
+    FrameType.PING: PingFlags,
+    FrameType.SERVICE: ServiceFlags,
+}
 
 
 class ErrorCode(enum.IntEnum):

@@ -22,20 +22,19 @@ bytes are handed to a stream, so a stream nobody reads stalls only itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import attrs
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._wire_codec import (
     HEADER,
     MAX_HELLO_SIZE,
     PROTOCOL_VERSION,
+    DataFlags,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
-    Setting,
+    OpenFlags,
+    PingFlags,
+    ServiceFlags,
     Status,
     decode_goaway,
     decode_hello,
@@ -61,16 +60,14 @@ from ._wire_events import (
     StreamReset,
     WindowOpened,
 )
+from ._wire_settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
 
 __all__ = ["Connection", "Settings"]
 
-_MAX_WINDOW = 2**31 - 1
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
-_MORE = int(Flags.MORE)
-_COMPRESSED = int(Flags.COMPRESSED)
-#: Every peer accepts frames this large (the least ``max_frame_payload`` allowed).
-_MIN_FRAME_PAYLOAD = 1024
+_MORE = int(DataFlags.MORE)
+_COMPRESSED = int(DataFlags.COMPRESSED)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
@@ -107,73 +104,6 @@ def _foreign_protocol(first: bytes) -> str | None:
     if first[:4] in _HTTP_METHODS:
         return "the peer sent an HTTP request, not chanserv_trio (it expects an HTTP server)"
     return None
-
-
-@attrs.frozen
-class Settings:
-    """Limits one side announces in HELLO and enforces on what it receives."""
-
-    #: Bytes of complete, unconsumed messages the peer may send ahead on one stream.
-    initial_stream_window: int = 1 << 20
-    #: Bytes the peer may have in transit on the whole connection.
-    connection_window: int = 16 << 20
-    #: Largest DATA payload in one frame; longer messages are sent in chunks.
-    max_frame_payload: int = 1 << 20
-    #: Largest message (all chunks joined).
-    max_message_size: int = 100 << 20
-    #: Largest OPEN header (a source header or a request body).
-    max_open_payload: int = 1 << 20
-    #: Most streams the peer may have open towards us at once.
-    max_concurrent_streams: int = 16384
-    #: Ask for LZ4 compression of DATA payloads; used on a link when both ends ask and
-    #: both have the ``lz4`` package (``pip install 'chanserv-trio[lz4]'``).
-    compression: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        for name in (
-            "initial_stream_window",
-            "connection_window",
-            "max_frame_payload",
-            "max_message_size",
-            "max_open_payload",
-            "max_concurrent_streams",
-        ):
-            value = getattr(self, name)
-            if not 0 < value <= _MAX_WINDOW:
-                raise ValueError(f"{name} must be between 1 and {_MAX_WINDOW}, not {value}")
-        if self.max_frame_payload < 1024:
-            raise ValueError("max_frame_payload must be at least 1024")
-
-    def to_wire(self) -> dict[Setting, int]:
-        """The settings as HELLO carries them (COMPRESSION only when asked for and
-        the ``lz4`` package is installed here)."""
-        values = {
-            Setting.INITIAL_STREAM_WINDOW: self.initial_stream_window,
-            Setting.CONNECTION_WINDOW: self.connection_window,
-            Setting.MAX_FRAME_PAYLOAD: self.max_frame_payload,
-            Setting.MAX_MESSAGE_SIZE: self.max_message_size,
-            Setting.MAX_OPEN_PAYLOAD: self.max_open_payload,
-            Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
-        }
-        if self.compression and lz4_available():
-            values[Setting.COMPRESSION] = 1
-        return values
-
-    @classmethod
-    def from_wire(cls, values: dict[int, int]) -> Settings:
-        """Settings from a HELLO; missing ids take their defaults, unknown ids are ignored."""
-        known = {setting.value: setting.name.lower() for setting in Setting}
-        kwargs: dict[str, Any] = {
-            known[key]: value for key, value in values.items() if key in known
-        }
-        if "compression" in kwargs:
-            kwargs["compression"] = kwargs["compression"] == 1
-        try:
-            return cls(**kwargs)
-        except ValueError as exc:
-            raise RemoteProtocolError(
-                f"bad HELLO setting: {exc}", ErrorCode.PROTOCOL_ERROR
-            ) from None
 
 
 class _Stream:
@@ -328,7 +258,7 @@ class Connection:
     def _peer_frame_limit(self) -> int:
         """The largest payload the peer is sure to accept for a control frame."""
         if not self.handshake_done:
-            return _MIN_FRAME_PAYLOAD
+            return MIN_FRAME_PAYLOAD
         return self.peer_settings.max_frame_payload
 
     def _status_payload(self, status: Status) -> bytes:
@@ -389,7 +319,7 @@ class Connection:
         stream.remote_open = not no_reply
         self._streams[stream_id] = stream
         self._local_open_count += 1
-        flags = (Flags.OPEN_NO_SEND if no_send else 0) | (Flags.OPEN_NO_REPLY if no_reply else 0)
+        flags = (OpenFlags.NO_SEND if no_send else 0) | (OpenFlags.NO_REPLY if no_reply else 0)
         self._queue(FrameType.OPEN, flags, stream_id, encode_open(parent, service, header))
         self._maybe_forget(stream)
         return stream_id
@@ -499,8 +429,8 @@ class Connection:
         effect as the application consumes: credit is withheld until the peer is
         within the new window (what it was already granted may still arrive).
         """
-        if not 0 < window <= _MAX_WINDOW:
-            raise LocalProtocolError(f"a window must be between 1 and {_MAX_WINDOW}")
+        if not 0 < window <= MAX_WINDOW:
+            raise LocalProtocolError(f"a window must be between 1 and {MAX_WINDOW}")
         stream = self._streams.get(stream_id)
         if stream is None or not stream.remote_open:
             return
@@ -547,7 +477,9 @@ class Connection:
         """Tell the peer we offer (or no longer offer) a named service; ``relayed``:
         we offer it by relaying to another node."""
         if not self.closed:
-            flags = (0 if available else Flags.REMOVE) | (Flags.RELAYED if relayed else 0)
+            flags = (0 if available else ServiceFlags.REMOVE) | (
+                ServiceFlags.RELAYED if relayed else 0
+            )
             self._queue(FrameType.SERVICE, flags, 0, name.encode())
 
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
@@ -609,9 +541,6 @@ class Connection:
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
-        if ftype == FrameType.DATA:
-            self._on_data(flags, stream_id, payload, events)
-            return
         if not self.handshake_done:
             if ftype != FrameType.HELLO:
                 raise RemoteProtocolError("first frame must be HELLO", ErrorCode.PROTOCOL_ERROR)
@@ -628,10 +557,10 @@ class Connection:
         elif ftype == FrameType.PING:
             if stream_id or len(payload) != 8:
                 raise RemoteProtocolError("malformed PING", ErrorCode.PROTOCOL_ERROR)
-            if flags & Flags.ACK:
+            if flags & PingFlags.ACK:
                 events.append(PingAcknowledged(payload))
             else:
-                self._queue(FrameType.PING, Flags.ACK, 0, payload)
+                self._queue(FrameType.PING, PingFlags.ACK, 0, payload)
         elif ftype == FrameType.GOAWAY:
             self._on_goaway(stream_id, payload, events)
         elif ftype == FrameType.SERVICE:
@@ -644,7 +573,9 @@ class Connection:
                     "SERVICE name not UTF-8", ErrorCode.PROTOCOL_ERROR
                 ) from None
             events.append(
-                ServiceAdvertised(name, not flags & Flags.REMOVE, bool(flags & Flags.RELAYED))
+                ServiceAdvertised(
+                    name, not flags & ServiceFlags.REMOVE, bool(flags & ServiceFlags.RELAYED)
+                )
             )
         elif ftype == FrameType.HELLO:
             raise RemoteProtocolError("HELLO sent twice", ErrorCode.PROTOCOL_ERROR)
@@ -733,8 +664,8 @@ class Connection:
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
-        stream.remote_open = not flags & Flags.OPEN_NO_SEND
-        stream.local_open = not flags & Flags.OPEN_NO_REPLY
+        stream.remote_open = not flags & OpenFlags.NO_SEND
+        stream.local_open = not flags & OpenFlags.NO_REPLY
         self._streams[stream_id] = stream
         self._peer_open_count += 1
         events.append(
@@ -832,7 +763,7 @@ class Connection:
             raise RemoteProtocolError("WINDOW increment of 0", ErrorCode.PROTOCOL_ERROR)
         if stream_id == 0:
             self._send_window += increment
-            if self._send_window > _MAX_WINDOW:
+            if self._send_window > MAX_WINDOW:
                 raise RemoteProtocolError(
                     "connection window overflow", ErrorCode.FLOW_CONTROL_ERROR
                 )
@@ -842,7 +773,7 @@ class Connection:
         if stream is None:
             return
         stream.send_window += increment
-        if stream.send_window > _MAX_WINDOW:
+        if stream.send_window > MAX_WINDOW:
             raise RemoteProtocolError("stream window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         events.append(WindowOpened(stream_id))
 

@@ -27,12 +27,12 @@ from chanserv_trio import _errors, _link_status
 from chanserv_trio._chanserv_protocol import NO_DEADLINE, Request, decode_request, encode_request
 from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
+    FLAGS,
     HEADER_SIZE,
     MAGIC,
     MAX_HELLO_SIZE,
     PROTOCOL_VERSION,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
     Setting,
@@ -79,14 +79,17 @@ def test_frame_type_table_matches_code() -> None:
 
 
 def test_flag_table_matches_code() -> None:
-    documented: dict[str, int] = {}
+    documented: dict[tuple[str, str], int] = {}
     for row in doc_table("flags"):
         frame, flag = row["frame"], row["flag"]
         assert frame in FrameType.__members__
-        qualified = f"{frame}_{flag}"
-        name = qualified if qualified in Flags.__members__ else flag
-        documented[name] = parse_int(row["bit"])
-    in_code = {name: int(value) for name, value in Flags.__members__.items() if value}
+        documented[frame, flag] = parse_int(row["bit"])
+    in_code = {
+        (frame.name, name): int(value)
+        for frame, flags in FLAGS.items()
+        for name, value in flags.__members__.items()
+        if value
+    }
     assert documented == in_code
 
 

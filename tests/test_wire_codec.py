@@ -10,13 +10,16 @@ from hypothesis import strategies as st
 
 from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
+    FLAGS,
     HEADER,
     HEADER_SIZE,
     MAGIC,
     PROTOCOL_VERSION,
+    DataFlags,
     ErrorCode,
     FrameDecoder,
     FrameType,
+    PingFlags,
     Setting,
     Status,
     decode_goaway,
@@ -102,6 +105,15 @@ def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     assert decode_u32(by_type[FrameType.WINDOW], "WINDOW") == 1234
     assert by_type[FrameType.PING] == b"12345678"
     assert decode_goaway(by_type[FrameType.GOAWAY]) == (7, ErrorCode.SHUTDOWN, "bye")
+
+
+def test_each_frame_type_has_its_own_flags_and_no_aliases() -> None:
+    for frame, flags in FLAGS.items():
+        members = list(flags.__members__.values())
+        assert len({int(member) for member in members}) == len(members), frame
+    # The same bit means different things on different frames: distinct members.
+    assert PingFlags.ACK is not DataFlags.MORE  # type: ignore[comparison-overlap]
+    assert int(PingFlags.ACK) == int(DataFlags.MORE) == 0x1
 
 
 # ------------------------------------------------------------------ payload helpers

@@ -15,11 +15,13 @@ from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
     MAX_HELLO_SIZE,
+    DataFlags,
     ErrorCode,
-    Flags,
     Frame,
     FrameDecoder,
     FrameType,
+    PingFlags,
+    ServiceFlags,
     Setting,
     Status,
     decode_goaway,
@@ -393,8 +395,8 @@ def test_message_larger_than_max_frame_payload_is_chunked_and_reassembled() -> N
     pair.server.send_data(sid, message[1024:2048], more=True)
     frames = frames_in(b"".join(bytes(p) for p in pair.server._outgoing))
     assert [(f.type, f.flags, len(f.payload)) for f in frames] == [
-        (FrameType.DATA, Flags.MORE, 1024),
-        (FrameType.DATA, Flags.MORE, 1024),
+        (FrameType.DATA, DataFlags.MORE, 1024),
+        (FrameType.DATA, DataFlags.MORE, 1024),
     ]
     assert pair.to_client() == []
     assert pair.client.buffered_bytes() == 2048
@@ -520,7 +522,7 @@ def test_window_events_from_the_peer() -> None:
         (
             raw(FrameType.DATA, 0, 1, b"x" * 1024) * 3
             + raw(FrameType.DATA, 0, 1, b"x" * 1000)
-            + raw(FrameType.DATA, Flags.MORE, 1, b"x" * 100),
+            + raw(FrameType.DATA, DataFlags.MORE, 1, b"x" * 100),
             ErrorCode.FLOW_CONTROL_ERROR,
             "window of stream 1",
         ),
@@ -581,7 +583,7 @@ def test_message_beyond_max_message_size_in_a_more_chunk_is_refused() -> None:
     pair = ConnectionPair(client_settings=Settings(max_frame_payload=1024, max_message_size=1500))
     pair.server.open_stream("svc", b"")
     pair.to_client()
-    data = raw(FrameType.DATA, Flags.MORE, 2, b"x" * 1024) * 2
+    data = raw(FrameType.DATA, DataFlags.MORE, 2, b"x" * 1024) * 2
     expect_protocol_error(pair.client, data, ErrorCode.FRAME_SIZE_ERROR, "max_message_size")
 
 
@@ -619,8 +621,14 @@ def test_end_with_ok_and_with_an_error_status() -> None:
     [
         (raw(FrameType.END, 0, 1) * 2, "END twice"),
         (raw(FrameType.END, 0, 1) + raw(FrameType.DATA, 0, 1, b"x"), "after its end"),
-        (raw(FrameType.DATA, Flags.MORE, 1, b"x") + raw(FrameType.END, 0, 1), "inside a message"),
-        (raw(FrameType.DATA, Flags.MORE, 1, b"") + raw(FrameType.END, 0, 1), "inside a message"),
+        (
+            raw(FrameType.DATA, DataFlags.MORE, 1, b"x") + raw(FrameType.END, 0, 1),
+            "inside a message",
+        ),
+        (
+            raw(FrameType.DATA, DataFlags.MORE, 1, b"") + raw(FrameType.END, 0, 1),
+            "inside a message",
+        ),
         (raw(FrameType.END, 0, 1, b"\x00\x00"), "status too short"),
         (raw(FrameType.RESET, 0, 1, b"\x00\x00\x00\x08\x00\x07ab"), "overruns"),
     ],
@@ -934,7 +942,7 @@ def test_empty_chunks_do_not_accumulate() -> None:
     pair = ConnectionPair()
     sid = pair.client.open_stream("svc", b"")
     pair.to_server()
-    batch = raw(FrameType.DATA, Flags.MORE, sid, b"") * 2000
+    batch = raw(FrameType.DATA, DataFlags.MORE, sid, b"") * 2000
     tracemalloc.start()
     try:
         pair.server.receive_data(batch)
@@ -974,7 +982,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.binary(max_size=20),
     ),
     st.builds(
-        lambda sid, more, data: raw(FrameType.DATA, Flags.MORE if more else 0, sid, data),
+        lambda sid, more, data: raw(FrameType.DATA, DataFlags.MORE if more else 0, sid, data),
         stream_ids,
         st.booleans(),
         st.sampled_from([b"", b"m", b"x" * 700, b"y" * 1024]),
@@ -995,7 +1003,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.sampled_from([1, 1024, 2**31 - 1]),
     ),
     st.builds(
-        lambda ack: raw(FrameType.PING, Flags.ACK if ack else 0, 0, b"p" * 8), st.booleans()
+        lambda ack: raw(FrameType.PING, PingFlags.ACK if ack else 0, 0, b"p" * 8), st.booleans()
     ),
     st.builds(
         lambda last, code, msg: raw(FrameType.GOAWAY, 0, 0, encode_goaway(last, code, msg)),
@@ -1004,7 +1012,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.text(max_size=5),
     ),
     st.builds(
-        lambda name, remove: raw(FrameType.SERVICE, Flags.REMOVE if remove else 0, 0, name),
+        lambda name, remove: raw(FrameType.SERVICE, ServiceFlags.REMOVE if remove else 0, 0, name),
         st.text(max_size=5).map(str.encode),
         st.booleans(),
     ),
@@ -1222,7 +1230,9 @@ def test_chunked_messages_beyond_the_window_are_a_flow_control_error() -> None:
     pair = ConnectionPair()
     sid = pair.client.open_stream("svc", b"")
     pair.to_server()
-    message = raw(FrameType.DATA, Flags.MORE, sid, b"c" * 1024) + raw(FrameType.DATA, 0, sid, b"!")
+    message = raw(FrameType.DATA, DataFlags.MORE, sid, b"c" * 1024) + raw(
+        FrameType.DATA, 0, sid, b"!"
+    )
     received = 0
     with pytest.raises(RemoteProtocolError, match="window of stream") as info:
         for _ in range(50):
