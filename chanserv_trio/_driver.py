@@ -839,6 +839,10 @@ class Link:
                         f"peer broke the protocol: {exc.message}", exc.code
                     )
                     self._report(error)
+                    # The connection is closed: its streams fail now, not once the
+                    # GOAWAY is flushed (nothing can be sent on them any more).
+                    for stream in list(self._streams.values()):
+                        stream._broken(error)
                     await self._flush_and_fail(error)
                     return
                 if conn.outgoing_size:

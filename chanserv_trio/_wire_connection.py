@@ -6,6 +6,12 @@ methods to act, then write out what :meth:`Connection.take_outgoing` returns. Th
 class never blocks and never does I/O, so every rule of the protocol can be tested by
 pushing bytes through two instances.
 
+When things may happen is decided by the state table in :mod:`._wire_state`: every
+action and every received frame passes it first (a forbidden action raises
+:class:`~chanserv_trio.LocalProtocolError`, a forbidden frame
+:class:`~chanserv_trio.RemoteProtocolError`); once the connection is closed no action
+queues a byte.
+
 Flow control. Each stream has a receive window (``initial_stream_window``): every DATA
 byte is charged to it, and the application returns credit with
 :meth:`Connection.acknowledge` as it consumes whole messages (each
@@ -61,11 +67,48 @@ from ._wire_events import (
     WindowOpened,
 )
 from ._wire_settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
+from ._wire_state import (
+    CONNECTION_NEXT,
+    FORBIDDEN,
+    IGNORED,
+    LOCAL_OPEN,
+    REMOTE_OPEN,
+    STREAM_NEXT,
+    ConnectionInput,
+    ConnectionState,
+    StreamInput,
+    StreamState,
+    reject_connection_input,
+    reject_stream_input,
+)
 
 __all__ = ["Connection", "Settings"]
 
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
+_HANDSHAKE = int(ConnectionState.HANDSHAKE)
+_CLOSED = int(ConnectionState.CLOSED)
+_GOING_AWAY = (int(ConnectionState.LOCAL_GOAWAY), int(ConnectionState.BOTH_GOAWAY))
+_CI = ConnectionInput
+_SI = StreamInput
+_SEND_DATA = int(_CI.SEND_DATA)
+_SEND_WINDOW = int(_CI.SEND_WINDOW)
+_RECV_DATA = int(_CI.RECV_DATA)
+_STREAM_CLOSED = int(StreamState.CLOSED)
+_STREAM_SEND_DATA = int(_SI.SEND_DATA)
+_STREAM_SEND_WINDOW = int(_SI.SEND_WINDOW)
+_STREAM_RECV_DATA = int(_SI.RECV_DATA)
+#: The input each known frame type is to the connection's table (GOAWAY: see _on_goaway).
+_RECEIVED = {
+    int(FrameType.HELLO): _CI.RECV_HELLO,
+    int(FrameType.OPEN): _CI.RECV_OPEN,
+    int(FrameType.DATA): _CI.RECV_DATA,
+    int(FrameType.END): _CI.RECV_END,
+    int(FrameType.RESET): _CI.RECV_RESET,
+    int(FrameType.WINDOW): _CI.RECV_WINDOW,
+    int(FrameType.PING): _CI.RECV_PING,
+    int(FrameType.SERVICE): _CI.RECV_SERVICE,
+}
 _MORE = int(DataFlags.MORE)
 _COMPRESSED = int(DataFlags.COMPRESSED)
 #: The longest exception type name an END or RESET carries.
@@ -116,24 +159,25 @@ class _Stream:
         "chunks_size",
         "debt",
         "held",
-        "local_open",
+        "may_credit",
+        "may_receive",
+        "may_send",
         "parent",
         "pending_credit",
         "prepaid",
         "recv_window",
-        "remote_open",
         "send_window",
+        "state",
         "stream_id",
         "window",
     )
 
-    def __init__(self, stream_id: int, parent: int, send_window: int, recv_window: int) -> None:
+    def __init__(
+        self, stream_id: int, parent: int, state: int, send_window: int, recv_window: int
+    ) -> None:
         self.stream_id = stream_id
         self.parent = parent
-        #: We may still send DATA/END.
-        self.local_open = True
-        #: The peer may still send DATA/END.
-        self.remote_open = True
+        self.enter(state)
         self.send_window = send_window
         self.recv_window = recv_window
         #: Credit owed to the peer but not yet sent in a WINDOW frame.
@@ -154,6 +198,28 @@ class _Stream:
         #: Credit still to be withheld because the window was made smaller.
         self.debt = 0
 
+    def enter(self, state: int) -> None:
+        """Move to ``state`` (a :class:`StreamState` value), reading ahead in the table
+        what the hot paths ask about each frame."""
+        #: A :class:`StreamState` value (a plain int for the hot paths).
+        self.state = state
+        row = STREAM_NEXT[state]
+        #: The table allows SEND_DATA / RECV_DATA now (both leave the state as it is).
+        self.may_send = row[_STREAM_SEND_DATA] >= 0
+        self.may_receive = row[_STREAM_RECV_DATA] >= 0
+        #: The table allows SEND_WINDOW now (after the peer's END it is ignored).
+        self.may_credit = row[_STREAM_SEND_WINDOW] >= 0
+
+    @property
+    def local_open(self) -> bool:
+        """We may still send DATA and END."""
+        return bool(self.state & LOCAL_OPEN)
+
+    @property
+    def remote_open(self) -> bool:
+        """The peer may still send DATA and END."""
+        return bool(self.state & REMOTE_OPEN)
+
 
 class Connection:
     """Both ends of the protocol are the same class; ``initiator`` picks stream id parity.
@@ -167,8 +233,8 @@ class Connection:
         self.local_settings = settings or Settings()
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
-        self.handshake_done = False
-        self.closed = False
+        self._enter(_HANDSHAKE)
+        #: The protocol version spoken, once the peer's HELLO arrived (0 before).
         self.version = 0
         self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
@@ -184,7 +250,7 @@ class Connection:
         self._outgoing_size = 0
         #: The peer sent GOAWAY: ``(last_stream_id, code)``.
         self.peer_goaway: tuple[int, int] | None = None
-        #: We sent GOAWAY.
+        #: We sent GOAWAY (graceful or not).
         self.local_goaway = False
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -193,6 +259,26 @@ class Connection:
         self._queue_hello()
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in the state table."""
+        return ConnectionState(self._state)
+
+    @property
+    def handshake_done(self) -> bool:
+        """The peer's HELLO arrived and was accepted (it stays True once closed)."""
+        return self.version != 0
+
+    @property
+    def closed(self) -> bool:
+        """Nothing more is sent or processed: an error GOAWAY, or the byte stream ended."""
+        return self._state == _CLOSED
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The stream's state; ``CLOSED`` for one that is gone (or never was)."""
+        stream = self._streams.get(stream_id)
+        return StreamState.CLOSED if stream is None else StreamState(stream.state)
 
     @property
     def open_stream_count(self) -> int:
@@ -205,11 +291,10 @@ class Connection:
         return self._outgoing_size
 
     def can_open_stream(self) -> bool:
-        """Whether the peer's concurrency limit allows us another stream now."""
+        """Whether a stream may be opened now: the state allows it (handshake done, no
+        GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
         return (
-            self.handshake_done
-            and not self.closed
-            and self.peer_goaway is None
+            CONNECTION_NEXT[self._state][_CI.SEND_OPEN] >= 0
             and self._local_open_count < self.peer_settings.max_concurrent_streams
         )
 
@@ -218,16 +303,18 @@ class Connection:
         return stream_id in self._streams
 
     def can_send(self, stream_id: int) -> bool:
-        """Whether our half of the stream is open."""
+        """Whether DATA and END may be sent on the stream: our half is open and the
+        connection is not closed."""
+        if not self._may_send:
+            return False
         stream = self._streams.get(stream_id)
-        return stream is not None and stream.local_open
+        return stream is not None and stream.may_send
 
     def send_window(self, stream_id: int) -> int:
         """Bytes of DATA we may send on the stream right now."""
-        stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
+        if not self.can_send(stream_id):
             return 0
-        return min(stream.send_window, self._send_window)
+        return min(self._streams[stream_id].send_window, self._send_window)
 
     def connection_send_window(self) -> int:
         """The connection-wide send credit left."""
@@ -271,13 +358,39 @@ class Connection:
     def _queue_hello(self) -> None:
         self._queue(FrameType.HELLO, 0, 0, encode_hello(self.local_settings.to_wire()))
 
-    # ----------------------------------------------------------------- actions
+    # ------------------------------------------------------------- state table
 
-    def _check_usable(self) -> None:
-        if self.closed:
-            raise LocalProtocolError("connection is closed")
-        if not self.handshake_done:
-            raise LocalProtocolError("handshake not complete")
+    def _enter(self, state: int) -> None:
+        """Move to ``state`` (IGNORED: stay), reading ahead in the table what the hot
+        paths ask about each message."""
+        if state < 0:
+            return
+        #: A :class:`ConnectionState` value (a plain int for the hot paths).
+        self._state = state
+        row = CONNECTION_NEXT[state]
+        #: The table allows SEND_DATA / RECV_DATA / SEND_WINDOW now (leaving the state).
+        self._may_send = row[_SEND_DATA] >= 0
+        self._may_receive = row[_RECV_DATA] >= 0
+        self._may_credit = row[_SEND_WINDOW] >= 0
+
+    def _check(self, event: ConnectionInput, frame_type: int | None = None) -> int:
+        """The state after ``event`` (or IGNORED); raises if the table forbids it now.
+        The caller moves the connection to the returned state once the input is done."""
+        next_state = CONNECTION_NEXT[self._state][event]
+        if next_state == FORBIDDEN:
+            reject_connection_input(self._state, event, frame_type)
+        return next_state
+
+    @staticmethod
+    def _check_stream(stream: _Stream | None, event: StreamInput, stream_id: int) -> int:
+        """The same for a stream (``None``: one that is gone, in state CLOSED)."""
+        state = 0 if stream is None else stream.state
+        next_state = STREAM_NEXT[state][event]
+        if next_state == FORBIDDEN:
+            reject_stream_input(state, event, stream_id)
+        return next_state
+
+    # ----------------------------------------------------------------- actions
 
     def open_stream(
         self,
@@ -295,9 +408,9 @@ class Connection:
         concurrency limit is reached (check :meth:`can_open_stream` first) or the
         header is larger than the peer accepts.
         """
-        self._check_usable()
-        if not self.can_open_stream():
-            raise LocalProtocolError("no stream may be opened now (limit or GOAWAY)")
+        self._check(_CI.SEND_OPEN)
+        if self._local_open_count >= self.peer_settings.max_concurrent_streams:
+            raise LocalProtocolError("no stream may be opened now: the peer's limit is reached")
         if len(header) > self.peer_settings.max_open_payload:
             raise LocalProtocolError(
                 f"header of {len(header)} bytes exceeds the peer's limit of "
@@ -312,11 +425,10 @@ class Connection:
         stream = _Stream(
             stream_id,
             parent,
+            (0 if no_send else LOCAL_OPEN) | (0 if no_reply else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
-        stream.local_open = not no_send
-        stream.remote_open = not no_reply
         self._streams[stream_id] = stream
         self._local_open_count += 1
         flags = (OpenFlags.NO_SEND if no_send else 0) | (OpenFlags.NO_REPLY if no_reply else 0)
@@ -329,9 +441,10 @@ class Connection:
 
         ``len(data)`` must fit :meth:`send_window` and the peer's ``max_frame_payload``.
         """
+        self._check(_CI.SEND_DATA)
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
-            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        self._check_stream(stream, _SI.SEND_DATA, stream_id)
+        assert stream is not None
         size = len(data)
         if size > stream.send_window or size > self._send_window:
             raise LocalProtocolError("DATA exceeds the flow-control window")
@@ -349,8 +462,11 @@ class Connection:
 
         The fast path for small messages; :meth:`send_data` does the general case.
         """
+        # The table, read ahead: SEND_DATA leaves both states as they are.
+        if not self._may_send:
+            return False
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
+        if stream is None or not stream.may_send:
             return False
         size = len(data)
         if (
@@ -389,25 +505,32 @@ class Connection:
 
     def end_stream(self, stream_id: int, status: Status = _OK) -> None:
         """Close our half of the stream with a status (OK or an error)."""
+        self._check(_CI.SEND_END)
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
-            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
-        stream.local_open = False
+        next_state = self._check_stream(stream, _SI.SEND_END, stream_id)
+        assert stream is not None
         payload = b"" if status == _OK else self._status_payload(status)
         self._queue(FrameType.END, 0, stream_id, payload)
+        stream.enter(next_state)
         self._maybe_forget(stream)
 
     def reset_stream(self, stream_id: int, status: Status) -> bool:
-        """Abort the stream both ways. Returns False (and sends nothing) if already gone."""
-        stream = self._streams.get(stream_id)
-        if stream is None:
+        """Abort the stream both ways. Returns False (and sends nothing) if already gone,
+        or if the connection is closed or not yet through its handshake."""
+        if self._check(_CI.SEND_RESET) == IGNORED:
             return False
+        stream = self._streams.get(stream_id)
+        if self._check_stream(stream, _SI.SEND_RESET, stream_id) == IGNORED:
+            return False
+        assert stream is not None
         self._queue(FrameType.RESET, 0, stream_id, self._status_payload(status))
         self._forget(stream)
         return True
 
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The application consumed ``credit`` bytes of the stream's messages."""
+        if not self._may_credit:
+            return  # nothing to credit yet, or nobody to credit any more
         stream = self._streams.get(stream_id)
         if stream is None or credit <= 0:
             return
@@ -431,9 +554,12 @@ class Connection:
         """
         if not 0 < window <= MAX_WINDOW:
             raise LocalProtocolError(f"a window must be between 1 and {MAX_WINDOW}")
-        stream = self._streams.get(stream_id)
-        if stream is None or not stream.remote_open:
+        if self._check(_CI.SEND_WINDOW) == IGNORED:
             return
+        stream = self._streams.get(stream_id)
+        if self._check_stream(stream, _SI.SEND_WINDOW, stream_id) == IGNORED:
+            return  # gone, or the peer sends no more: its window no longer matters
+        assert stream is not None
         change = window - stream.window
         stream.window = window
         if change < 0:
@@ -456,7 +582,7 @@ class Connection:
             if not credit:
                 return
         stream.pending_credit += credit
-        if not stream.remote_open:
+        if not stream.may_credit:
             # The peer sends no more: restore the window without telling it.
             stream.recv_window += stream.pending_credit
             stream.pending_credit = 0
@@ -470,13 +596,13 @@ class Connection:
         """Queue a PING; its echo comes back as :class:`PingAcknowledged`."""
         if len(payload) != 8:
             raise LocalProtocolError("PING payload must be 8 bytes")
-        if not self.closed:
+        if self._check(_CI.SEND_PING) != IGNORED:
             self._queue(FrameType.PING, 0, 0, payload)
 
     def advertise(self, name: str, available: bool = True, *, relayed: bool = False) -> None:
         """Tell the peer we offer (or no longer offer) a named service; ``relayed``:
         we offer it by relaying to another node."""
-        if not self.closed:
+        if self._check(_CI.SEND_SERVICE) != IGNORED:
             flags = (0 if available else ServiceFlags.REMOVE) | (
                 ServiceFlags.RELAYED if relayed else 0
             )
@@ -484,14 +610,15 @@ class Connection:
 
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
         """Refuse new streams from the peer; with an error code, close the connection."""
-        if self.closed:
+        graceful = code == ErrorCode.OK
+        next_state = self._check(_CI.SEND_GOAWAY if graceful else _CI.SEND_GOAWAY_ERROR)
+        if next_state == IGNORED:
             return
         self.local_goaway = True
         # 8 bytes of last stream id and code precede the message.
         message = _clip(message, self._peer_frame_limit() - 8)
         self._queue(FrameType.GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
-        if code != ErrorCode.OK:
-            self.closed = True
+        self._enter(next_state)
 
     # ---------------------------------------------------------------- incoming
 
@@ -502,11 +629,11 @@ class Connection:
         error code is queued, the connection is marked closed and
         :class:`RemoteProtocolError` is raised.
         """
-        if self.closed:
-            return []
+        if self._state == _CLOSED:
+            return []  # the table ignores every frame once closed
         events: list[Event] = []
         if not data:
-            self.closed = True
+            self._enter(self._check(_CI.RECV_EOF))
             events.append(
                 ConnectionTerminated(ErrorCode.CONNECTION_LOST, "peer closed the connection")
             )
@@ -526,12 +653,15 @@ class Connection:
                     on_data(flags, stream_id, payload, events)
                     continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
-                if self.closed:
+                if self._state == _CLOSED:
                     break
         except RemoteProtocolError as exc:
             self.go_away(exc.code, exc.message)
             raise
-        if self._pending_conn_credit >= self.local_settings.connection_window >> 2:
+        if (
+            self._pending_conn_credit >= self.local_settings.connection_window >> 2
+            and self._may_credit
+        ):
             increment = self._pending_conn_credit
             self._pending_conn_credit = 0
             self._recv_window += increment
@@ -541,12 +671,14 @@ class Connection:
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
-        if not self.handshake_done:
-            if ftype != FrameType.HELLO:
-                raise RemoteProtocolError("first frame must be HELLO", ErrorCode.PROTOCOL_ERROR)
-            self._on_hello(payload, events)
+        if ftype == FrameType.GOAWAY:
+            self._on_goaway(stream_id, payload, events)
             return
-        if ftype == FrameType.OPEN:
+        event = _RECEIVED.get(ftype, _CI.RECV_UNKNOWN)
+        next_state = self._check(event, ftype)
+        if ftype == FrameType.HELLO:
+            self._on_hello(payload, events)
+        elif ftype == FrameType.OPEN:
             self._on_open(flags, stream_id, payload, events)
         elif ftype == FrameType.END:
             self._on_end(stream_id, payload, events)
@@ -561,8 +693,6 @@ class Connection:
                 events.append(PingAcknowledged(payload))
             else:
                 self._queue(FrameType.PING, PingFlags.ACK, 0, payload)
-        elif ftype == FrameType.GOAWAY:
-            self._on_goaway(stream_id, payload, events)
         elif ftype == FrameType.SERVICE:
             if stream_id:
                 raise RemoteProtocolError("SERVICE on a stream", ErrorCode.PROTOCOL_ERROR)
@@ -577,10 +707,7 @@ class Connection:
                     name, not flags & ServiceFlags.REMOVE, bool(flags & ServiceFlags.RELAYED)
                 )
             )
-        elif ftype == FrameType.HELLO:
-            raise RemoteProtocolError("HELLO sent twice", ErrorCode.PROTOCOL_ERROR)
-        else:
-            raise RemoteProtocolError(f"unknown frame type {ftype}", ErrorCode.PROTOCOL_ERROR)
+        self._enter(next_state)
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:
         version, values = decode_hello(payload)
@@ -595,7 +722,6 @@ class Connection:
         self.compressing = (
             self.local_settings.compression and self.peer_settings.compression and lz4_available()
         )
-        self.handshake_done = True
         local = self.local_settings
         # OPEN frames carry a u16-prefixed name and a parent id besides the header.
         self._decoder.max_payload = max(local.max_frame_payload, local.max_open_payload + 65541)
@@ -629,7 +755,7 @@ class Connection:
         parent, service, header = decode_open(payload)
         if len(header) > self.local_settings.max_open_payload:
             raise RemoteProtocolError("OPEN header exceeds the limit", ErrorCode.FRAME_SIZE_ERROR)
-        if self.local_goaway:
+        if self._state in _GOING_AWAY:
             self._queue(
                 FrameType.RESET,
                 0,
@@ -661,11 +787,11 @@ class Connection:
         stream = _Stream(
             stream_id,
             parent,
+            (0 if flags & OpenFlags.NO_REPLY else LOCAL_OPEN)
+            | (0 if flags & OpenFlags.NO_SEND else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
-        stream.remote_open = not flags & OpenFlags.NO_SEND
-        stream.local_open = not flags & OpenFlags.NO_REPLY
         self._streams[stream_id] = stream
         self._peer_open_count += 1
         events.append(
@@ -674,8 +800,9 @@ class Connection:
         self._maybe_forget(stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
-        if not self.handshake_done:
-            raise RemoteProtocolError("first frame must be HELLO", ErrorCode.PROTOCOL_ERROR)
+        # The table, read ahead: RECV_DATA leaves both states as they are.
+        if not self._may_receive:
+            reject_connection_input(self._state, _RECV_DATA)
         local = self.local_settings
         if flags & _COMPRESSED:
             if not self.compressing:
@@ -696,10 +823,8 @@ class Connection:
         if stream is None and self._lookup(stream_id, "DATA") is None:
             return  # closed or reset on our side: drop it
         assert stream is not None
-        if not stream.remote_open:
-            raise RemoteProtocolError(
-                f"DATA on stream {stream_id} after its end", ErrorCode.PROTOCOL_ERROR
-            )
+        if not stream.may_receive:
+            reject_stream_input(stream.state, _STREAM_RECV_DATA, stream_id)
         if size > stream.recv_window:
             raise RemoteProtocolError(
                 f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
@@ -737,23 +862,23 @@ class Connection:
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "END")
+        next_state = self._check_stream(stream, _SI.RECV_END, stream_id)
         if stream is None:
             return
-        if not stream.remote_open:
-            raise RemoteProtocolError(f"END twice on stream {stream_id}", ErrorCode.PROTOCOL_ERROR)
         if stream.assembling:
             raise RemoteProtocolError(
                 f"END inside a message on stream {stream_id}", ErrorCode.PROTOCOL_ERROR
             )
-        stream.remote_open = False
+        stream.enter(next_state)
         events.append(StreamEnded(stream_id, status))
         self._maybe_forget(stream)
 
     def _on_reset(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "RESET")
-        if stream is None:
+        if self._check_stream(stream, _SI.RECV_RESET, stream_id) == IGNORED:
             return
+        assert stream is not None
         self._forget(stream)
         events.append(StreamReset(stream_id, status))
 
@@ -770,20 +895,24 @@ class Connection:
             events.append(WindowOpened(0))
             return
         stream = self._lookup(stream_id, "WINDOW")
-        if stream is None:
+        if self._check_stream(stream, _SI.RECV_WINDOW, stream_id) == IGNORED:
             return
+        assert stream is not None
         stream.send_window += increment
         if stream.send_window > MAX_WINDOW:
             raise RemoteProtocolError("stream window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         events.append(WindowOpened(stream_id))
 
     def _on_goaway(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        # Both kinds are allowed in the same states; the code picks the next one.
+        graceful = len(payload) < 8 or payload[4:8] == bytes(4)
+        next_state = self._check(_CI.RECV_GOAWAY if graceful else _CI.RECV_GOAWAY_ERROR)
         if stream_id:
             raise RemoteProtocolError("GOAWAY on a stream", ErrorCode.PROTOCOL_ERROR)
         last, code, message = decode_goaway(payload)
         self.peer_goaway = (last, code)
+        self._enter(next_state)
         if code != ErrorCode.OK:
-            self.closed = True
             events.append(ConnectionTerminated(code, message or _code_name(code)))
             return
         events.append(GoAwayReceived(last, code, message))
@@ -798,10 +927,11 @@ class Connection:
     # ------------------------------------------------------------------ upkeep
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        if not stream.local_open and not stream.remote_open:
+        if stream.state == _STREAM_CLOSED:
             self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
+        stream.enter(_STREAM_CLOSED)
         if self._streams.pop(stream.stream_id, None) is None:
             return
         if self._is_peer_id(stream.stream_id):
