@@ -23,6 +23,8 @@ thus bounded by the window plus one message (``max_message_size``), whatever the
 does and however slowly the application reads.
 The connection window bounds bytes in transit: its credit is returned as soon as the
 bytes are handed to a stream, so a stream nobody reads stalls only itself.
+The counting lives in :class:`~._wire_windows.Windows`, one per stream and one for the
+connection.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from ._wire_state import (
     reject_connection_input,
     reject_stream_input,
 )
+from ._wire_windows import Windows
 
 __all__ = ["Connection", "Settings"]
 
@@ -154,22 +157,14 @@ class _Stream:
 
     __slots__ = (
         "assembling",
-        "assembly_credited",
         "chunks",
-        "chunks_size",
-        "debt",
-        "held",
         "may_credit",
         "may_receive",
         "may_send",
         "parent",
-        "pending_credit",
-        "prepaid",
-        "recv_window",
-        "send_window",
         "state",
         "stream_id",
-        "window",
+        "windows",
     )
 
     def __init__(
@@ -178,25 +173,12 @@ class _Stream:
         self.stream_id = stream_id
         self.parent = parent
         self.enter(state)
-        self.send_window = send_window
-        self.recv_window = recv_window
-        #: Credit owed to the peer but not yet sent in a WINDOW frame.
-        self.pending_credit = 0
-        #: The non-empty chunks of the message in assembly, and their total size.
+        #: Its flow-control windows, both ways.
+        self.windows = Windows(send_window, recv_window)
+        #: The non-empty chunks of the message in assembly.
         self.chunks: list[bytes] = []
-        self.chunks_size = 0
         #: A DATA frame with MORE arrived and the message has not completed yet.
         self.assembling = False
-        #: Bytes of ``chunks`` already credited back to the peer.
-        self.assembly_credited = 0
-        #: Bytes of whole messages handed to the application and not yet acknowledged.
-        self.held = 0
-        #: Bytes of ``held`` already credited back while they were chunks.
-        self.prepaid = 0
-        #: This stream's receive window (the link's initial one unless changed).
-        self.window = recv_window
-        #: Credit still to be withheld because the window was made smaller.
-        self.debt = 0
 
     def enter(self, state: int) -> None:
         """Move to ``state`` (a :class:`StreamState` value), reading ahead in the table
@@ -230,7 +212,10 @@ class Connection:
 
     def __init__(self, *, initiator: bool, settings: Settings | None = None) -> None:
         self.initiator = initiator
-        self.local_settings = settings or Settings()
+        self._local_settings = settings or Settings()
+        # Plain ints for the hot paths: the limits we enforce, the peer's frame limit.
+        self._max_frame_payload = self._local_settings.max_frame_payload
+        self._max_message_size = self._local_settings.max_message_size
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
         self._enter(_HANDSHAKE)
@@ -243,9 +228,10 @@ class Connection:
         self._highest_peer_id = 0
         self._local_open_count = 0
         self._peer_open_count = 0
-        self._send_window = self.peer_settings.connection_window
-        self._recv_window = self.local_settings.connection_window
-        self._pending_conn_credit = 0
+        #: The connection's flow-control windows (send: the peer's connection window).
+        self._windows = Windows(
+            self.peer_settings.connection_window, self.local_settings.connection_window
+        )
         self._outgoing: list[bytes | memoryview] = []
         self._outgoing_size = 0
         #: The peer sent GOAWAY: ``(last_stream_id, code)``.
@@ -259,6 +245,11 @@ class Connection:
         self._queue_hello()
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def local_settings(self) -> Settings:
+        """The settings we announced and enforce (fixed for the connection's life)."""
+        return self._local_settings
 
     @property
     def state(self) -> ConnectionState:
@@ -314,15 +305,15 @@ class Connection:
         """Bytes of DATA we may send on the stream right now."""
         if not self.can_send(stream_id):
             return 0
-        return min(self._streams[stream_id].send_window, self._send_window)
+        return min(self._streams[stream_id].windows.send, self._windows.send)
 
     def connection_send_window(self) -> int:
         """The connection-wide send credit left."""
-        return self._send_window
+        return self._windows.send
 
     def buffered_bytes(self) -> int:
         """Bytes received into streams but not yet acknowledged by the application."""
-        return sum(stream.held + stream.chunks_size for stream in self._streams.values())
+        return sum(stream.windows.buffered for stream in self._streams.values())
 
     # ---------------------------------------------------------------- outgoing
 
@@ -446,12 +437,12 @@ class Connection:
         self._check_stream(stream, _SI.SEND_DATA, stream_id)
         assert stream is not None
         size = len(data)
-        if size > stream.send_window or size > self._send_window:
+        if size > stream.windows.send or size > self._windows.send:
             raise LocalProtocolError("DATA exceeds the flow-control window")
         if size > self.peer_settings.max_frame_payload:
             raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
-        stream.send_window -= size
-        self._send_window -= size
+        stream.windows.spend(size)
+        self._windows.spend(size)
         self._queue_data(stream_id, data, _MORE if more else 0)
         if not more:
             self.messages_sent += 1
@@ -469,14 +460,17 @@ class Connection:
         if stream is None or not stream.may_send:
             return False
         size = len(data)
+        windows = stream.windows
+        connection = self._windows
         if (
-            size > stream.send_window
-            or size > self._send_window
+            size > windows.send
+            or size > connection.send
             or size > self.peer_settings.max_frame_payload
         ):
             return False
-        stream.send_window -= size
-        self._send_window -= size
+        # Windows.spend, inline on this hot path.
+        windows.send -= size
+        connection.send -= size
         self.messages_sent += 1
         if self.compressing and size >= MIN_COMPRESS_SIZE:
             self._queue_data(stream_id, data, 0)
@@ -534,16 +528,13 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None or credit <= 0:
             return
-        credit = min(credit, stream.held)
-        stream.held -= credit
-        prepaid = min(credit, stream.prepaid)
-        stream.prepaid -= prepaid
-        credit -= prepaid
-        if not stream.held and stream.chunks_size > stream.assembly_credited:
-            # Nothing left to consume: the message in assembly may now use the window.
-            credit += stream.chunks_size - stream.assembly_credited
-            stream.assembly_credited = stream.chunks_size
-        self._return_credit(stream, credit)
+        if not stream.may_credit:
+            # The peer sends no more: nothing to tell it.
+            stream.windows.settle(stream.windows.consumed(credit))
+            return
+        increment = stream.windows.consume(credit)
+        if increment:
+            self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
 
     def set_receive_window(self, stream_id: int, window: int) -> None:
         """Change how many bytes the peer may send ahead on one stream.
@@ -560,36 +551,17 @@ class Connection:
         if self._check_stream(stream, _SI.SEND_WINDOW, stream_id) == IGNORED:
             return  # gone, or the peer sends no more: its window no longer matters
         assert stream is not None
-        change = window - stream.window
-        stream.window = window
-        if change < 0:
-            stream.debt -= change
-            return
-        repaid = min(change, stream.debt)
-        stream.debt -= repaid
-        change -= repaid
+        change = stream.windows.resize(window)
         if change:
-            stream.recv_window += change
             self._queue(FrameType.WINDOW, 0, stream_id, change.to_bytes(4, "big"))
 
     def _return_credit(self, stream: _Stream, credit: int) -> None:
-        if credit <= 0:
-            return
-        if stream.debt:
-            withheld = min(credit, stream.debt)
-            stream.debt -= withheld
-            credit -= withheld
-            if not credit:
-                return
-        stream.pending_credit += credit
         if not stream.may_credit:
             # The peer sends no more: restore the window without telling it.
-            stream.recv_window += stream.pending_credit
-            stream.pending_credit = 0
-        elif stream.pending_credit >= stream.window >> 2:
-            increment = stream.pending_credit
-            stream.pending_credit = 0
-            stream.recv_window += increment
+            stream.windows.settle(credit)
+            return
+        increment = stream.windows.owe(credit)
+        if increment:
             self._queue(FrameType.WINDOW, 0, stream.stream_id, increment.to_bytes(4, "big"))
 
     def ping(self, payload: bytes) -> None:
@@ -658,14 +630,10 @@ class Connection:
         except RemoteProtocolError as exc:
             self.go_away(exc.code, exc.message)
             raise
-        if (
-            self._pending_conn_credit >= self.local_settings.connection_window >> 2
-            and self._may_credit
-        ):
-            increment = self._pending_conn_credit
-            self._pending_conn_credit = 0
-            self._recv_window += increment
-            self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
+        if self._may_credit:
+            increment = self._windows.due()
+            if increment:
+                self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
         return events
 
     def _handle_frame(
@@ -717,7 +685,7 @@ class Connection:
             )
         self.version = min(version, PROTOCOL_VERSION)
         self.peer_settings = Settings.from_wire(values)
-        self._send_window = self.peer_settings.connection_window
+        self._windows.send = self.peer_settings.connection_window
         #: Both ends asked for compression (and both have lz4): DATA may be compressed.
         self.compressing = (
             self.local_settings.compression and self.peer_settings.compression and lz4_available()
@@ -803,59 +771,53 @@ class Connection:
         # The table, read ahead: RECV_DATA leaves both states as they are.
         if not self._may_receive:
             reject_connection_input(self._state, _RECV_DATA)
-        local = self.local_settings
         if flags & _COMPRESSED:
             if not self.compressing:
                 raise RemoteProtocolError(
                     "compressed DATA on a link that did not agree to it", ErrorCode.PROTOCOL_ERROR
                 )
-            payload = decompress(payload, local.max_frame_payload)
+            payload = decompress(payload, self._max_frame_payload)
         size = len(payload)
-        if size > local.max_frame_payload:
+        if size > self._max_frame_payload:
             raise RemoteProtocolError("DATA exceeds max_frame_payload", ErrorCode.FRAME_SIZE_ERROR)
-        if size > self._recv_window:
+        connection = self._windows
+        if size > connection.receive:
             raise RemoteProtocolError(
                 "DATA exceeds the connection window", ErrorCode.FLOW_CONTROL_ERROR
             )
-        self._recv_window -= size
-        self._pending_conn_credit += size
+        connection.hand_off(size)
         stream = self._streams.get(stream_id)
         if stream is None and self._lookup(stream_id, "DATA") is None:
             return  # closed or reset on our side: drop it
         assert stream is not None
         if not stream.may_receive:
             reject_stream_input(stream.state, _STREAM_RECV_DATA, stream_id)
-        if size > stream.recv_window:
+        windows = stream.windows
+        if size > windows.receive:
             raise RemoteProtocolError(
                 f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
             )
-        total = stream.chunks_size + size
-        if total > local.max_message_size:
+        if windows.assembly + size > self._max_message_size:
             raise RemoteProtocolError(
-                f"message exceeds max_message_size ({local.max_message_size})",
+                f"message exceeds max_message_size ({self._max_message_size})",
                 ErrorCode.FRAME_SIZE_ERROR,
             )
-        stream.recv_window -= size
         if flags & _MORE:
             stream.assembling = True
             if size:
                 stream.chunks.append(payload)
-                stream.chunks_size = total
-            if not stream.held:
-                # Credit the chunk back at once, or a message larger than the window
-                # could never complete.
-                stream.assembly_credited += size
-                self._return_credit(stream, size)
+            # Credited back at once while nothing is held, or a message larger than
+            # the window could never complete.
+            credit = windows.chunk(size)
+            if credit:
+                self._return_credit(stream, credit)
             return
         if stream.chunks:
             stream.chunks.append(payload)
             payload = b"".join(stream.chunks)
             stream.chunks = []
-        stream.chunks_size = 0
         stream.assembling = False
-        stream.held += total
-        stream.prepaid += stream.assembly_credited
-        stream.assembly_credited = 0
+        total = windows.message(size)
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
 
@@ -887,8 +849,7 @@ class Connection:
         if increment == 0:
             raise RemoteProtocolError("WINDOW increment of 0", ErrorCode.PROTOCOL_ERROR)
         if stream_id == 0:
-            self._send_window += increment
-            if self._send_window > MAX_WINDOW:
+            if not self._windows.granted(increment):
                 raise RemoteProtocolError(
                     "connection window overflow", ErrorCode.FLOW_CONTROL_ERROR
                 )
@@ -898,8 +859,7 @@ class Connection:
         if self._check_stream(stream, _SI.RECV_WINDOW, stream_id) == IGNORED:
             return
         assert stream is not None
-        stream.send_window += increment
-        if stream.send_window > MAX_WINDOW:
+        if not stream.windows.granted(increment):
             raise RemoteProtocolError("stream window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         events.append(WindowOpened(stream_id))
 
