@@ -473,7 +473,7 @@ class Link:
         self,
         transport: trio.abc.Stream,
         *,
-        initiator: bool,
+        initiator: bool | None = None,
         settings: Settings | None = None,
         remote_addr: str = "",
         local_addr: str = "",

@@ -207,7 +207,7 @@ class Multiplexer:
         return list(self._listening)
 
     def _new_link(
-        self, transport: trio.abc.Stream, *, initiator: bool, local: str, remote: str
+        self, transport: trio.abc.Stream, *, initiator: bool | None, local: str, remote: str
     ) -> Link:
         return Link(
             transport,
@@ -362,9 +362,13 @@ class Multiplexer:
         """URLs this node keeps joined (redialing them when they drop)."""
         return list(self._joined)
 
-    async def attach(self, transport: trio.abc.Stream, *, initiator: bool = True) -> Link:
-        """Run a link over a stream you already have (one end must pass
-        ``initiator=False``); returns once the handshake is done."""
+    async def attach(self, transport: trio.abc.Stream, *, initiator: bool | None = None) -> Link:
+        """Run a link over a stream you already have; returns once the handshake is done.
+
+        The two ends settle which of them opens odd stream ids in the handshake, so both
+        may call ``attach(stream)`` as it is. ``initiator=True`` takes the role of the
+        side that dials (``join``), ``False`` that of the side that accepts (``listen``);
+        two ends that force the same role fail the handshake with ``ProtocolError``."""
         nursery = self._require_nursery()
         link = self._new_link(transport, initiator=initiator, local="attached", remote="attached")
         started: Link = await nursery.start(self._run_link, link)

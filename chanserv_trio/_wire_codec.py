@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 import attrs
@@ -28,12 +28,16 @@ __all__ = [
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_HELLO_SIZE",
+    "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
     "DataFlags",
     "ErrorCode",
     "Frame",
     "FrameDecoder",
     "FrameType",
+    "Hello",
+    "HelloField",
     "OpenFlags",
     "PingFlags",
     "ServiceFlags",
@@ -53,7 +57,9 @@ __all__ = [
 HEADER: Final = struct.Struct(">IBBI")
 HEADER_SIZE: Final = HEADER.size  # 10
 MAGIC: Final = b"CSTR"
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+#: The oldest version this one talks to: a HELLO below it is VERSION_MISMATCH.
+MIN_PROTOCOL_VERSION: Final = 2
 #: A HELLO frame larger than this is refused before the peer's limits are known.
 MAX_HELLO_SIZE: Final = 4096
 
@@ -62,8 +68,10 @@ _U32 = struct.Struct(">I")
 _OPEN = struct.Struct(">IH")  # parent stream id, service name length
 _STATUS = struct.Struct(">IH")  # code, kind length
 _GOAWAY = struct.Struct(">II")  # last stream id, code
-_HELLO = struct.Struct(">4sHH")  # magic, version, number of settings
+_MAGIC_VERSION = struct.Struct(">4sH")  # magic, version
+_HELLO = struct.Struct(">4sHQH")  # magic, version, role nonce, number of settings
 _SETTING = struct.Struct(">HQ")  # setting id, value
+_FIELD = struct.Struct(">HH")  # field id, field length
 
 
 class FrameType(enum.IntEnum):
@@ -155,6 +163,16 @@ class ErrorCode(enum.IntEnum):
             return value
 
 
+class HelloField(enum.IntEnum):
+    """Ids of the byte fields HELLO carries after the settings. Unknown ids are ignored
+    by receivers; each id appears at most once."""
+
+    #: Bytes the dialing side presents to be let in (the hardening issue; unused yet).
+    CREDENTIAL = 1
+    #: A token to resume an earlier connection (reserved; unused yet).
+    RESUME_TOKEN = 2
+
+
 class Setting(enum.IntEnum):
     """Setting ids carried in HELLO. Unknown ids are ignored by receivers."""
 
@@ -199,27 +217,80 @@ def encode_frame(type: FrameType, flags: int, stream_id: int, payload: bytes = b
     return HEADER.pack(len(payload), type, flags, stream_id) + payload
 
 
-def encode_hello(settings: dict[Setting, int], version: int = PROTOCOL_VERSION) -> bytes:
-    """The payload of a HELLO frame."""
-    parts = [_HELLO.pack(MAGIC, version, len(settings))]
+@attrs.frozen
+class Hello:
+    """A decoded HELLO payload."""
+
+    #: The protocol version the sender speaks.
+    version: int
+    #: The sender's role nonce: the side with the larger one opens the odd stream ids.
+    nonce: int
+    #: Setting id -> value; unknown ids are kept as ints.
+    settings: dict[int, int]
+    #: Field id -> bytes; unknown ids are kept as ints.
+    fields: dict[int, bytes] = attrs.field(factory=dict)
+
+
+def encode_hello(
+    settings: Mapping[Setting, int] | Mapping[int, int],
+    version: int = PROTOCOL_VERSION,
+    *,
+    nonce: int = 0,
+    fields: Mapping[HelloField, bytes] | Mapping[int, bytes] | None = None,
+) -> bytes:
+    """The payload of a HELLO frame (``nonce`` 0 is the accepting side's)."""
+    parts = [_HELLO.pack(MAGIC, version, nonce, len(settings))]
     parts.extend(_SETTING.pack(key, value) for key, value in settings.items())
+    fields = fields or {}
+    parts.append(_U16.pack(len(fields)))
+    for key, value in fields.items():
+        parts.append(_FIELD.pack(key, len(value)))
+        parts.append(value)
     return b"".join(parts)
 
 
-def decode_hello(payload: bytes) -> tuple[int, dict[int, int]]:
-    """Return ``(version, settings)`` from a HELLO payload; unknown ids are kept as ints."""
-    if len(payload) < _HELLO.size:
+def decode_hello(payload: bytes) -> Hello:
+    """Parse a HELLO payload. The version is checked right after the magic, before the
+    rest is read: a peer of another layout gets VERSION_MISMATCH, not a parse error."""
+    if len(payload) < _MAGIC_VERSION.size:
         raise RemoteProtocolError("HELLO frame too short", ErrorCode.PROTOCOL_ERROR)
-    magic, version, count = _HELLO.unpack_from(payload)
+    magic, version = _MAGIC_VERSION.unpack_from(payload)
     if magic != MAGIC:
         raise RemoteProtocolError("peer does not speak chanserv_trio", ErrorCode.PROTOCOL_ERROR)
-    if len(payload) != _HELLO.size + count * _SETTING.size:
+    if version < MIN_PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"peer speaks version {version}, we need {MIN_PROTOCOL_VERSION} or later",
+            ErrorCode.VERSION_MISMATCH,
+        )
+    if len(payload) < _HELLO.size + _U16.size:
+        raise RemoteProtocolError("HELLO frame too short", ErrorCode.PROTOCOL_ERROR)
+    _, _, nonce, count = _HELLO.unpack_from(payload)
+    offset = _HELLO.size + count * _SETTING.size
+    if len(payload) < offset + _U16.size:
         raise RemoteProtocolError("HELLO settings have the wrong length", ErrorCode.PROTOCOL_ERROR)
     settings: dict[int, int] = {}
     for index in range(count):
         key, value = _SETTING.unpack_from(payload, _HELLO.size + index * _SETTING.size)
         settings[key] = value
-    return version, settings
+    (field_count,) = _U16.unpack_from(payload, offset)
+    offset += _U16.size
+    fields: dict[int, bytes] = {}
+    for _ in range(field_count):
+        if len(payload) < offset + _FIELD.size:
+            raise RemoteProtocolError(
+                "HELLO fields have the wrong length", ErrorCode.PROTOCOL_ERROR
+            )
+        key, length = _FIELD.unpack_from(payload, offset)
+        offset += _FIELD.size
+        if key in fields:
+            raise RemoteProtocolError(f"HELLO field {key} appears twice", ErrorCode.PROTOCOL_ERROR)
+        fields[key] = payload[offset : offset + length]
+        offset += length
+    if offset != len(payload):
+        raise RemoteProtocolError(
+            "HELLO settings or fields have the wrong length", ErrorCode.PROTOCOL_ERROR
+        )
+    return Hello(version, nonce, settings, fields)
 
 
 def encode_open(parent: int, service: str, header: bytes) -> bytes:

@@ -29,7 +29,9 @@ connection.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+from typing import Final
 
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._wire_codec import (
@@ -40,6 +42,7 @@ from ._wire_codec import (
     ErrorCode,
     FrameDecoder,
     FrameType,
+    HelloField,
     OpenFlags,
     PingFlags,
     ServiceFlags,
@@ -85,7 +88,7 @@ from ._wire_state import (
 )
 from ._wire_windows import Windows
 
-__all__ = ["Connection", "Settings"]
+__all__ = ["ACCEPTING_NONCE", "DIALING_NONCE", "Connection", "Settings", "role_nonce"]
 
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
@@ -114,6 +117,8 @@ _RECEIVED = {
 }
 _MORE = int(DataFlags.MORE)
 _COMPRESSED = int(DataFlags.COMPRESSED)
+#: HELLO field ids this version knows; the others are ignored.
+_KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
@@ -203,17 +208,39 @@ class _Stream:
         return bool(self.state & REMOTE_OPEN)
 
 
-class Connection:
-    """Both ends of the protocol are the same class; ``initiator`` picks stream id parity.
+#: The role nonces of the side that dialed and of the side that accepted; a side that
+#: did neither draws one in between, so that either fixed role wins over it.
+DIALING_NONCE: Final = 2**64 - 1
+ACCEPTING_NONCE: Final = 0
 
-    The side that dialed (``initiator=True``) opens odd stream ids, the side that
-    accepted opens even ones, so both may open streams without coordination.
+
+def role_nonce(initiator: bool | None) -> int:
+    """The nonce a side sends in HELLO: the larger one takes the odd stream ids."""
+    if initiator is None:
+        return secrets.randbelow(DIALING_NONCE - 1) + 1  # 1 .. 2**64 - 2
+    return DIALING_NONCE if initiator else ACCEPTING_NONCE
+
+
+class Connection:
+    """Both ends of the protocol are the same class; the handshake picks the roles.
+
+    Each HELLO carries a role nonce; the side with the larger one opens odd stream ids,
+    the other even ones, so both may open streams without coordination. A side that
+    dialed passes ``initiator=True`` (nonce 2**64-1), one that accepted ``False``
+    (nonce 0); ``None`` draws a random nonce, so two ends that each just have a stream
+    need not agree on who is who. Equal nonces fail the handshake.
     """
 
-    def __init__(self, *, initiator: bool, settings: Settings | None = None) -> None:
-        self.initiator = initiator
+    def __init__(self, *, initiator: bool | None = None, settings: Settings | None = None) -> None:
+        #: The nonce our HELLO carries.
+        self.nonce = role_nonce(initiator)
+        #: True once the handshake gave us the odd stream ids (the dialing side's role),
+        #: False for the even ones; None until the peer's HELLO arrives.
+        self.initiator: bool | None = None
+        #: The peer's HELLO fields of the ids this version knows (``HelloField``).
+        self.peer_fields: dict[HelloField, bytes] = {}
         self._local_settings = settings or Settings()
-        # Plain ints for the hot paths: the limits we enforce, the peer's frame limit.
+        # Plain ints for the hot paths: the limits we enforce.
         self._max_frame_payload = self._local_settings.max_frame_payload
         self._max_message_size = self._local_settings.max_message_size
         #: The peer's settings; defaults until its HELLO arrives.
@@ -224,7 +251,7 @@ class Connection:
         self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
-        self._next_local_id = 1 if initiator else 2
+        self._next_local_id = 0  # 1 or 2 once the roles are known
         self._highest_peer_id = 0
         self._local_open_count = 0
         self._peer_open_count = 0
@@ -347,7 +374,8 @@ class Connection:
         return encode_status(Status(status.code, kind, _clip(status.message, room)))
 
     def _queue_hello(self) -> None:
-        self._queue(FrameType.HELLO, 0, 0, encode_hello(self.local_settings.to_wire()))
+        hello = encode_hello(self.local_settings.to_wire(), nonce=self.nonce)
+        self._queue(FrameType.HELLO, 0, 0, hello)
 
     # ------------------------------------------------------------- state table
 
@@ -678,13 +706,22 @@ class Connection:
         self._enter(next_state)
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:
-        version, values = decode_hello(payload)
-        if version < 1:
+        hello = decode_hello(payload)
+        peer_settings = Settings.from_wire(hello.settings)
+        if hello.nonce == self.nonce:
             raise RemoteProtocolError(
-                f"peer speaks version {version}, we need 1", ErrorCode.VERSION_MISMATCH
+                f"both ends chose the same role (nonce {self.nonce}): one must dial or "
+                f"pass initiator=True, the other accept or pass initiator=False, or both "
+                f"leave initiator=None",
+                ErrorCode.PROTOCOL_ERROR,
             )
-        self.version = min(version, PROTOCOL_VERSION)
-        self.peer_settings = Settings.from_wire(values)
+        self.initiator = self.nonce > hello.nonce
+        self._next_local_id = 1 if self.initiator else 2
+        self.peer_fields = {
+            HelloField(key): value for key, value in hello.fields.items() if key in _KNOWN_FIELDS
+        }
+        self.version = min(hello.version, PROTOCOL_VERSION)
+        self.peer_settings = peer_settings
         self._windows.send = self.peer_settings.connection_window
         #: Both ends asked for compression (and both have lz4): DATA may be compressed.
         self.compressing = (

@@ -35,6 +35,7 @@ from chanserv_trio._wire_codec import (
     ErrorCode,
     FrameDecoder,
     FrameType,
+    HelloField,
     Setting,
     Status,
     encode_frame,
@@ -120,6 +121,11 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
         assert issubclass(getattr(_errors, expected), _errors.ChanservError)
 
 
+def test_hello_field_table_matches_code() -> None:
+    documented = {row["name"]: parse_int(row["id"]) for row in doc_table("hello-fields")}
+    assert documented == {member.name: member.value for member in HelloField}
+
+
 def test_settings_table_matches_ids_and_defaults() -> None:
     rows = doc_table("settings")
     defaults = Settings()
@@ -136,7 +142,7 @@ def test_settings_table_matches_ids_and_defaults() -> None:
 def test_constants_named_in_the_prose() -> None:
     assert HEADER_SIZE == 10 and "10-byte header" in PROTOCOL
     assert MAGIC == b"CSTR" and MAGIC.hex(" ") in PROTOCOL
-    assert PROTOCOL_VERSION == 1 and "(currently 1)" in PROTOCOL
+    assert PROTOCOL_VERSION == 2 and "(currently 2)" in PROTOCOL
     assert f"{MAX_HELLO_SIZE} bytes" in PROTOCOL
     assert f"{NO_DEADLINE:#X}".replace("0X", "0x") in PROTOCOL
     # The OPEN allowance: 4 (parent) + 2 (name length) + 65535 (longest name).

@@ -14,11 +14,14 @@ from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     DataFlags,
     ErrorCode,
     FrameDecoder,
     FrameType,
+    Hello,
+    HelloField,
     PingFlags,
     Setting,
     Status,
@@ -95,9 +98,8 @@ def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     decoded = decode_all(decoder, [stream])
     assert [(t, f, s) for t, f, s, _ in decoded] == [(int(t), 0, 5) for t in payloads]
     by_type = {t: p for t, _, _, p in decoded}
-    assert decode_hello(by_type[FrameType.HELLO]) == (
-        PROTOCOL_VERSION,
-        {Setting.MAX_FRAME_PAYLOAD: 4096},
+    assert decode_hello(by_type[FrameType.HELLO]) == Hello(
+        PROTOCOL_VERSION, 0, {Setting.MAX_FRAME_PAYLOAD: 4096}
     )
     assert decode_open(by_type[FrameType.OPEN]) == (3, "svc", b"hdr")
     assert decode_status(by_type[FrameType.END]) == Status(ErrorCode.APPLICATION_ERROR, "E", "m")
@@ -120,16 +122,42 @@ def test_each_frame_type_has_its_own_flags_and_no_aliases() -> None:
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(list(Setting)), u64, max_size=6), u16)
-def test_hello_round_trip(values: dict[Setting, int], version: int) -> None:
-    payload = encode_hello(values, version)
+@given(
+    st.dictionaries(st.sampled_from(list(Setting)), u64, max_size=6),
+    st.integers(MIN_PROTOCOL_VERSION, 0xFFFF),
+    u64,
+    st.dictionaries(u16, st.binary(max_size=40), max_size=4),
+)
+def test_hello_round_trip(
+    values: dict[Setting, int], version: int, nonce: int, fields: dict[int, bytes]
+) -> None:
+    payload = encode_hello(values, version, nonce=nonce, fields=fields)
     assert payload[:4] == MAGIC
-    assert decode_hello(payload) == (version, values)
+    assert decode_hello(payload) == Hello(version, nonce, values, fields)
+    # magic, version, nonce, n settings, n x 10, m fields, m x (4 + length)
+    assert len(payload) == 16 + 10 * len(values) + 2 + sum(4 + len(v) for v in fields.values())
 
 
 def test_hello_keeps_unknown_setting_ids_as_ints() -> None:
-    payload = struct.pack(">4sHH", MAGIC, 1, 1) + struct.pack(">HQ", 999, 5)
-    assert decode_hello(payload) == (1, {999: 5})
+    payload = struct.pack(">4sHQH", MAGIC, 2, 7, 1) + struct.pack(">HQ", 999, 5) + b"\x00\x00"
+    assert decode_hello(payload) == Hello(2, 7, {999: 5}, {})
+
+
+def test_hello_below_version_2_is_a_version_mismatch_before_anything_else_is_read() -> None:
+    version_1 = struct.pack(">4sHH", MAGIC, 1, 1) + struct.pack(">HQ", 1, 5)
+    for payload in (version_1, version_1[:6], encode_hello({}, 0)):
+        with pytest.raises(RemoteProtocolError, match="version") as info:
+            decode_hello(payload)
+        assert info.value.code == ErrorCode.VERSION_MISMATCH
+
+
+def test_hello_fields_are_kept_by_id_and_appear_once() -> None:
+    payload = encode_hello({}, nonce=9, fields={HelloField.CREDENTIAL: b"secret", 77: b""})
+    assert decode_hello(payload).fields == {HelloField.CREDENTIAL: b"secret", 77: b""}
+    twice = struct.pack(">4sHQH", MAGIC, 2, 9, 0) + b"\x00\x02" + b"\x00\x01\x00\x00" * 2
+    with pytest.raises(RemoteProtocolError, match="appears twice") as info:
+        decode_hello(twice)
+    assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
 @pytest.mark.parametrize(
@@ -139,7 +167,9 @@ def test_hello_keeps_unknown_setting_ids_as_ints() -> None:
         (b"XXXX\x00\x01\x00\x00", "does not speak"),
         (encode_hello({Setting.CONNECTION_WINDOW: 1})[:-1], "wrong length"),
         (encode_hello({Setting.CONNECTION_WINDOW: 1}) + b"\x00", "wrong length"),
-        (struct.pack(">4sHH", MAGIC, 1, 2) + struct.pack(">HQ", 1, 5), "wrong length"),
+        (struct.pack(">4sHQH", MAGIC, 2, 0, 2) + struct.pack(">HQ", 1, 5), "wrong length"),
+        (encode_hello({}, fields={1: b"abc"})[:-1], "wrong length"),
+        (encode_hello({}, fields={1: b"abc"}) + b"\x00", "wrong length"),
     ],
 )
 def test_malformed_hello_is_a_protocol_error(payload: bytes, fragment: str) -> None:
@@ -251,7 +281,7 @@ def test_split_at_every_offset_yields_identical_frames() -> None:
 
 
 def test_split_at_every_pair_of_offsets_yields_identical_frames() -> None:
-    data = SAMPLE_BYTES[:80]  # three whole frames and a part of the fourth
+    data = SAMPLE_BYTES[: len(encode_all(SAMPLE_FRAMES[:3])) + 5]  # three frames and a part
     expected = decode_all(FrameDecoder(max_payload=100), [data])
     assert len(expected) == 3
     for first in range(len(data) + 1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import tracemalloc
 from collections.abc import Callable
 
@@ -15,11 +14,13 @@ from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
     MAX_HELLO_SIZE,
+    PROTOCOL_VERSION,
     DataFlags,
     ErrorCode,
     Frame,
     FrameDecoder,
     FrameType,
+    HelloField,
     PingFlags,
     ServiceFlags,
     Setting,
@@ -90,8 +91,8 @@ class ConnectionPair:
     ) -> None:
         self.client = Connection(initiator=True, settings=client_settings)
         self.server = Connection(initiator=False, settings=server_settings)
-        assert self.to_server() == [HandshakeCompleted(1)]
-        assert self.to_client() == [HandshakeCompleted(1)]
+        assert self.to_server() == [HandshakeCompleted(PROTOCOL_VERSION)]
+        assert self.to_client() == [HandshakeCompleted(PROTOCOL_VERSION)]
 
     def to_server(self) -> list[Event]:
         return deliver(self.client, self.server)
@@ -163,9 +164,9 @@ def test_handshake_exchanges_settings() -> None:
     hello = sent_frames(client)
     assert [f.type for f in hello] == [FrameType.HELLO]
     server.receive_data(encode_frame(FrameType.HELLO, 0, 0, hello[0].payload))
-    assert server.handshake_done and server.version == 1
+    assert server.handshake_done and server.version == PROTOCOL_VERSION
     assert server.peer_settings == SMALL
-    assert client.receive_data(wire(server)) == [HandshakeCompleted(1)]
+    assert client.receive_data(wire(server)) == [HandshakeCompleted(PROTOCOL_VERSION)]
     assert client.peer_settings == Settings()
     assert client.can_open_stream() and server.can_open_stream()
 
@@ -176,7 +177,7 @@ def test_hello_split_at_every_offset_completes_the_handshake() -> None:
         server = Connection(initiator=False)
         events = server.receive_data(hello[:cut]) if cut else []
         events += server.receive_data(hello[cut:]) if cut < len(hello) else []
-        assert events == [HandshakeCompleted(1)]
+        assert events == [HandshakeCompleted(PROTOCOL_VERSION)]
         assert server.peer_settings == SMALL
 
 
@@ -190,7 +191,7 @@ def test_hello_then_large_frames_in_one_read_are_accepted() -> None:
     stream_id = server.open_stream("svc", header)
     server.send_data(stream_id, b"d" * (MAX_HELLO_SIZE * 2))
     events = client.receive_data(wire(server))
-    assert events[0] == HandshakeCompleted(1)
+    assert events[0] == HandshakeCompleted(PROTOCOL_VERSION)
     assert events[1] == StreamOpened(2, 0, "svc", header, True, True)
     assert events[2] == MessageReceived(2, b"d" * (MAX_HELLO_SIZE * 2), MAX_HELLO_SIZE * 2)
 
@@ -198,15 +199,14 @@ def test_hello_then_large_frames_in_one_read_are_accepted() -> None:
 def test_newer_peer_version_negotiates_down() -> None:
     conn = Connection(initiator=True)
     assert conn.receive_data(raw(FrameType.HELLO, 0, 0, encode_hello({}, version=7))) == [
-        HandshakeCompleted(1)
+        HandshakeCompleted(PROTOCOL_VERSION)
     ]
-    assert conn.version == 1
+    assert conn.version == PROTOCOL_VERSION
     assert conn.peer_settings == Settings()
 
 
 def test_unknown_hello_settings_are_ignored() -> None:
-    payload = encode_hello({Setting.MAX_CONCURRENT_STREAMS: 3}) + struct.pack(">HQ", 99, 2**64 - 1)
-    payload = payload[:6] + (2).to_bytes(2, "big") + payload[8:]
+    payload = encode_hello({Setting.MAX_CONCURRENT_STREAMS: 3, 99: 2**64 - 1})
     conn = Connection(initiator=True)
     conn.receive_data(raw(FrameType.HELLO, 0, 0, payload))
     assert conn.peer_settings == Settings(max_concurrent_streams=3)
@@ -250,6 +250,54 @@ def test_bad_handshakes_are_protocol_errors(data: bytes, code: ErrorCode, match:
     conn = Connection(initiator=False)
     wire(conn)
     expect_protocol_error(conn, data, code, match)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [(True, False), (True, None), (None, False), (None, None)],
+)
+def test_the_larger_role_nonce_takes_the_odd_stream_ids(
+    ours: bool | None, theirs: bool | None
+) -> None:
+    a, b = Connection(initiator=ours), Connection(initiator=theirs)
+    assert a.initiator is None and not a.can_open_stream()
+    b.receive_data(wire(a))
+    a.receive_data(wire(b))
+    assert a.initiator == (a.nonce > b.nonce) and b.initiator == (not a.initiator)
+    if ours is not None and theirs is not None:
+        assert a.initiator is ours  # fixed roles: the one that dialed is the initiator
+    odd, even = (a, b) if a.initiator else (b, a)
+    assert odd.open_stream("svc", b"") == 1 and even.open_stream("svc", b"") == 2
+    assert [e.stream_id for e in even.receive_data(wire(odd))] == [1]  # type: ignore[union-attr]
+    assert [e.stream_id for e in odd.receive_data(wire(even))] == [2]  # type: ignore[union-attr]
+
+
+def test_a_side_that_neither_dialed_nor_accepted_draws_a_random_nonce() -> None:
+    nonces = {Connection().nonce for _ in range(50)}
+    assert len(nonces) == 50
+    assert all(0 < nonce < 2**64 - 1 for nonce in nonces)
+    assert Connection(initiator=True).nonce == 2**64 - 1
+    assert Connection(initiator=False).nonce == 0
+
+
+@pytest.mark.parametrize("role", [True, False])
+def test_equal_nonces_are_a_clear_handshake_error(role: bool) -> None:
+    a, b = Connection(initiator=role), Connection(initiator=role)
+    hello_a, hello_b = wire(a), wire(b)
+    for conn, hello in ((a, hello_b), (b, hello_a)):
+        error = expect_protocol_error(conn, hello, ErrorCode.PROTOCOL_ERROR, "same role")
+        assert f"nonce {conn.nonce}" in str(error)
+        assert not conn.handshake_done and conn.initiator is None
+
+
+def test_hello_fields_of_known_ids_are_kept_and_others_ignored() -> None:
+    conn = Connection(initiator=False)
+    fields = {HelloField.CREDENTIAL: b"let me in", 999: b"from the future"}
+    hello = encode_hello(Settings().to_wire(), nonce=5, fields=fields)
+    assert conn.receive_data(raw(FrameType.HELLO, 0, 0, hello)) == [
+        HandshakeCompleted(PROTOCOL_VERSION)
+    ]
+    assert conn.peer_fields == {HelloField.CREDENTIAL: b"let me in"}
 
 
 def test_hello_twice_is_a_protocol_error() -> None:

@@ -33,7 +33,7 @@ from chanserv_trio._wire_codec import (
     encode_open,
     encode_status,
 )
-from chanserv_trio._wire_connection import Connection, Settings
+from chanserv_trio._wire_connection import DIALING_NONCE, Connection, Settings
 from chanserv_trio._wire_events import Event
 from chanserv_trio._wire_state import (
     CONNECTION_NEXT,
@@ -201,7 +201,9 @@ CONNECTION_INPUTS: dict[ConnectionInput, Apply] = {
     CI.SEND_SERVICE: _act(lambda conn: conn.advertise("svc")),
     CI.SEND_GOAWAY: _act(lambda conn: conn.go_away(ErrorCode.OK)),
     CI.SEND_GOAWAY_ERROR: _act(lambda conn: conn.go_away(ErrorCode.INTERNAL_ERROR)),
-    CI.RECV_HELLO: _feed(frame(FrameType.HELLO, 0, encode_hello(Settings().to_wire()))),
+    CI.RECV_HELLO: _feed(
+        frame(FrameType.HELLO, 0, encode_hello(Settings().to_wire(), nonce=DIALING_NONCE))
+    ),
     CI.RECV_OPEN: _feed(frame(FrameType.OPEN, 3, encode_open(0, "svc", b""))),
     CI.RECV_DATA: _feed(frame(FrameType.DATA, 1, b"x")),
     CI.RECV_END: _feed(frame(FrameType.END, 1)),
