@@ -21,7 +21,6 @@ from ._wire_codec import ErrorCode
 __all__ = [
     "SOURCE_WINDOW_TAG",
     "Request",
-    "bucket_of_request",
     "decode_credit",
     "decode_request",
     "encode_credit",
@@ -97,15 +96,6 @@ def decode_request(header: bytes) -> Request:
         raise RemoteProtocolError("malformed request tags", ErrorCode.PROTOCOL_ERROR) from None
     timeout = None if micros == NO_DEADLINE else micros / 1_000_000
     return Request(header[offset:], timeout, tags)
-
-
-def bucket_of_request(header: bytes) -> str | None:
-    """The ``bucket`` tag of a request envelope, or None (also for anything that is not
-    one): a router uses it to keep bucket routing across its hop."""
-    try:
-        return decode_request(header).tags.get("bucket")
-    except RemoteProtocolError:
-        return None
 
 
 def source_window_of(request: Request) -> int | None:

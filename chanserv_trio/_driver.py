@@ -109,6 +109,7 @@ class LinkStream:
         "parent",
         "peer_sends",
         "reset_status",
+        "route_key",
         "service",
         "stream_id",
         "was_reset",
@@ -125,6 +126,8 @@ class LinkStream:
         self.header = header
         #: The id of the stream it is a child of, 0 for none.
         self.parent = parent
+        #: The route key it was opened with (empty: none); routers pick a hop by it.
+        self.route_key = b""
         #: Whether the peer may send data on it (set from the OPEN flags).
         self.peer_sends = True
         #: Whether we may send data on it.
@@ -703,8 +706,10 @@ class Link:
         parent: int = 0,
         no_send: bool = False,
         no_reply: bool = False,
+        route_key: bytes = b"",
     ) -> LinkStream:
-        """Open a stream to the peer, waiting while its concurrency limit is reached."""
+        """Open a stream to the peer, waiting while its concurrency limit is reached;
+        ``route_key`` travels in the OPEN (a router picks the next hop by it)."""
         conn = self.conn
         limit = conn.peer_settings.max_open_payload
         if len(header) > limit:
@@ -725,9 +730,10 @@ class Link:
         if parent and parent not in self._streams:
             raise trio.ClosedResourceError("parent stream is closed")
         stream_id = conn.open_stream(
-            service, header, parent=parent, no_send=no_send, no_reply=no_reply
+            service, header, parent=parent, no_send=no_send, no_reply=no_reply, route_key=route_key
         )
         stream = LinkStream(self, stream_id, service, header, parent)
+        stream.route_key = route_key
         stream.we_send = not no_send
         stream.peer_sends = not no_reply
         self._streams[stream_id] = stream
@@ -960,6 +966,7 @@ class Link:
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = LinkStream(self, event.stream_id, event.service, event.header, event.parent)
+        stream.route_key = event.route_key
         stream.peer_sends = event.peer_sends
         stream.we_send = event.we_send
         self._streams[event.stream_id] = stream

@@ -30,6 +30,7 @@ __all__ = [
     "MAGIC",
     "MAX_HELLO_SIZE",
     "MIN_PROTOCOL_VERSION",
+    "OPEN_OVERHEAD",
     "PROTOCOL_VERSION",
     "DataFlags",
     "ErrorCode",
@@ -62,10 +63,15 @@ PROTOCOL_VERSION: Final = 2
 MIN_PROTOCOL_VERSION: Final = 2
 #: A HELLO frame larger than this is refused before the peer's limits are known.
 MAX_HELLO_SIZE: Final = 4096
+#: The most an OPEN payload carries besides its header: parent, the longest service
+#: name and the longest route key, each name with its u16 length (4+2+65535+2+65535).
+OPEN_OVERHEAD: Final = 131078
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-_OPEN = struct.Struct(">IH")  # parent stream id, service name length
+_OPEN = struct.Struct(
+    ">IH"
+)  # parent stream id, service name length; then the route key's u16 length
 _STATUS = struct.Struct(">IH")  # code, kind length
 _GOAWAY = struct.Struct(">II")  # last stream id, code
 _MAGIC_VERSION = struct.Struct(">4sH")  # magic, version
@@ -293,14 +299,18 @@ def decode_hello(payload: bytes) -> Hello:
     return Hello(version, nonce, settings, fields)
 
 
-def encode_open(parent: int, service: str, header: bytes) -> bytes:
-    """The payload of an OPEN frame: parent stream id, service name, opaque header."""
+def encode_open(parent: int, service: str, header: bytes, route_key: bytes = b"") -> bytes:
+    """The payload of an OPEN frame: parent stream id, service name, route key (empty:
+    none), opaque header."""
     name = service.encode()
-    return _OPEN.pack(parent, len(name)) + name + header
+    return b"".join(
+        (_OPEN.pack(parent, len(name)), name, _U16.pack(len(route_key)), route_key, header)
+    )
 
 
-def decode_open(payload: bytes) -> tuple[int, str, bytes]:
-    """Return ``(parent, service, header)`` from an OPEN payload."""
+def decode_open(payload: bytes) -> tuple[int, str, bytes, bytes]:
+    """Return ``(parent, service, header, route_key)`` from an OPEN payload (the order
+    :func:`encode_open` takes them in)."""
     if len(payload) < _OPEN.size:
         raise RemoteProtocolError("OPEN frame too short", ErrorCode.PROTOCOL_ERROR)
     parent, name_len = _OPEN.unpack_from(payload)
@@ -313,7 +323,15 @@ def decode_open(payload: bytes) -> tuple[int, str, bytes]:
         raise RemoteProtocolError(
             "OPEN service name not UTF-8", ErrorCode.PROTOCOL_ERROR
         ) from None
-    return parent, service, payload[end:]
+    if end + _U16.size > len(payload):
+        raise RemoteProtocolError(
+            "OPEN frame too short for its route key", ErrorCode.PROTOCOL_ERROR
+        )
+    (key_len,) = _U16.unpack_from(payload, end)
+    key_end = end + _U16.size + key_len
+    if key_end > len(payload):
+        raise RemoteProtocolError("OPEN route key overruns frame", ErrorCode.PROTOCOL_ERROR)
+    return parent, service, payload[key_end:], payload[end + _U16.size : key_end]
 
 
 def encode_status(status: Status) -> bytes:

@@ -37,6 +37,7 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._wire_codec import (
     HEADER,
     MAX_HELLO_SIZE,
+    OPEN_OVERHEAD,
     PROTOCOL_VERSION,
     DataFlags,
     ErrorCode,
@@ -419,13 +420,15 @@ class Connection:
         parent: int = 0,
         no_send: bool = False,
         no_reply: bool = False,
+        route_key: bytes = b"",
     ) -> int:
         """Open a stream and return its id.
 
         ``no_send``: we will send no data (our half starts closed); ``no_reply``: the
-        peer must send none. Raises :class:`LocalProtocolError` when the peer's
-        concurrency limit is reached (check :meth:`can_open_stream` first) or the
-        header is larger than the peer accepts.
+        peer must send none. ``route_key``: opaque bytes a router picks its next hop by
+        (empty: none). Raises :class:`LocalProtocolError` when the peer's concurrency
+        limit is reached (check :meth:`can_open_stream` first) or the header is larger
+        than the peer accepts.
         """
         self._check(_CI.SEND_OPEN)
         if self._local_open_count >= self.peer_settings.max_concurrent_streams:
@@ -439,6 +442,8 @@ class Connection:
             raise LocalProtocolError(f"parent stream {parent} is not open")
         if len(service.encode()) > 0xFFFF:
             raise LocalProtocolError("service name longer than 65535 bytes")
+        if len(route_key) > 0xFFFF:
+            raise LocalProtocolError("route key longer than 65535 bytes")
         stream_id = self._next_local_id
         self._next_local_id += 2
         stream = _Stream(
@@ -451,7 +456,9 @@ class Connection:
         self._streams[stream_id] = stream
         self._local_open_count += 1
         flags = (OpenFlags.NO_SEND if no_send else 0) | (OpenFlags.NO_REPLY if no_reply else 0)
-        self._queue(FrameType.OPEN, flags, stream_id, encode_open(parent, service, header))
+        self._queue(
+            FrameType.OPEN, flags, stream_id, encode_open(parent, service, header, route_key)
+        )
         self._maybe_forget(stream)
         return stream_id
 
@@ -728,8 +735,10 @@ class Connection:
             self.local_settings.compression and self.peer_settings.compression and lz4_available()
         )
         local = self.local_settings
-        # OPEN frames carry a u16-prefixed name and a parent id besides the header.
-        self._decoder.max_payload = max(local.max_frame_payload, local.max_open_payload + 65541)
+        # OPEN frames carry a parent, a service name and a route key besides the header.
+        self._decoder.max_payload = max(
+            local.max_frame_payload, local.max_open_payload + OPEN_OVERHEAD
+        )
         events.append(HandshakeCompleted(self.version))
 
     def _is_peer_id(self, stream_id: int) -> bool:
@@ -757,7 +766,7 @@ class Connection:
         if stream_id <= self._highest_peer_id:
             raise RemoteProtocolError(f"OPEN reuses id {stream_id}", ErrorCode.PROTOCOL_ERROR)
         self._highest_peer_id = stream_id
-        parent, service, header = decode_open(payload)
+        parent, service, header, route_key = decode_open(payload)
         if len(header) > self.local_settings.max_open_payload:
             raise RemoteProtocolError("OPEN header exceeds the limit", ErrorCode.FRAME_SIZE_ERROR)
         if self._state in _GOING_AWAY:
@@ -800,7 +809,15 @@ class Connection:
         self._streams[stream_id] = stream
         self._peer_open_count += 1
         events.append(
-            StreamOpened(stream_id, parent, service, header, stream.remote_open, stream.local_open)
+            StreamOpened(
+                stream_id,
+                parent,
+                service,
+                header,
+                stream.remote_open,
+                stream.local_open,
+                route_key,
+            )
         )
         self._maybe_forget(stream)
 

@@ -31,6 +31,7 @@ from chanserv_trio._wire_codec import (
     HEADER_SIZE,
     MAGIC,
     MAX_HELLO_SIZE,
+    OPEN_OVERHEAD,
     PROTOCOL_VERSION,
     ErrorCode,
     FrameDecoder,
@@ -145,8 +146,9 @@ def test_constants_named_in_the_prose() -> None:
     assert PROTOCOL_VERSION == 2 and "(currently 2)" in PROTOCOL
     assert f"{MAX_HELLO_SIZE} bytes" in PROTOCOL
     assert f"{NO_DEADLINE:#X}".replace("0X", "0x") in PROTOCOL
-    # The OPEN allowance: 4 (parent) + 2 (name length) + 65535 (longest name).
-    assert "max_open_payload + 65541" in PROTOCOL and 4 + 2 + 0xFFFF == 65541
+    # The OPEN allowance: parent, the longest name and the longest route key.
+    assert "max_open_payload + 131078" in PROTOCOL and 4 + 2 + 0xFFFF + 2 + 0xFFFF == 131078
+    assert OPEN_OVERHEAD == 131078
 
 
 def test_open_allowance_lets_the_longest_legal_open_through() -> None:
@@ -156,6 +158,9 @@ def test_open_allowance_lets_the_longest_legal_open_through() -> None:
     client.open_stream("s" * 0xFFFF, b"h" * 1024)
     (opened,) = deliver(client, server)
     assert isinstance(opened, StreamOpened) and len(opened.service) == 0xFFFF
+    client.open_stream("s" * 0xFFFF, b"h" * 1024, route_key=b"k" * 0xFFFF)
+    (opened,) = deliver(client, server)
+    assert isinstance(opened, StreamOpened) and opened.route_key == b"k" * 0xFFFF
 
 
 # ------------------------------------------------------------ the worked example

@@ -83,7 +83,7 @@ def test_frames_round_trip(frames: list[RawFrame]) -> None:
 def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     payloads = {
         FrameType.HELLO: encode_hello({Setting.MAX_FRAME_PAYLOAD: 4096}),
-        FrameType.OPEN: encode_open(3, "svc", b"hdr"),
+        FrameType.OPEN: encode_open(3, "svc", b"hdr", b"key"),
         FrameType.DATA: b"message",
         FrameType.END: encode_status(Status(ErrorCode.APPLICATION_ERROR, "E", "m")),
         FrameType.RESET: encode_status(Status(ErrorCode.CANCEL)),
@@ -101,7 +101,7 @@ def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     assert decode_hello(by_type[FrameType.HELLO]) == Hello(
         PROTOCOL_VERSION, 0, {Setting.MAX_FRAME_PAYLOAD: 4096}
     )
-    assert decode_open(by_type[FrameType.OPEN]) == (3, "svc", b"hdr")
+    assert decode_open(by_type[FrameType.OPEN]) == (3, "svc", b"hdr", b"key")
     assert decode_status(by_type[FrameType.END]) == Status(ErrorCode.APPLICATION_ERROR, "E", "m")
     assert decode_status(by_type[FrameType.RESET]) == Status(ErrorCode.CANCEL)
     assert decode_u32(by_type[FrameType.WINDOW], "WINDOW") == 1234
@@ -179,9 +179,18 @@ def test_malformed_hello_is_a_protocol_error(payload: bytes, fragment: str) -> N
 
 
 @FAST
-@given(u32, st.text(max_size=40), st.binary(max_size=100))
-def test_open_round_trip(parent: int, service: str, header: bytes) -> None:
-    assert decode_open(encode_open(parent, service, header)) == (parent, service, header)
+@given(u32, st.text(max_size=40), st.binary(max_size=100), st.binary(max_size=40))
+def test_open_round_trip(parent: int, service: str, header: bytes, route_key: bytes) -> None:
+    payload = encode_open(parent, service, header, route_key)
+    assert decode_open(payload) == (parent, service, header, route_key)
+    # parent, name length, name, route key length, route key, header
+    assert len(payload) == 4 + 2 + len(service.encode()) + 2 + len(route_key) + len(header)
+
+
+def test_open_layout_puts_the_route_key_between_the_service_and_the_header() -> None:
+    assert encode_open(7, "s", b"HEAD", b"rk") == (
+        b"\x00\x00\x00\x07" + b"\x00\x01s" + b"\x00\x02rk" + b"HEAD"
+    )
 
 
 @pytest.mark.parametrize(
@@ -190,6 +199,8 @@ def test_open_round_trip(parent: int, service: str, header: bytes) -> None:
         (b"\x00\x00\x00\x01\x00", "too short"),
         (b"\x00\x00\x00\x01\x00\x05abc", "overruns"),
         (b"\x00\x00\x00\x01\x00\x02\xff\xfe", "not UTF-8"),
+        (b"\x00\x00\x00\x01\x00\x01s\x00", "too short for its route key"),
+        (b"\x00\x00\x00\x01\x00\x01s\x00\x03ab", "route key overruns"),
     ],
 )
 def test_malformed_open_is_a_protocol_error(payload: bytes, fragment: str) -> None:

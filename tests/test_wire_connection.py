@@ -329,6 +329,17 @@ def test_open_carries_service_and_header() -> None:
     assert pair.to_server() == [StreamOpened(1, 0, "échos", header, True, True)]
 
 
+def test_open_carries_the_route_key_and_refuses_one_too_long() -> None:
+    pair = ConnectionPair()
+    pair.client.open_stream("svc", b"header", route_key=b"\x00bucket\xff")
+    assert pair.to_server() == [
+        StreamOpened(1, 0, "svc", b"header", True, True, route_key=b"\x00bucket\xff")
+    ]
+    with pytest.raises(LocalProtocolError, match="route key"):
+        pair.client.open_stream("svc", b"", route_key=b"k" * 0x10000)
+    assert pair.client.outgoing_size == 0
+
+
 def test_child_streams_name_their_parent_both_ways() -> None:
     pair = ConnectionPair()
     master = pair.client.open_stream("svc", b"request")
