@@ -247,7 +247,7 @@ class Client:
                 name,
                 header,
                 dial_timeout=self.dial_timeout,
-                no_send=self.source_buffer_size is None,
+                local_open=self.source_buffer_size is not None,
                 route_key=_route_key(tags),
             )
         except ChanservError as exc:

@@ -106,14 +106,14 @@ class LinkStream:
         "_unacked",
         "_window_lot",
         "header",
+        "local_open",
         "parent",
-        "peer_sends",
+        "remote_open",
         "reset_status",
         "route_key",
         "service",
         "stream_id",
         "was_reset",
-        "we_send",
     )
 
     def __init__(self, link: Link, stream_id: int, service: str, header: bytes, parent: int):
@@ -128,10 +128,10 @@ class LinkStream:
         self.parent = parent
         #: The route key it was opened with (empty: none); routers pick a hop by it.
         self.route_key = b""
-        #: Whether the peer may send data on it (set from the OPEN flags).
-        self.peer_sends = True
-        #: Whether we may send data on it.
-        self.we_send = True
+        #: Whether the peer's half was open when the stream opened (the OPEN flags).
+        self.remote_open = True
+        #: Whether our half was open when the stream opened: we may send on it.
+        self.local_open = True
         #: True once the peer reset the stream (even after ending its half).
         self.was_reset = False
         #: The status of the peer's RESET, once one arrived.
@@ -375,13 +375,13 @@ class LinkStream:
             await self._parking().park()
 
     async def open_child(
-        self, header: bytes, *, no_send: bool = False, no_reply: bool = True
+        self, header: bytes, *, local_open: bool = True, remote_open: bool = False
     ) -> LinkStream:
         """Open a stream under this one (the peer receives it from ``receive_child``)."""
         if self._error is not None:
             raise self._error
         return await self._link.open_stream(
-            "", header, parent=self.stream_id, no_send=no_send, no_reply=no_reply
+            "", header, parent=self.stream_id, local_open=local_open, remote_open=remote_open
         )
 
     @property
@@ -704,8 +704,8 @@ class Link:
         header: bytes,
         *,
         parent: int = 0,
-        no_send: bool = False,
-        no_reply: bool = False,
+        local_open: bool = True,
+        remote_open: bool = True,
         route_key: bytes = b"",
     ) -> LinkStream:
         """Open a stream to the peer, waiting while its concurrency limit is reached;
@@ -730,15 +730,20 @@ class Link:
         if parent and parent not in self._streams:
             raise trio.ClosedResourceError("parent stream is closed")
         stream_id = conn.open_stream(
-            service, header, parent=parent, no_send=no_send, no_reply=no_reply, route_key=route_key
+            service,
+            header,
+            parent=parent,
+            local_open=local_open,
+            remote_open=remote_open,
+            route_key=route_key,
         )
         stream = LinkStream(self, stream_id, service, header, parent)
         stream.route_key = route_key
-        stream.we_send = not no_send
-        stream.peer_sends = not no_reply
+        stream.local_open = local_open
+        stream.remote_open = remote_open
         self._streams[stream_id] = stream
         self._kick_writer()
-        if no_send and no_reply:
+        if not local_open and not remote_open:
             self._release(stream)
         if not parked and self._spend():
             await _cancel_shielded_checkpoint()
@@ -967,8 +972,8 @@ class Link:
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = LinkStream(self, event.stream_id, event.service, event.header, event.parent)
         stream.route_key = event.route_key
-        stream.peer_sends = event.peer_sends
-        stream.we_send = event.we_send
+        stream.remote_open = event.remote_open
+        stream.local_open = event.local_open
         self._streams[event.stream_id] = stream
         if event.parent:
             parent = self._streams.get(event.parent)

@@ -423,8 +423,8 @@ class Multiplexer:
                 inbound.service,
                 inbound.header,
                 route_key=key,
-                no_send=not inbound.peer_sends,
-                no_reply=not inbound.we_send,
+                local_open=inbound.remote_open,
+                remote_open=inbound.local_open,
             )
         except (ChanservError, trio.ClosedResourceError) as exc:
             inbound.reset(ErrorCode.CONNECTION_LOST, f"relay to {target.node_key} failed: {exc}")
@@ -484,8 +484,8 @@ class Multiplexer:
         header: bytes | Callable[[], bytes],
         *,
         dial_timeout: float = 10.0,
-        no_send: bool = False,
-        no_reply: bool = False,
+        local_open: bool = True,
+        remote_open: bool = True,
         route_key: bytes | str | None = None,
     ) -> LinkStream:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
@@ -511,8 +511,8 @@ class Multiplexer:
                         return await link.open_stream(
                             service,
                             header() if callable(header) else header,
-                            no_send=no_send,
-                            no_reply=no_reply,
+                            local_open=local_open,
+                            remote_open=remote_open,
                             route_key=key,
                         )
                     except ConnectionLost:

@@ -418,17 +418,18 @@ class Connection:
         header: bytes,
         *,
         parent: int = 0,
-        no_send: bool = False,
-        no_reply: bool = False,
+        local_open: bool = True,
+        remote_open: bool = True,
         route_key: bytes = b"",
     ) -> int:
         """Open a stream and return its id.
 
-        ``no_send``: we will send no data (our half starts closed); ``no_reply``: the
-        peer must send none. ``route_key``: opaque bytes a router picks its next hop by
-        (empty: none). Raises :class:`LocalProtocolError` when the peer's concurrency
-        limit is reached (check :meth:`can_open_stream` first) or the header is larger
-        than the peer accepts.
+        ``local_open=False``: we will send no data (our half starts closed, flag
+        NO_SEND); ``remote_open=False``: the peer must send none (flag NO_REPLY).
+        ``route_key``: opaque bytes a router picks its next hop by (empty: none).
+        Raises :class:`LocalProtocolError` when the peer's concurrency limit is reached
+        (check :meth:`can_open_stream` first) or the header is larger than the peer
+        accepts.
         """
         self._check(_CI.SEND_OPEN)
         if self._local_open_count >= self.peer_settings.max_concurrent_streams:
@@ -449,13 +450,15 @@ class Connection:
         stream = _Stream(
             stream_id,
             parent,
-            (0 if no_send else LOCAL_OPEN) | (0 if no_reply else REMOTE_OPEN),
+            (LOCAL_OPEN if local_open else 0) | (REMOTE_OPEN if remote_open else 0),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
         self._streams[stream_id] = stream
         self._local_open_count += 1
-        flags = (OpenFlags.NO_SEND if no_send else 0) | (OpenFlags.NO_REPLY if no_reply else 0)
+        flags = (0 if local_open else OpenFlags.NO_SEND) | (
+            0 if remote_open else OpenFlags.NO_REPLY
+        )
         self._queue(
             FrameType.OPEN, flags, stream_id, encode_open(parent, service, header, route_key)
         )

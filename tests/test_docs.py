@@ -210,17 +210,17 @@ def replay_worked_example() -> list[tuple[str, bytes]]:
     client_sends()
     server.advertise("chanserv")
     server_sends()
-    client.open_stream("chanserv", encode_request(Request(b"hello", 5.0, {})), no_send=True)
+    client.open_stream("chanserv", encode_request(Request(b"hello", 5.0, {})), local_open=False)
     (opened,) = client_sends()
     assert isinstance(opened, StreamOpened)
     request = decode_request(opened.header)
     assert (request.body, request.timeout, request.tags) == (b"hello", 5.0, {})
     master = opened.stream_id
-    first = server.open_stream("", b"source @0", parent=master, no_reply=True)
-    second = server.open_stream("", b"source @1", parent=master, no_reply=True)
+    first = server.open_stream("", b"source @0", parent=master, remote_open=False)
+    second = server.open_stream("", b"source @1", parent=master, remote_open=False)
     server.send_data(first, b"wait for me!")
     server.end_stream(second, Status(ErrorCode.APPLICATION_ERROR, "ValueError", "boom"))
-    third = server.open_stream("", b"source @2", parent=master, no_reply=True)
+    third = server.open_stream("", b"source @2", parent=master, remote_open=False)
     server.send_data(first, b"ok I'm ready")
     server.end_stream(first)
     server.end_stream(master)
@@ -272,7 +272,7 @@ def test_worked_example_headings_name_the_frame_types() -> None:
 def test_window_bytes_in_the_example_notes() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     server.send_data(stream, b"x" * 262144)
     (_, message) = deliver(server, client)
     assert isinstance(message, MessageReceived)
@@ -379,7 +379,7 @@ def send_chunked(conn: Connection, stream: int, message: bytes) -> bool:
 def test_chunked_messages_do_not_leak_stream_credit() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     for _ in range(8):  # 8 x 300 KiB through a 1 MiB window, each consumed at once
         assert send_chunked(server, stream, b"x" * (300 << 10))
@@ -394,7 +394,7 @@ def test_message_larger_than_the_stream_window_gets_through() -> None:
     client = Connection(initiator=True, settings=Settings(initial_stream_window=64 << 10))
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     message = b"y" * (256 << 10)
     offset = 0
@@ -420,7 +420,7 @@ def test_unread_chunked_messages_stay_within_the_window() -> None:
     client = Connection(initiator=True, settings=settings)
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     buffered = 0
     for _ in range(100):  # nobody consumes: the sender must run out of credit
@@ -437,7 +437,7 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
     client = Connection(initiator=True, settings=Settings(max_message_size=100))
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     server.send_data(stream, b"z" * 500)
     with pytest.raises(RemoteProtocolError) as caught:
@@ -448,7 +448,7 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
 def test_long_status_message_does_not_break_the_connection() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     server.end_stream(stream, Status(ErrorCode.APPLICATION_ERROR, "ValueError", "x" * (2 << 20)))
     events = deliver(server, client)

@@ -69,8 +69,8 @@ async def test_service_sees_header_and_peer_can_open_streams_too() -> None:
 
     async with link_pair(left_handlers={"L": record}, right_handlers={"R": record}) as pair:
         with trio.fail_after(5):
-            to_right = await pair.left.open_stream("R", b"from left", no_send=True)
-            to_left = await pair.right.open_stream("L", b"from right", no_send=True)
+            to_right = await pair.left.open_stream("R", b"from left", local_open=False)
+            to_left = await pair.right.open_stream("L", b"from right", local_open=False)
             assert await drain(to_right) == [b"hi from left"]
             assert await drain(to_left) == [b"hi from right"]
     assert sorted(seen) == [("L", b"from right", 2), ("R", b"from left", 1)]
@@ -132,7 +132,7 @@ async def test_receive_nowait_and_receive_buffered() -> None:
             await stream.send(message)
 
     async with link_pair(right_handlers={"three": three}) as pair:
-        stream = await pair.left.open_stream("three", b"", no_send=True)
+        stream = await pair.left.open_stream("three", b"", local_open=False)
         with pytest.raises(trio.WouldBlock):
             stream.receive_nowait()
         with trio.fail_after(5):
@@ -173,7 +173,7 @@ async def test_end_status_becomes_typed_error_after_the_messages(
         stream.end(status)
 
     async with link_pair(right_handlers={"fail": fail}) as pair:
-        stream = await pair.left.open_stream("fail", b"", no_send=True)
+        stream = await pair.left.open_stream("fail", b"", local_open=False)
         with trio.fail_after(5):
             assert await stream.receive() == b"before"
             with pytest.raises(error_type) as info:
@@ -295,7 +295,7 @@ async def test_receive_after_aclose_is_closed_even_with_messages_buffered() -> N
         await stream.send(b"2")
 
     async with link_pair(right_handlers={"two": two}) as pair:
-        stream = await pair.left.open_stream("two", b"", no_send=True)
+        stream = await pair.left.open_stream("two", b"", local_open=False)
         with trio.fail_after(5):
             await wait_until(lambda: stream.remote_status is not None)
         await stream.aclose()
@@ -303,9 +303,9 @@ async def test_receive_after_aclose_is_closed_even_with_messages_buffered() -> N
             await stream.receive()
 
 
-async def test_no_send_stream_refuses_sending() -> None:
+async def test_a_stream_opened_with_our_half_closed_refuses_sending() -> None:
     async with link_pair(right_handlers={"echo": echo}) as pair:
-        stream = await pair.left.open_stream("echo", b"", no_send=True)
+        stream = await pair.left.open_stream("echo", b"", local_open=False)
         with pytest.raises(trio.ClosedResourceError):
             await stream.send(b"x")
 
@@ -365,8 +365,8 @@ async def test_unread_stream_stalls_only_itself() -> None:
     async with link_pair(
         right_handlers={"produce": produce}, left_settings=SMALL, right_settings=SMALL
     ) as pair:
-        ignored = await pair.left.open_stream("produce", b"ignored", no_send=True)
-        read = await pair.left.open_stream("produce", b"read", no_send=True)
+        ignored = await pair.left.open_stream("produce", b"ignored", local_open=False)
+        read = await pair.left.open_stream("produce", b"read", local_open=False)
         with trio.fail_after(5):
             got = await drain(read)
             await finished[b"read"].wait()
@@ -389,7 +389,7 @@ async def test_buffered_bytes_stay_within_the_window() -> None:
     async with link_pair(
         right_handlers={"flood": flood}, left_settings=SMALL, right_settings=SMALL
     ) as pair:
-        stream = await pair.left.open_stream("flood", b"", no_send=True)
+        stream = await pair.left.open_stream("flood", b"", local_open=False)
         with trio.fail_after(5):
             await wait_until(lambda: pair.right.statistics().window_stalls > 0)
             await trio.testing.wait_all_tasks_blocked()
@@ -435,7 +435,7 @@ async def test_child_streams_arrive_with_headers_then_end_of_channel() -> None:
         stream.end()
 
     async with link_pair(right_handlers={"parent": parent}) as pair:
-        master = await pair.left.open_stream("parent", b"", no_send=True)
+        master = await pair.left.open_stream("parent", b"", local_open=False)
         with trio.fail_after(5):
             children = [await master.receive_child() for _ in range(3)]
             with pytest.raises(trio.EndOfChannel):

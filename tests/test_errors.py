@@ -103,7 +103,7 @@ async def test_the_server_hands_on_error_only_public_classes(
             # A request envelope that is no envelope, and one with a bad source window.
             bad_window = encode_request(Request(b"", None, {SOURCE_WINDOW_TAG: "x"}))
             for header in (b"\x00", bad_window):
-                stream = await client_mpx.open_stream("slow", header, no_send=True)
+                stream = await client_mpx.open_stream("slow", header, local_open=False)
                 await stream.wait_remote_end()
             async with cs.Client(client_mpx).lookup_and_post("slow") as sources:
                 with pytest.raises(cs.DeadlineExceeded):

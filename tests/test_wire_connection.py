@@ -344,7 +344,7 @@ def test_child_streams_name_their_parent_both_ways() -> None:
     pair = ConnectionPair()
     master = pair.client.open_stream("svc", b"request")
     pair.to_server()
-    child = pair.server.open_stream("", b"source 0", parent=master, no_reply=True)
+    child = pair.server.open_stream("", b"source 0", parent=master, remote_open=False)
     assert child == 2
     assert pair.to_client() == [StreamOpened(2, master, "", b"source 0", True, False)]
     assert not pair.client.can_send(child)
@@ -355,13 +355,13 @@ def test_child_streams_name_their_parent_both_ways() -> None:
 
 def test_open_flags_close_halves_from_the_start() -> None:
     pair = ConnectionPair()
-    sid = pair.client.open_stream("svc", b"", no_send=True)
+    sid = pair.client.open_stream("svc", b"", local_open=False)
     assert not pair.client.can_send(sid) and pair.client.send_window(sid) == 0
     assert pair.to_server() == [StreamOpened(sid, 0, "svc", b"", False, True)]
     with pytest.raises(LocalProtocolError, match="not open for sending"):
         pair.client.send_data(sid, b"x")
     # A stream closed both ways from the start is forgotten at once.
-    both = pair.client.open_stream("svc", b"", no_send=True, no_reply=True)
+    both = pair.client.open_stream("svc", b"", local_open=False, remote_open=False)
     assert not pair.client.is_open(both)
     assert pair.to_server() == [StreamOpened(both, 0, "svc", b"", False, False)]
     assert not pair.server.is_open(both)
