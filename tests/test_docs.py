@@ -1,8 +1,9 @@
 """The documentation matches the code.
 
-- ``docs/protocol.md``: its tables (frame types, flags, error codes, settings) are parsed
-  and compared with the enums and ``Settings`` defaults, and its worked example is
-  replayed byte for byte through two sans-IO ``Connection`` objects.
+- ``docs/protocol.md``: its tables (frame types, flags, error codes, settings, HELLO
+  fields, the connection and stream state tables) are parsed and compared with the
+  enums, ``Settings`` defaults and ``_wire_state``, and its worked example is replayed
+  byte for byte through two sans-IO ``Connection`` objects.
 - ``README.md`` and ``docs/index.md``: every python block that is a complete program
   (it ends in ``trio.run(main)``) runs in-process under ``trio.fail_after``; the README
   tour's output is checked line by line.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ from chanserv_trio._wire_codec import (
 )
 from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import MessageReceived, StreamOpened
+from chanserv_trio._wire_state import (
+    CONNECTION_TRANSITIONS,
+    STREAM_TRANSITIONS,
+    ConnectionInput,
+    ConnectionState,
+    StreamInput,
+    StreamState,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -125,6 +134,48 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
 def test_hello_field_table_matches_code() -> None:
     documented = {row["name"]: parse_int(row["id"]) for row in doc_table("hello-fields")}
     assert documented == {member.name: member.value for member in HelloField}
+
+
+def state_table(marker: str) -> dict[tuple[str, str], str | None]:
+    """A state table of section 6 as ``(state, input) -> next state`` (None: ignored)."""
+    table: dict[tuple[str, str], str | None] = {}
+    for row in doc_table(marker):
+        for column in ("allowed", "ignored"):
+            if row[column] == "nothing":
+                continue
+            for item in row[column].split(", "):
+                event, _, next_state = item.partition(" → ")
+                outcome = None if column == "ignored" else next_state or row["state"]
+                assert (row["state"], event) not in table, item
+                table[row["state"], event] = outcome
+    return table
+
+
+def in_code(transitions: Mapping[tuple[Any, Any], Any]) -> dict[tuple[str, str], str | None]:
+    return {
+        (state.name, event.name): None if outcome is None else outcome.name
+        for (state, event), outcome in transitions.items()
+    }
+
+
+def test_connection_state_table_matches_code() -> None:
+    assert [row["state"] for row in doc_table("connection-states")] == [
+        state.name for state in ConnectionState
+    ]
+    assert state_table("connection-states") == in_code(CONNECTION_TRANSITIONS)
+
+
+def test_stream_state_table_matches_code() -> None:
+    assert {row["state"] for row in doc_table("stream-states")} == {
+        state.name for state in StreamState
+    }
+    assert state_table("stream-states") == in_code(STREAM_TRANSITIONS)
+
+
+def test_every_input_of_the_state_tables_is_named_in_the_prose() -> None:
+    text = " ".join(PROTOCOL.split())
+    for event in [*ConnectionInput, *StreamInput]:
+        assert event.name in text, event
 
 
 def test_settings_table_matches_ids_and_defaults() -> None:
@@ -280,6 +331,22 @@ def test_window_bytes_in_the_example_notes() -> None:
     window = out(client)
     assert window == encode_frame(FrameType.WINDOW, 0, 2, (262144).to_bytes(4, "big"))
     assert f"`{window.hex(' ')}`" in " ".join(PROTOCOL.split())
+
+
+def test_route_key_bytes_in_the_example_notes() -> None:
+    client, server = Connection(initiator=True), Connection(initiator=False)
+    exchange(client, server)
+    key = b"user-1"
+    request = encode_request(Request(b"hello", 5.0, {"bucket": "user-1"}))
+    client.open_stream("chanserv", request, local_open=False, route_key=key)
+    (frame,) = split_frames(out(client))
+    after_service = frame[10 + 4 + 2 + len("chanserv") :]
+    shown = after_service[: 2 + len(key)]
+    assert shown == len(key).to_bytes(2, "big") + key
+    assert f"`{shown.hex(' ')}`" in " ".join(PROTOCOL.split())
+    (opened,) = server.receive_data(frame)
+    assert isinstance(opened, StreamOpened) and opened.route_key == key
+    assert decode_request(opened.header).tags == {"bucket": "user-1"}
 
 
 def test_chunking_arithmetic_in_the_example_notes() -> None:
