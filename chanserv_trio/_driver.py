@@ -27,13 +27,14 @@ from ._errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
+    RemoteProtocolError,
     ServerShuttingDown,
-    error_from_status,
 )
 from ._link_options import LinkOptions
 from ._link_state import LinkState, StreamState
+from ._link_status import error_from_status
 from ._link_stream import LinkStream, StreamHandler
-from ._wire_codec import ErrorCode, Status, WireProtocolError
+from ._wire_codec import ErrorCode, Status
 from ._wire_connection import Connection
 from ._wire_events import (
     ConnectionTerminated,
@@ -92,7 +93,7 @@ class Link:
         transport: trio.abc.Stream,
         options: LinkOptions | None = None,
         *,
-        initiator: bool,
+        initiator: bool | None = None,
         remote_addr: str = "",
         local_addr: str = "",
         whole_messages: bool = False,
@@ -305,10 +306,12 @@ class Link:
         header: bytes,
         *,
         parent: int = 0,
-        no_send: bool = False,
-        no_reply: bool = False,
+        local_open: bool = True,
+        remote_open: bool = True,
+        route_key: bytes = b"",
     ) -> LinkStream:
-        """Open a stream to the peer, waiting while its concurrency limit is reached."""
+        """Open a stream to the peer, waiting while its concurrency limit is reached;
+        ``route_key`` travels in the OPEN (a router picks the next hop by it)."""
         conn = self.conn
         limit = conn.peer_settings.max_open_payload
         if len(header) > limit:
@@ -329,7 +332,12 @@ class Link:
         if parent and parent not in self._streams:
             raise trio.ClosedResourceError("parent stream is closed")
         stream_id = conn.open_stream(
-            service, header, parent=parent, no_send=no_send, no_reply=no_reply
+            service,
+            header,
+            parent=parent,
+            local_open=local_open,
+            remote_open=remote_open,
+            route_key=route_key,
         )
         shared = self._shared
         state = StreamState(stream_id)
@@ -340,12 +348,13 @@ class Link:
             service,
             header,
             parent,
-            not no_reply,  # peer_sends
-            not no_send,  # we_send
+            remote_open,
+            local_open,
+            route_key,
         )
         self._streams[stream_id] = state
         shared.kick_writer()
-        if no_send and no_reply:
+        if not local_open and not remote_open:
             shared.release(state)
         if not parked and shared.spend():
             await _cancel_shielded_checkpoint()
@@ -402,11 +411,17 @@ class Link:
                 self._last_heard = trio.current_time()
                 try:
                     self._dispatch(conn.receive_data(data))
-                except WireProtocolError as exc:
+                except RemoteProtocolError as exc:
                     if not conn.closed:
                         conn.go_away(exc.code, exc.message)
-                    error = ProtocolError(f"peer broke the protocol: {exc}", exc.code)
+                    error = RemoteProtocolError(
+                        f"peer broke the protocol: {exc.message}", exc.code
+                    )
                     self._report(error)
+                    # The connection is closed: its streams fail now, not once the
+                    # GOAWAY is flushed (nothing can be sent on them any more).
+                    for state in list(self._streams.values()):
+                        state.broken(error)
                     await self._flush_and_fail(error)
                     return
                 if conn.outgoing_size:
@@ -532,9 +547,9 @@ class Link:
         self._reset_tokens = min(float(burst), self._reset_tokens + elapsed * rate)
         self._reset_tokens -= 1
         if self._reset_tokens < 0:
-            raise WireProtocolError(
-                ErrorCode.ENHANCE_YOUR_CALM,
+            raise RemoteProtocolError(
                 f"peer reset more than {burst} of its streams (sustained limit {rate:g}/s)",
+                ErrorCode.ENHANCE_YOUR_CALM,
             )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
@@ -546,8 +561,9 @@ class Link:
             event.service,
             event.header,
             event.parent,
-            event.peer_sends,
-            event.we_send,
+            event.remote_open,
+            event.local_open,
+            event.route_key,
         )
         self._streams[event.stream_id] = state
         if event.parent:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import MessageTooLarge, error_from_status
+from ._errors import MessageTooLarge
 from ._link_state import QUEUE_LIMIT, LinkState, StreamState
+from ._link_status import error_from_status
 from ._wire_codec import ErrorCode, Status
 
 if TYPE_CHECKING:
@@ -49,11 +50,12 @@ class LinkStream(trio.abc.Channel[bytes]):
         "_shared",
         "_state",
         "header",
+        "local_open",
         "parent",
-        "peer_sends",
+        "remote_open",
+        "route_key",
         "service",
         "stream_id",
-        "we_send",
     )
 
     def __init__(
@@ -64,8 +66,9 @@ class LinkStream(trio.abc.Channel[bytes]):
         service: str,
         header: bytes,
         parent: int,
-        peer_sends: bool = True,
-        we_send: bool = True,
+        remote_open: bool = True,
+        local_open: bool = True,
+        route_key: bytes = b"",
     ) -> None:
         # (Positional: a class call with keywords builds a dict, one per stream opened.)
         self._link = link
@@ -79,10 +82,12 @@ class LinkStream(trio.abc.Channel[bytes]):
         self.header = header
         #: The id of the stream it is a child of, 0 for none.
         self.parent = parent
-        #: Whether the peer may send data on it (set from the OPEN flags).
-        self.peer_sends = peer_sends
-        #: Whether we may send data on it.
-        self.we_send = we_send
+        #: Whether the peer's half was open when the stream opened (the OPEN flags).
+        self.remote_open = remote_open
+        #: Whether our half was open when the stream opened: we may send on it.
+        self.local_open = local_open
+        #: The route key it was opened with (empty: none); routers pick a hop by it.
+        self.route_key = route_key
         self._sending = False
         self._ack_batch = shared.ack_batch
 
@@ -318,13 +323,13 @@ class LinkStream(trio.abc.Channel[bytes]):
             await state.parking().park()
 
     async def open_child(
-        self, header: bytes, *, no_send: bool = False, no_reply: bool = True
+        self, header: bytes, *, local_open: bool = True, remote_open: bool = False
     ) -> LinkStream:
         """Open a stream under this one (the peer receives it from ``receive_child``)."""
         if self._state.error is not None:
             raise self._state.error
         return await self._link.open_stream(
-            "", header, parent=self.stream_id, no_send=no_send, no_reply=no_reply
+            "", header, parent=self.stream_id, local_open=local_open, remote_open=remote_open
         )
 
     @property

@@ -30,7 +30,7 @@ async def relay(inbound: LinkStream, outbound: LinkStream) -> None:
                     for source, target in ((outbound, inbound), (inbound, outbound)):
                         done = trio.Event()
                         nursery.start_soon(_relay_children, source, target, children, done)
-                        if source.peer_sends:
+                        if source.remote_open:
                             nursery.start_soon(_relay_messages, source, target, done)
             if in_scope.cancelled_caught:
                 _pass_reset(inbound, outbound)
@@ -101,7 +101,7 @@ async def _relay_children(
                 return
             try:
                 mirror = await target.open_child(
-                    child.header, no_send=not child.peer_sends, no_reply=not child.we_send
+                    child.header, local_open=child.remote_open, remote_open=child.local_open
                 )
             except (ChanservError, trio.ClosedResourceError):
                 child.reset(ErrorCode.CANCEL, "the other side of the relay is gone")

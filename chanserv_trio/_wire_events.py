@@ -47,10 +47,13 @@ class StreamOpened:
     service: str
     #: The opaque header bytes from the OPEN frame.
     header: bytes
-    #: True when the peer will send no data on it.
-    peer_sends: bool
-    #: True when we are allowed to send data on it.
-    we_send: bool
+    #: True while the peer may send on it (its half is open: no NO_SEND flag).
+    remote_open: bool
+    #: True while we may send on it (our half is open: no NO_REPLY flag).
+    local_open: bool
+    #: The route key from the OPEN frame: opaque bytes a router picks its next hop by
+    #: (empty: none).
+    route_key: bytes = b""
 
 
 @attrs.frozen

@@ -1126,3 +1126,20 @@ async def test_receive_after_source_aclose_is_closed_even_with_frames_buffered()
 async def _three_frames() -> AsyncIterator[bytes]:
     for frame in (b"1", b"2", b"3"):
         yield frame
+
+
+@pytest.mark.parametrize(("tags", "route_key"), [({"bucket": "user-1"}, b"user-1"), (None, b"")])
+async def test_the_client_puts_the_bucket_tag_in_the_route_key(
+    autojump_clock: trio.abc.Clock, tags: dict[str, str] | None, route_key: bytes
+) -> None:
+    seen: list[bytes] = []
+
+    async def peek(master: cs.LinkStream) -> None:
+        seen.append(master.route_key)  # and no sources: the request ends at once
+
+    async with chanserv_nodes(memory=True) as (server_mpx, client_mpx):
+        server_mpx.handle("peek", peek)
+        with trio.fail_after(5):
+            async with cs.Client(client_mpx).lookup_and_post("peek", tags=tags) as sources:
+                assert [source async for source in sources] == []
+    assert seen == [route_key]

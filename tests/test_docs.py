@@ -1,8 +1,9 @@
 """The documentation matches the code.
 
-- ``docs/protocol.md``: its tables (frame types, flags, error codes, settings) are parsed
-  and compared with the enums and ``Settings`` defaults, and its worked example is
-  replayed byte for byte through two sans-IO ``Connection`` objects.
+- ``docs/protocol.md``: its tables (frame types, flags, error codes, settings, HELLO
+  fields, the connection and stream state tables) are parsed and compared with the
+  enums, ``Settings`` defaults and ``_wire_state``, and its worked example is replayed
+  byte for byte through two sans-IO ``Connection`` objects.
 - ``README.md`` and ``docs/index.md``: every python block that is a complete program
   (it ends in ``trio.run(main)``) runs in-process under ``trio.fail_after``; the README
   tour's output is checked line by line.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,24 +26,34 @@ import pytest
 import trio
 import trio.testing
 
-from chanserv_trio import _errors
+from chanserv_trio import _errors, _link_status
 from chanserv_trio._chanserv_protocol import NO_DEADLINE, Request, decode_request, encode_request
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
+    FLAGS,
     HEADER_SIZE,
     MAGIC,
     MAX_HELLO_SIZE,
+    OPEN_OVERHEAD,
     PROTOCOL_VERSION,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
+    HelloField,
     Setting,
     Status,
-    WireProtocolError,
     encode_frame,
 )
 from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import MessageReceived, StreamOpened
+from chanserv_trio._wire_state import (
+    CONNECTION_TRANSITIONS,
+    STREAM_TRANSITIONS,
+    ConnectionInput,
+    ConnectionState,
+    StreamInput,
+    StreamState,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -81,14 +92,17 @@ def test_frame_type_table_matches_code() -> None:
 
 
 def test_flag_table_matches_code() -> None:
-    documented: dict[str, int] = {}
+    documented: dict[tuple[str, str], int] = {}
     for row in doc_table("flags"):
         frame, flag = row["frame"], row["flag"]
         assert frame in FrameType.__members__
-        qualified = f"{frame}_{flag}"
-        name = qualified if qualified in Flags.__members__ else flag
-        documented[name] = parse_int(row["bit"])
-    in_code = {name: int(value) for name, value in Flags.__members__.items() if value}
+        documented[frame, flag] = parse_int(row["bit"])
+    in_code = {
+        (frame.name, name): int(value)
+        for frame, flags in FLAGS.items()
+        for name, value in flags.__members__.items()
+        if value
+    }
     assert documented == in_code
 
 
@@ -114,9 +128,56 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
             assert list(named) == ["ProtocolError"], row
             continue
         expected = by_scope.get("stream") or next(iter(named))
-        error = _errors.error_from_status(Status(code, "Kind", "text"))
+        error = _link_status.error_from_status(Status(code, "Kind", "text"))
         assert type(error).__name__ == expected, row
         assert issubclass(getattr(_errors, expected), _errors.ChanservError)
+
+
+def test_hello_field_table_matches_code() -> None:
+    documented = {row["name"]: parse_int(row["id"]) for row in doc_table("hello-fields")}
+    assert documented == {member.name: member.value for member in HelloField}
+
+
+def state_table(marker: str) -> dict[tuple[str, str], str | None]:
+    """A state table of section 6 as ``(state, input) -> next state`` (None: ignored)."""
+    table: dict[tuple[str, str], str | None] = {}
+    for row in doc_table(marker):
+        for column in ("allowed", "ignored"):
+            if row[column] == "nothing":
+                continue
+            for item in row[column].split(", "):
+                event, _, next_state = item.partition(" → ")
+                outcome = None if column == "ignored" else next_state or row["state"]
+                assert (row["state"], event) not in table, item
+                table[row["state"], event] = outcome
+    return table
+
+
+def in_code(transitions: Mapping[tuple[Any, Any], Any]) -> dict[tuple[str, str], str | None]:
+    return {
+        (state.name, event.name): None if outcome is None else outcome.name
+        for (state, event), outcome in transitions.items()
+    }
+
+
+def test_connection_state_table_matches_code() -> None:
+    assert [row["state"] for row in doc_table("connection-states")] == [
+        state.name for state in ConnectionState
+    ]
+    assert state_table("connection-states") == in_code(CONNECTION_TRANSITIONS)
+
+
+def test_stream_state_table_matches_code() -> None:
+    assert {row["state"] for row in doc_table("stream-states")} == {
+        state.name for state in StreamState
+    }
+    assert state_table("stream-states") == in_code(STREAM_TRANSITIONS)
+
+
+def test_every_input_of_the_state_tables_is_named_in_the_prose() -> None:
+    text = " ".join(PROTOCOL.split())
+    for event in [*ConnectionInput, *StreamInput]:
+        assert event.name in text, event
 
 
 def test_settings_table_matches_ids_and_defaults() -> None:
@@ -135,11 +196,12 @@ def test_settings_table_matches_ids_and_defaults() -> None:
 def test_constants_named_in_the_prose() -> None:
     assert HEADER_SIZE == 10 and "10-byte header" in PROTOCOL
     assert MAGIC == b"CSTR" and MAGIC.hex(" ") in PROTOCOL
-    assert PROTOCOL_VERSION == 1 and "(currently 1)" in PROTOCOL
+    assert PROTOCOL_VERSION == 2 and "(currently 2)" in PROTOCOL
     assert f"{MAX_HELLO_SIZE} bytes" in PROTOCOL
     assert f"{NO_DEADLINE:#X}".replace("0X", "0x") in PROTOCOL
-    # The OPEN allowance: 4 (parent) + 2 (name length) + 65535 (longest name).
-    assert "max_open_payload + 65541" in PROTOCOL and 4 + 2 + 0xFFFF == 65541
+    # The OPEN allowance: parent, the longest name and the longest route key.
+    assert "max_open_payload + 131078" in PROTOCOL and 4 + 2 + 0xFFFF + 2 + 0xFFFF == 131078
+    assert OPEN_OVERHEAD == 131078
 
 
 def test_open_allowance_lets_the_longest_legal_open_through() -> None:
@@ -149,6 +211,9 @@ def test_open_allowance_lets_the_longest_legal_open_through() -> None:
     client.open_stream("s" * 0xFFFF, b"h" * 1024)
     (opened,) = deliver(client, server)
     assert isinstance(opened, StreamOpened) and len(opened.service) == 0xFFFF
+    client.open_stream("s" * 0xFFFF, b"h" * 1024, route_key=b"k" * 0xFFFF)
+    (opened,) = deliver(client, server)
+    assert isinstance(opened, StreamOpened) and opened.route_key == b"k" * 0xFFFF
 
 
 # ------------------------------------------------------------ the worked example
@@ -198,17 +263,17 @@ def replay_worked_example() -> list[tuple[str, bytes]]:
     client_sends()
     server.advertise("chanserv")
     server_sends()
-    client.open_stream("chanserv", encode_request(Request(b"hello", 5.0, {})), no_send=True)
+    client.open_stream("chanserv", encode_request(Request(b"hello", 5.0, {})), local_open=False)
     (opened,) = client_sends()
     assert isinstance(opened, StreamOpened)
     request = decode_request(opened.header)
     assert (request.body, request.timeout, request.tags) == (b"hello", 5.0, {})
     master = opened.stream_id
-    first = server.open_stream("", b"source @0", parent=master, no_reply=True)
-    second = server.open_stream("", b"source @1", parent=master, no_reply=True)
+    first = server.open_stream("", b"source @0", parent=master, remote_open=False)
+    second = server.open_stream("", b"source @1", parent=master, remote_open=False)
     server.send_data(first, b"wait for me!")
     server.end_stream(second, Status(ErrorCode.APPLICATION_ERROR, "ValueError", "boom"))
-    third = server.open_stream("", b"source @2", parent=master, no_reply=True)
+    third = server.open_stream("", b"source @2", parent=master, remote_open=False)
     server.send_data(first, b"ok I'm ready")
     server.end_stream(first)
     server.end_stream(master)
@@ -260,7 +325,7 @@ def test_worked_example_headings_name_the_frame_types() -> None:
 def test_window_bytes_in_the_example_notes() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     server.send_data(stream, b"x" * 262144)
     (_, message) = deliver(server, client)
     assert isinstance(message, MessageReceived)
@@ -268,6 +333,22 @@ def test_window_bytes_in_the_example_notes() -> None:
     window = out(client)
     assert window == encode_frame(FrameType.WINDOW, 0, 2, (262144).to_bytes(4, "big"))
     assert f"`{window.hex(' ')}`" in " ".join(PROTOCOL.split())
+
+
+def test_route_key_bytes_in_the_example_notes() -> None:
+    client, server = Connection(initiator=True), Connection(initiator=False)
+    exchange(client, server)
+    key = b"user-1"
+    request = encode_request(Request(b"hello", 5.0, {"bucket": "user-1"}))
+    client.open_stream("chanserv", request, local_open=False, route_key=key)
+    (frame,) = split_frames(out(client))
+    after_service = frame[10 + 4 + 2 + len("chanserv") :]
+    shown = after_service[: 2 + len(key)]
+    assert shown == len(key).to_bytes(2, "big") + key
+    assert f"`{shown.hex(' ')}`" in " ".join(PROTOCOL.split())
+    (opened,) = server.receive_data(frame)
+    assert isinstance(opened, StreamOpened) and opened.route_key == key
+    assert decode_request(opened.header).tags == {"bucket": "user-1"}
 
 
 def test_chunking_arithmetic_in_the_example_notes() -> None:
@@ -367,7 +448,7 @@ def send_chunked(conn: Connection, stream: int, message: bytes) -> bool:
 def test_chunked_messages_do_not_leak_stream_credit() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     for _ in range(8):  # 8 x 300 KiB through a 1 MiB window, each consumed at once
         assert send_chunked(server, stream, b"x" * (300 << 10))
@@ -382,7 +463,7 @@ def test_message_larger_than_the_stream_window_gets_through() -> None:
     client = Connection(initiator=True, settings=Settings(initial_stream_window=64 << 10))
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     message = b"y" * (256 << 10)
     offset = 0
@@ -408,7 +489,7 @@ def test_unread_chunked_messages_stay_within_the_window() -> None:
     client = Connection(initiator=True, settings=settings)
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     buffered = 0
     for _ in range(100):  # nobody consumes: the sender must run out of credit
@@ -425,10 +506,10 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
     client = Connection(initiator=True, settings=Settings(max_message_size=100))
     server = Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     server.send_data(stream, b"z" * 500)
-    with pytest.raises(WireProtocolError) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         deliver(server, client)
     assert caught.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -436,7 +517,7 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
 def test_long_status_message_does_not_break_the_connection() -> None:
     client, server = Connection(initiator=True), Connection(initiator=False)
     exchange(client, server)
-    stream = server.open_stream("", b"", no_reply=True)
+    stream = server.open_stream("", b"", remote_open=False)
     deliver(server, client)
     server.end_stream(stream, Status(ErrorCode.APPLICATION_ERROR, "ValueError", "x" * (2 << 20)))
     events = deliver(server, client)
@@ -480,7 +561,7 @@ async def test_frame_above_the_clients_limit_ends_the_source(
 
 
 def test_status_without_message_names_its_code() -> None:
-    error = _errors.error_from_status(Status(ErrorCode.CANCEL))
+    error = _link_status.error_from_status(Status(ErrorCode.CANCEL))
     assert "CANCEL" in str(error)
 
 

@@ -72,8 +72,8 @@ async def test_service_sees_header_and_peer_can_open_streams_too() -> None:
 
     async with link_pair(left_handlers={"L": record}, right_handlers={"R": record}) as pair:
         with trio.fail_after(5):
-            to_right = await pair.left.open_stream("R", b"from left", no_send=True)
-            to_left = await pair.right.open_stream("L", b"from right", no_send=True)
+            to_right = await pair.left.open_stream("R", b"from left", local_open=False)
+            to_left = await pair.right.open_stream("L", b"from right", local_open=False)
             assert await drain(to_right) == [b"hi from left"]
             assert await drain(to_left) == [b"hi from right"]
     assert sorted(seen) == [("L", b"from right", 2), ("R", b"from left", 1)]
@@ -135,7 +135,7 @@ async def test_receive_nowait_and_receive_buffered() -> None:
             await stream.send(message)
 
     async with link_pair(right_handlers={"three": three}) as pair:
-        stream = await pair.left.open_stream("three", b"", no_send=True)
+        stream = await pair.left.open_stream("three", b"", local_open=False)
         with pytest.raises(trio.WouldBlock):
             stream.receive_nowait()
         with trio.fail_after(5):
@@ -174,7 +174,7 @@ async def test_async_for_over_a_stream_raises_how_it_ended_unless_ok() -> None:
         stream.end(Status(ErrorCode.APPLICATION_ERROR, "ValueError", "no thanks"))
 
     async with link_pair(right_handlers={"refuse": refuse}) as pair:
-        stream = await pair.left.open_stream("refuse", b"", no_send=True)
+        stream = await pair.left.open_stream("refuse", b"", local_open=False)
         got: list[bytes] = []
         with trio.fail_after(5), pytest.raises(cs.RemoteError, match="no thanks"):
             async for message in stream:
@@ -230,7 +230,7 @@ async def test_end_status_becomes_typed_error_after_the_messages(
         stream.end(status)
 
     async with link_pair(right_handlers={"fail": fail}) as pair:
-        stream = await pair.left.open_stream("fail", b"", no_send=True)
+        stream = await pair.left.open_stream("fail", b"", local_open=False)
         with trio.fail_after(5):
             assert await stream.receive() == b"before"
             with pytest.raises(error_type) as info:
@@ -352,7 +352,7 @@ async def test_receive_after_aclose_is_closed_even_with_messages_buffered() -> N
         await stream.send(b"2")
 
     async with link_pair(right_handlers={"two": two}) as pair:
-        stream = await pair.left.open_stream("two", b"", no_send=True)
+        stream = await pair.left.open_stream("two", b"", local_open=False)
         with trio.fail_after(5):
             await wait_until(lambda: stream.remote_status is not None)
         await stream.aclose()
@@ -360,9 +360,9 @@ async def test_receive_after_aclose_is_closed_even_with_messages_buffered() -> N
             await stream.receive()
 
 
-async def test_no_send_stream_refuses_sending() -> None:
+async def test_a_stream_opened_with_our_half_closed_refuses_sending() -> None:
     async with link_pair(right_handlers={"echo": echo}) as pair:
-        stream = await pair.left.open_stream("echo", b"", no_send=True)
+        stream = await pair.left.open_stream("echo", b"", local_open=False)
         with pytest.raises(trio.ClosedResourceError):
             await stream.send(b"x")
 
@@ -422,8 +422,8 @@ async def test_unread_stream_stalls_only_itself() -> None:
     async with link_pair(
         right_handlers={"produce": produce}, left_settings=SMALL, right_settings=SMALL
     ) as pair:
-        ignored = await pair.left.open_stream("produce", b"ignored", no_send=True)
-        read = await pair.left.open_stream("produce", b"read", no_send=True)
+        ignored = await pair.left.open_stream("produce", b"ignored", local_open=False)
+        read = await pair.left.open_stream("produce", b"read", local_open=False)
         with trio.fail_after(5):
             got = await drain(read)
             await finished[b"read"].wait()
@@ -446,7 +446,7 @@ async def test_buffered_bytes_stay_within_the_window() -> None:
     async with link_pair(
         right_handlers={"flood": flood}, left_settings=SMALL, right_settings=SMALL
     ) as pair:
-        stream = await pair.left.open_stream("flood", b"", no_send=True)
+        stream = await pair.left.open_stream("flood", b"", local_open=False)
         with trio.fail_after(5):
             await wait_until(lambda: pair.right.statistics().window_stalls > 0)
             await trio.testing.wait_all_tasks_blocked()
@@ -492,7 +492,7 @@ async def test_child_streams_arrive_with_headers_then_end_of_channel() -> None:
         stream.end()
 
     async with link_pair(right_handlers={"parent": parent}) as pair:
-        master = await pair.left.open_stream("parent", b"", no_send=True)
+        master = await pair.left.open_stream("parent", b"", local_open=False)
         with trio.fail_after(5):
             children = [await master.receive_child() for _ in range(3)]
             with pytest.raises(trio.EndOfChannel):
@@ -729,6 +729,48 @@ async def test_multiplexer_attach_carries_chanserv() -> None:
     assert got == {b"0": [b"req 0"], b"1": [b"req 1"], b"2": [b"req 2"]}
 
 
+async def test_both_ends_may_attach_with_the_defaults() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    async with cs.Multiplexer() as left, cs.Multiplexer() as right:
+        left.handle("echo", echo)
+        right.handle("echo", echo)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(left.attach, a)
+                await right.attach(b)
+            # The first request, either way, works (it once failed: "OPEN with bad id").
+            for mpx in (left, right, left, right):
+                stream = await mpx.open_stream("echo", b"", dial_timeout=5)
+                await stream.send(b"hello")
+                stream.end()
+                assert await drain(stream) == [b"hello"]
+        roles = sorted(bool(link.conn.initiator) for link in left.links + right.links)
+        assert roles == [False, True]
+
+
+@pytest.mark.parametrize("role", [True, False])
+async def test_two_ends_that_force_the_same_role_fail_the_handshake(role: bool) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    errors: list[BaseException] = []
+
+    async def attach(mpx: cs.Multiplexer, stream: trio.abc.Stream) -> None:
+        try:
+            await mpx.attach(stream, initiator=role)
+        except cs.ChanservError as exc:
+            errors.append(exc)
+
+    async with cs.Multiplexer() as left, cs.Multiplexer() as right:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attach, left, a)
+                nursery.start_soon(attach, right, b)
+        assert left.links == right.links == []
+    assert len(errors) == 2
+    for error in errors:
+        assert isinstance(error, cs.ProtocolError) and error.code == ErrorCode.PROTOCOL_ERROR
+        assert "both ends chose the same role" in str(error)
+
+
 # ---------------------------------------------------------------- structure
 
 
@@ -736,7 +778,13 @@ def test_link_and_streams_touch_no_private_member_of_each_other() -> None:
     """The link and its streams share state objects (``_link_state``); none of the
     link modules reads or writes ``other._name`` of another object."""
     package = Path(cs.__file__).parent
-    modules = ["_driver.py", "_link_options.py", "_link_state.py", "_link_stream.py"]
+    modules = [
+        "_driver.py",
+        "_link_options.py",
+        "_link_state.py",
+        "_link_stream.py",
+        "_link_status.py",
+    ]
     foreign: list[str] = []
     for name in modules:
         tree = ast.parse((package / name).read_text())

@@ -61,16 +61,7 @@ FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
 #: Imports that break the rules today, as (importer, imported) modules: removed by the
 #: architecture issue's seams; delete each entry once its import is gone (a test below
 #: fails while an entry names an import that no longer exists).
-KNOWN_VIOLATIONS = frozenset(
-    {
-        # removed by the architecture issue's seams: the router routes by a key in the
-        # OPEN frame instead of decoding the chanserv envelope for the bucket tag.
-        ("_multiplexer", "_chanserv_protocol"),
-        # removed by the architecture issue's seams: _errors becomes a leaf (the protocol
-        # error code written as a literal, error_from_status moved to the link layer).
-        ("_errors", "_wire_codec"),
-    }
-)
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 def layer_of(module: str) -> str:

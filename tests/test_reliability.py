@@ -193,7 +193,7 @@ async def test_rapid_reset_closes_only_the_abusive_link() -> None:
             abuser = await trio.open_tcp_stream(host, int(port))
             conn = await handshake_raw(abuser)
             for _ in range(200):
-                sid = conn.open_stream("svc", _request(), no_send=True)
+                sid = conn.open_stream("svc", _request(), local_open=False)
                 conn.reset_stream(sid, Status(ErrorCode.CANCEL))
             await abuser.send_all(b"".join(conn.take_outgoing()))
             # The server answers with GOAWAY(ENHANCE_YOUR_CALM) and closes.
