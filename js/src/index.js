@@ -1,0 +1,22 @@
+// chanserv-trio: a client of the chanserv_trio protocol for browsers and Node.
+// connect() to a node over a WebSocket, post() to a service and iterate the sources it
+// announces, each a stream of frames; serve() a service of your own.
+
+export { ChanservNode, Source, SourceChannel, attach, connect } from "./node.js";
+export {
+  AuthenticationFailed,
+  ChanservError,
+  ConnectionLost,
+  DeadlineExceeded,
+  ErrorCode,
+  LocalProtocolError,
+  MessageTooLarge,
+  PermissionDenied,
+  ProtocolError,
+  RemoteError,
+  RemoteProtocolError,
+  ServerShuttingDown,
+  ServiceNotFound,
+  StreamCancelled,
+  StreamError,
+} from "./errors.js";
