@@ -532,7 +532,7 @@ export const NO_DEADLINE = 2n ** 64n - 1n;
 export function encodeRequest({ body, timeout = null, tags = {} }) {
   let micros = NO_DEADLINE;
   if (timeout !== null && Number.isFinite(timeout)) {
-    micros = BigInt(Math.max(0, Math.floor(timeout * 1_000_000)));
+    micros = BigInt(Math.max(0, Math.round(timeout * 1_000_000)));
     if (micros >= NO_DEADLINE) micros = NO_DEADLINE - 1n;
   }
   const entries = Object.entries(tags);

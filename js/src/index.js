@@ -20,3 +20,14 @@ export {
   StreamCancelled,
   StreamError,
 } from "./errors.js";
+
+/** @typedef {import("./node.js").NodeOptions} NodeOptions */
+/** @typedef {import("./node.js").PostOptions} PostOptions */
+/** @typedef {import("./node.js").SourceMeta} SourceMeta */
+/** @typedef {import("./node.js").ServedSource} ServedSource */
+/** @typedef {import("./node.js").RequestContext} RequestContext */
+/** @typedef {import("./node.js").SourceFunction} SourceFunction */
+/** @typedef {import("./node.js").BytesLike} BytesLike */
+/** @typedef {import("./connection.js").Settings} Settings */
+/** @typedef {import("./link.js").LinkStatistics} LinkStatistics */
+/** @typedef {import("./link.js").Transport} Transport */

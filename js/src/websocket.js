@@ -69,6 +69,16 @@ export async function openWebSocket(url, { timeout, WebSocket }) {
     throw new ConnectionLost(`cannot connect to ${url}: ${describe(error)}`);
   }
   ws.binaryType = "arraybuffer";
+  // The node's HELLO may arrive in the same turn as the open event, before the link
+  // starts: keep what arrives until then.
+  /** @type {unknown[]} */
+  let early = [];
+  /** @type {((data: unknown) => void) | null} */
+  let deliver = null;
+  ws.onmessage = (event) => {
+    if (deliver === null) early.push(event.data);
+    else deliver(event.data);
+  };
   /** @type {() => void} */
   let markClosed = () => {};
   /** @type {Promise<void>} */
@@ -99,15 +109,17 @@ export async function openWebSocket(url, { timeout, WebSocket }) {
   return {
     closedPromise,
     start(sink) {
-      ws.onmessage = (event) => {
-        const data = event.data;
+      deliver = (data) => {
         if (typeof data === "string") {
           sink.closed("the peer sent a text message; chanserv_trio links carry binary messages only");
           ws.close(1003, "binary messages only");
           return;
         }
-        sink.data(new Uint8Array(data));
+        sink.data(new Uint8Array(/** @type {ArrayBuffer} */ (data)));
       };
+      const waiting = early;
+      early = [];
+      for (const data of waiting) deliver(data);
       ws.onclose = (event) => {
         markClosed();
         sink.closed(describeClose(event));

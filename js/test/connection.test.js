@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import fc from "fast-check";
+import fc from "./support/fc.js";
 
 import {
   ACCEPTOR_NONCE,

@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import fc from "fast-check";
+import fc from "./support/fc.js";
 
 import { ErrorCode, RemoteProtocolError } from "../src/errors.js";
 import { compress, compressBlock, decompress, decompressBlock } from "../src/lz4.js";
