@@ -36,6 +36,7 @@ UNIT_SUITES = [
     "test/lz4.test.js",
     "test/connection.test.js",
     "test/node.test.js",
+    "test/websocket.test.js",
     "test/docs.test.js",
     "test/types.test.js",
 ]

@@ -163,6 +163,26 @@ function clip(text, limit) {
   return new TextDecoder().decode(data.subarray(0, end));
 }
 
+/** What the first bytes of other protocols look like, and what to tell the user. */
+const FOREIGN_PREFIXES = [
+  ["HTTP/", "the peer answered in HTTP, not chanserv_trio"],
+  ["\x16\x03", "the peer speaks TLS, not plain chanserv_trio (use wss://)"],
+  ["\x15\x03", "the peer answered with a TLS alert (it expects TLS: use wss://)"],
+  ["{", "the peer sent JSON, not chanserv_trio"],
+];
+
+/**
+ * A message naming the protocol the first bytes received belong to, if not ours.
+ * @param {Uint8Array} first
+ * @returns {string | null}
+ */
+function foreignProtocol(first) {
+  for (const [prefix, message] of FOREIGN_PREFIXES) {
+    if (first.length >= prefix.length && [...prefix].every((char, i) => first[i] === char.charCodeAt(0))) return message;
+  }
+  return null;
+}
+
 /**
  * A random role nonce in [1, 2**64 - 2], for a side that neither dialed nor accepted.
  * @returns {bigint}
@@ -662,6 +682,14 @@ export class Connection {
       this.closed = true;
       events.push({ type: "terminated", code: ErrorCode.CONNECTION_LOST, message: "peer closed the connection" });
       return events;
+    }
+    if (this.bytesReceived === 0) {
+      const foreign = foreignProtocol(data.subarray(0, 8));
+      if (foreign !== null) {
+        this.bytesReceived += data.length;
+        this.goAway(ErrorCode.PROTOCOL_ERROR, foreign);
+        throw new RemoteProtocolError(foreign, ErrorCode.PROTOCOL_ERROR);
+      }
     }
     this.bytesReceived += data.length;
     this._decoder.feed(data);

@@ -545,8 +545,7 @@ export class Link {
   _receiveEnd(message) {
     this._transportClosed = true;
     if (this.error !== null) return;
-    const events = this.conn.receiveData(EMPTY);
-    for (const event of events) this._dispatch(event);
+    this.conn.receiveData(EMPTY); // its only event says what `message` says better
     this._fail(new ConnectionLost(`connection closed by peer: ${message}`));
   }
 

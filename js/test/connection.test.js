@@ -452,3 +452,13 @@ describe("broken input", () => {
     assert.ok(server);
   });
 });
+
+test("a peer speaking another protocol is told apart from a broken one", () => {
+  for (const [first, named] of [["HTTP/1.1 400 Bad Request\r\n", /HTTP/], ["\x16\x03\x01\x02\x00", /TLS/], ['{"hello": 1}', /JSON/]]) {
+    const conn = new Connection();
+    assert.throws(
+      () => conn.receiveData(Uint8Array.from([...first].map((c) => c.charCodeAt(0)))),
+      (error) => error instanceof RemoteProtocolError && error.code === ErrorCode.PROTOCOL_ERROR && named.test(error.message),
+    );
+  }
+});
