@@ -375,6 +375,9 @@ class ServedRequest {
     this.controller = new AbortController();
     /** @type {Set<LinkStream>} children still open */
     this.children = new Set();
+    /** @type {Set<AbortController>} one per frames pump still running (so that a
+     * thousand sources do not each listen on the request's signal) */
+    this.pumps = new Set();
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.timer = null;
   }
@@ -389,6 +392,8 @@ class ServedRequest {
     if (this.controller.signal.aborted) return;
     for (const child of [...this.children]) child.reset(code, message);
     this.children.clear();
+    for (const pump of [...this.pumps]) pump.abort(reason);
+    this.pumps.clear();
     this.controller.abort(reason);
     this.clear();
   }
@@ -640,9 +645,15 @@ export class ChanservNode {
         }
         credit.available -= 1;
         const child = await master.openChild(header);
+        if (signal.aborted) {
+          // Stopped while the source was being announced.
+          child.reset(ErrorCode.CANCEL, "cancelled on the server");
+          closeQuietly(iterator);
+          return;
+        }
         served.children.add(child);
         child.onFinished = () => served.children.delete(child);
-        this._pump(child, source.frames ?? [], signal);
+        this._pump(child, source.frames ?? [], served);
       }
       master.end();
     } catch (error) {
@@ -699,14 +710,13 @@ export class ChanservNode {
    * Send one source's frames on its child stream, then END it.
    * @param {LinkStream} child
    * @param {AsyncIterable<BytesLike> | Iterable<BytesLike>} frames
-   * @param {AbortSignal} signal
+   * @param {ServedRequest} served
    */
-  async _pump(child, frames, signal) {
+  async _pump(child, frames, served) {
     /** @type {AsyncIterator<any> | Iterator<any> | null} */
     let iterator = null;
     const stopped = new AbortController();
-    const onAbort = () => stopped.abort();
-    signal.addEventListener("abort", onAbort, { once: true });
+    served.pumps.add(stopped);
     const previous = child.onFinished;
     child.onFinished = () => {
       previous?.();
@@ -729,7 +739,7 @@ export class ChanservNode {
       if (child.isFinished) return; // the stream broke under us: the client knows
       child.end(applicationError(error));
     } finally {
-      signal.removeEventListener("abort", onAbort);
+      served.pumps.delete(stopped);
     }
   }
 

@@ -251,9 +251,9 @@ export class ChanservNode {
      * Send one source's frames on its child stream, then END it.
      * @param {LinkStream} child
      * @param {AsyncIterable<BytesLike> | Iterable<BytesLike>} frames
-     * @param {AbortSignal} signal
+     * @param {ServedRequest} served
      */
-    _pump(child: LinkStream, frames: AsyncIterable<BytesLike> | Iterable<BytesLike>, signal: AbortSignal): Promise<void>;
+    _pump(child: LinkStream, frames: AsyncIterable<BytesLike> | Iterable<BytesLike>, served: ServedRequest): Promise<void>;
     /**
      * Say goodbye and close the connection. Requests in flight on it fail with
      * ConnectionLost.
@@ -405,4 +405,30 @@ export type RequestContext = {
 export type SourceFunction = (body: Uint8Array, context: RequestContext) => AsyncIterable<ServedSource> | Iterable<ServedSource>;
 import { LinkStream } from "./link.js";
 import { Link } from "./link.js";
+/** What is known of a served request while it runs. */
+declare class ServedRequest {
+    /**
+     * @param {LinkStream} master
+     * @param {number | null} deadline
+     */
+    constructor(master: LinkStream, deadline: number | null);
+    master: LinkStream;
+    deadline: number | null;
+    controller: AbortController;
+    /** @type {Set<LinkStream>} children still open */
+    children: Set<LinkStream>;
+    /** @type {Set<AbortController>} one per frames pump still running (so that a
+     * thousand sources do not each listen on the request's signal) */
+    pumps: Set<AbortController>;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    timer: ReturnType<typeof setTimeout> | null;
+    /**
+     * Stop the request's work; open children are reset with `code`.
+     * @param {unknown} reason
+     * @param {number} code
+     * @param {string} message
+     */
+    stop(reason: unknown, code: number, message: string): void;
+    clear(): void;
+}
 import { OK } from "./codec.js";
