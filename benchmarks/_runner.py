@@ -52,6 +52,7 @@ PEERS: dict[str, Peer] = {
         Peer("grpc", "grpc"),
         Peer("ours-ws", "ours", ("--scheme", "ws"), _OVER_WEBSOCKET),
         Peer("ceiling-ws", "ceiling_ws", (), _OVER_WEBSOCKET),
+        Peer("js-node", "js_node", (), _OVER_WEBSOCKET),
     )
 }
 #: The project root, so ``python -m benchmarks...`` finds the package from the subprocesses.
