@@ -18,7 +18,6 @@ import {
   ConnectionLost,
   ErrorCode,
   MessageTooLarge,
-  ProtocolError,
   RemoteProtocolError,
   errorFromGoaway,
   errorFromStatus,
@@ -528,7 +527,7 @@ export class Link {
     } catch (error) {
       if (error instanceof RemoteProtocolError) {
         this._flush(); // the GOAWAY the state machine queued
-        this._fail(new ProtocolError(`peer broke the protocol: ${error.message}`, error.code));
+        this._fail(new RemoteProtocolError(`peer broke the protocol: ${error.message}`, error.code));
       } else {
         // A bug of ours: end the link rather than leave it in an unknown state.
         this.conn.goAway(ErrorCode.INTERNAL_ERROR, "internal error");

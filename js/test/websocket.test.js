@@ -8,7 +8,7 @@ import { after, describe, test } from "node:test";
 import { WebSocketServer } from "ws";
 
 import { encodeFrame, encodeGoaway, FrameType } from "../src/codec.js";
-import { AuthenticationFailed, ConnectionLost, ErrorCode, ProtocolError, connect } from "../src/index.js";
+import { AuthenticationFailed, ConnectionLost, ErrorCode, RemoteProtocolError, connect } from "../src/index.js";
 import { startJsNode } from "./support/jsnode.js";
 
 const text = (/** @type {Uint8Array} */ bytes) => new TextDecoder().decode(bytes);
@@ -97,9 +97,9 @@ describe("connect over WebSocket", { timeout: 20000 }, () => {
     assert.ok(Buffer.from(seen[0]).includes(Buffer.from("wrong")), "the credential went out in our HELLO");
   });
 
-  test("a far end that is not chanserv_trio is ProtocolError", async () => {
+  test("a far end that is not chanserv_trio is RemoteProtocolError, naming what it speaks", async () => {
     const url = await wsServer((ws) => ws.send(new TextEncoder().encode("HTTP/1.1 200 OK\r\n\r\n")));
-    await assert.rejects(connect(url, { dialTimeout: 2000 }), (error) => error instanceof ProtocolError && error.code === ErrorCode.PROTOCOL_ERROR);
+    await assert.rejects(connect(url, { dialTimeout: 2000 }), (error) => error instanceof RemoteProtocolError && error.code === ErrorCode.PROTOCOL_ERROR && /HTTP/.test(error.message));
   });
 
   test("a text message ends the link", async () => {
