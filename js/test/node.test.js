@@ -114,6 +114,31 @@ describe("post and serve in memory", { timeout: 20000 }, () => {
     assert.equal(count, 48);
   });
 
+  test("frameBufferSize sets how far each source may run ahead of its reader", async () => {
+    const { server, client } = await nodes({ frameBufferSize: 64 * 1024 });
+    let produced = 0;
+    server.serve("ahead", () => [
+      {
+        header: "x",
+        frames: (function* () {
+          for (; produced < 256; produced++) yield new Uint8Array(16 * 1024);
+        })(),
+      },
+    ]);
+    const [source] = await collect(client.post("ahead"));
+    let count = 0;
+    for await (const _ of source) {
+      count += 1;
+      if (count === 128) {
+        // A smaller window takes effect as the link's first 1 MiB is read: from then on
+        // the producer is at most 64 KiB (4 frames), and one in hand, ahead.
+        await sleep(30);
+        assert.ok(produced - count <= 4 + 2, `${produced - count} frames ahead of the reader`);
+      }
+    }
+    assert.equal(count, 256);
+  });
+
   test("leaving the sources loop early cancels the request on the server", async () => {
     const { server, client } = await nodes();
     let stopped = 0;
