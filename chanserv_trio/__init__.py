@@ -14,9 +14,11 @@ from ._errors import (
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
+    LocalProtocolError,
     MessageTooLarge,
     ProtocolError,
     RemoteError,
+    RemoteProtocolError,
     ServerShuttingDown,
     ServiceNotFound,
     StreamCancelled,
@@ -25,7 +27,7 @@ from ._errors import (
 from ._multiplexer import Multiplexer, MultiplexerStatistics
 from ._registry import Registry
 from ._registry_etcd import EtcdRegistry, RegistryError
-from ._wire_codec import ErrorCode
+from ._wire_codec import ErrorCode, Status
 from ._wire_connection import Settings
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __all__ = [
     "Link",
     "LinkStatistics",
     "LinkStream",
+    "LocalProtocolError",
     "MessageTooLarge",
     "Multiplexer",
     "MultiplexerStatistics",
@@ -48,6 +51,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RemoteError",
+    "RemoteProtocolError",
     "RemoteSource",
     "Server",
     "ServerShuttingDown",
@@ -57,6 +61,7 @@ __all__ = [
     "SourceChannel",
     "SourceFunction",
     "SourceMeta",
+    "Status",
     "StreamCancelled",
     "StreamError",
 ]

@@ -248,7 +248,7 @@ class Client:
                 header,
                 dial_timeout=self.dial_timeout,
                 no_send=self.source_buffer_size is None,
-                route_key=None if tags is None else tags.get("bucket"),
+                route_key=_route_key(tags),
             )
         except ChanservError as exc:
             self._report(exc)
@@ -258,3 +258,9 @@ class Client:
             yield channel
         finally:
             channel._abort()
+
+
+def _route_key(tags: Mapping[str, str] | None) -> bytes:
+    """The route key of a request: the UTF-8 of its ``bucket`` tag, else none."""
+    bucket = None if tags is None else tags.get("bucket")
+    return b"" if bucket is None else bucket.encode()

@@ -15,12 +15,12 @@ from typing import Final
 
 import attrs
 
-from ._wire_codec import ErrorCode, WireProtocolError
+from ._errors import RemoteProtocolError
+from ._wire_codec import ErrorCode
 
 __all__ = [
     "SOURCE_WINDOW_TAG",
     "Request",
-    "bucket_of_request",
     "decode_credit",
     "decode_request",
     "encode_credit",
@@ -71,13 +71,13 @@ def encode_request(request: Request) -> bytes:
 
 
 def decode_request(header: bytes) -> Request:
-    """Parse a master stream's OPEN header; raises :class:`WireProtocolError` if malformed."""
+    """Parse a master stream's OPEN header; raises :class:`RemoteProtocolError` if malformed."""
     if len(header) < _HEAD.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "request envelope too short")
+        raise RemoteProtocolError("request envelope too short", ErrorCode.PROTOCOL_ERROR)
     version, micros, count = _HEAD.unpack_from(header)
     if version != ENVELOPE_VERSION:
-        raise WireProtocolError(
-            ErrorCode.VERSION_MISMATCH, f"request envelope version {version} is not supported"
+        raise RemoteProtocolError(
+            f"request envelope version {version} is not supported", ErrorCode.VERSION_MISMATCH
         )
     offset = _HEAD.size
     tags: dict[str, str] = {}
@@ -88,23 +88,14 @@ def decode_request(header: bytes) -> Request:
                 (length,) = _LEN.unpack_from(header, offset)
                 offset += 2
                 if offset + length > len(header):
-                    raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "tag overruns envelope")
+                    raise RemoteProtocolError("tag overruns envelope", ErrorCode.PROTOCOL_ERROR)
                 texts.append(header[offset : offset + length].decode())
                 offset += length
             tags[texts[0]] = texts[1]
     except (struct.error, UnicodeDecodeError):
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed request tags") from None
+        raise RemoteProtocolError("malformed request tags", ErrorCode.PROTOCOL_ERROR) from None
     timeout = None if micros == NO_DEADLINE else micros / 1_000_000
     return Request(header[offset:], timeout, tags)
-
-
-def bucket_of_request(header: bytes) -> str | None:
-    """The ``bucket`` tag of a request envelope, or None (also for anything that is not
-    one): a router uses it to keep bucket routing across its hop."""
-    try:
-        return decode_request(header).tags.get("bucket")
-    except WireProtocolError:
-        return None
 
 
 def source_window_of(request: Request) -> int | None:
@@ -113,7 +104,7 @@ def source_window_of(request: Request) -> int | None:
     if text is None:
         return None
     if not text.isdigit() or not 0 < int(text) < 2**31:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"bad {SOURCE_WINDOW_TAG}: {text!r}")
+        raise RemoteProtocolError(f"bad {SOURCE_WINDOW_TAG}: {text!r}", ErrorCode.PROTOCOL_ERROR)
     return int(text)
 
 
@@ -125,6 +116,6 @@ def encode_credit(count: int) -> bytes:
 def decode_credit(message: bytes) -> int:
     """The count in a credit message; a protocol error if malformed."""
     if len(message) != _CREDIT.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "a source credit is 4 bytes")
+        raise RemoteProtocolError("a source credit is 4 bytes", ErrorCode.PROTOCOL_ERROR)
     count: int = _CREDIT.unpack(message)[0]
     return count

@@ -17,9 +17,9 @@ import trio
 
 from ._chanserv_protocol import decode_credit, decode_request, source_window_of
 from ._driver import LinkStream
-from ._errors import ChanservError
+from ._errors import ChanservError, RemoteProtocolError
 from ._multiplexer import Multiplexer
-from ._wire_codec import ErrorCode, Status, WireProtocolError
+from ._wire_codec import ErrorCode, Status
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ class _SourceCredit:
                     return
                 try:
                     self.available += decode_credit(message)
-                except WireProtocolError as exc:
+                except RemoteProtocolError as exc:
                     master.reset(exc.code, exc.message)
                     return
                 self._lot.unpark_all()
@@ -229,7 +229,7 @@ class Server:
     async def _serve_request(self, master: LinkStream, source_fn: SourceFunction) -> None:
         try:
             request = decode_request(master.header)
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             self._report(exc)
             master.reset(exc.code, exc.message)
             return
@@ -241,7 +241,7 @@ class Server:
             deadline = min(deadline, now + self.serving_timeout)
         try:
             window = source_window_of(request)
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             self._report(exc)
             master.reset(exc.code, exc.message)
             return

@@ -27,10 +27,11 @@ from ._errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
+    RemoteProtocolError,
     ServerShuttingDown,
-    error_from_status,
 )
-from ._wire_codec import ErrorCode, Status, WireProtocolError
+from ._link_status import error_from_status
+from ._wire_codec import ErrorCode, Status
 from ._wire_connection import Connection, Settings
 from ._wire_events import (
     ConnectionTerminated,
@@ -108,6 +109,7 @@ class LinkStream:
         "parent",
         "peer_sends",
         "reset_status",
+        "route_key",
         "service",
         "stream_id",
         "was_reset",
@@ -124,6 +126,8 @@ class LinkStream:
         self.header = header
         #: The id of the stream it is a child of, 0 for none.
         self.parent = parent
+        #: The route key it was opened with (empty: none); routers pick a hop by it.
+        self.route_key = b""
         #: Whether the peer may send data on it (set from the OPEN flags).
         self.peer_sends = True
         #: Whether we may send data on it.
@@ -472,7 +476,7 @@ class Link:
         self,
         transport: trio.abc.Stream,
         *,
-        initiator: bool,
+        initiator: bool | None = None,
         settings: Settings | None = None,
         remote_addr: str = "",
         local_addr: str = "",
@@ -702,8 +706,10 @@ class Link:
         parent: int = 0,
         no_send: bool = False,
         no_reply: bool = False,
+        route_key: bytes = b"",
     ) -> LinkStream:
-        """Open a stream to the peer, waiting while its concurrency limit is reached."""
+        """Open a stream to the peer, waiting while its concurrency limit is reached;
+        ``route_key`` travels in the OPEN (a router picks the next hop by it)."""
         conn = self.conn
         limit = conn.peer_settings.max_open_payload
         if len(header) > limit:
@@ -724,9 +730,10 @@ class Link:
         if parent and parent not in self._streams:
             raise trio.ClosedResourceError("parent stream is closed")
         stream_id = conn.open_stream(
-            service, header, parent=parent, no_send=no_send, no_reply=no_reply
+            service, header, parent=parent, no_send=no_send, no_reply=no_reply, route_key=route_key
         )
         stream = LinkStream(self, stream_id, service, header, parent)
+        stream.route_key = route_key
         stream.we_send = not no_send
         stream.peer_sends = not no_reply
         self._streams[stream_id] = stream
@@ -831,11 +838,17 @@ class Link:
                     events = conn.receive_data(data)
                     for event in events:
                         self._dispatch(event)
-                except WireProtocolError as exc:
+                except RemoteProtocolError as exc:
                     if not conn.closed:
                         conn.go_away(exc.code, exc.message)
-                    error = ProtocolError(f"peer broke the protocol: {exc}", exc.code)
+                    error = RemoteProtocolError(
+                        f"peer broke the protocol: {exc.message}", exc.code
+                    )
                     self._report(error)
+                    # The connection is closed: its streams fail now, not once the
+                    # GOAWAY is flushed (nothing can be sent on them any more).
+                    for stream in list(self._streams.values()):
+                        stream._broken(error)
                     await self._flush_and_fail(error)
                     return
                 if conn.outgoing_size:
@@ -945,14 +958,15 @@ class Link:
         )
         self._reset_tokens -= 1
         if self._reset_tokens < 0:
-            raise WireProtocolError(
-                ErrorCode.ENHANCE_YOUR_CALM,
+            raise RemoteProtocolError(
                 f"peer reset more than {self.reset_burst} of its streams "
                 f"(sustained limit {self.reset_rate:g}/s)",
+                ErrorCode.ENHANCE_YOUR_CALM,
             )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream = LinkStream(self, event.stream_id, event.service, event.header, event.parent)
+        stream.route_key = event.route_key
         stream.peer_sends = event.peer_sends
         stream.we_send = event.we_send
         self._streams[event.stream_id] = stream

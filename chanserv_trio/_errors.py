@@ -8,27 +8,35 @@ Which one you get tells you what happened and what to do:
 - :class:`DeadlineExceeded`: a deadline or timeout ended the stream.
 - :class:`ServerShuttingDown`: the server is closing and cut the stream off.
 - :class:`StreamCancelled`: the other side cancelled the stream.
-- :class:`ProtocolError`: the peer sent something the protocol forbids.
+- :class:`ProtocolError`: a rule of the wire protocol was broken;
+  :class:`RemoteProtocolError` when the peer broke it, :class:`LocalProtocolError`
+  when our own side tried to (a bug or misuse).
 - :class:`MessageTooLarge`: you tried to send more than the peer accepts.
+
+This module is a leaf: it imports nothing of the package, so every layer may use it.
 """
 
 from __future__ import annotations
-
-from ._wire_codec import ErrorCode, Status
 
 __all__ = [
     "ChanservError",
     "ConnectionLost",
     "DeadlineExceeded",
+    "LocalProtocolError",
     "MessageTooLarge",
     "ProtocolError",
     "RemoteError",
+    "RemoteProtocolError",
     "ServerShuttingDown",
     "ServiceNotFound",
     "StreamCancelled",
     "StreamError",
-    "error_from_status",
 ]
+
+#: ErrorCode.PROTOCOL_ERROR, written as a literal so that this module imports nothing.
+_PROTOCOL_ERROR = 1
+#: ErrorCode.APPLICATION_ERROR, likewise.
+_APPLICATION_ERROR = 8
 
 
 class ChanservError(Exception):
@@ -40,11 +48,35 @@ class ConnectionLost(ChanservError):
 
 
 class ProtocolError(ConnectionLost):
-    """The peer broke the wire protocol; ``code`` is the error code sent or received."""
+    """A rule of the wire protocol was broken; ``code`` is the error code sent or received.
 
-    def __init__(self, message: str, code: int = ErrorCode.PROTOCOL_ERROR) -> None:
+    The root of :class:`RemoteProtocolError` (the peer broke it) and
+    :class:`LocalProtocolError` (our own side tried to). Raised as itself when the
+    peer ended the connection with an error code.
+    """
+
+    def __init__(self, message: str, code: int = _PROTOCOL_ERROR) -> None:
         super().__init__(message)
+        #: The wire error code (an ``ErrorCode`` member when it is a known one).
         self.code = code
+        #: The text without the code.
+        self.message = message
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own side tried something the protocol does not allow (a bug or misuse)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the wire protocol; ``code`` is what goes into GOAWAY.
+
+    ``str()`` names the code: ``"FLOW_CONTROL_ERROR: DATA exceeds the window"``.
+    """
+
+    def __init__(self, message: str, code: int = _PROTOCOL_ERROR) -> None:
+        super().__init__(message, code)
+        name = getattr(code, "name", None) or f"code {int(code)}"
+        self.args = (f"{name}: {message}",)
 
 
 class ServiceNotFound(ChanservError):
@@ -72,7 +104,7 @@ class RemoteError(StreamError):
     """
 
     def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message, ErrorCode.APPLICATION_ERROR, kind)
+        super().__init__(message, _APPLICATION_ERROR, kind)
         self.args = (f"{kind}: {message}" if message else kind,)
 
 
@@ -86,27 +118,3 @@ class ServerShuttingDown(StreamError):
 
 class StreamCancelled(StreamError):
     """The other side cancelled the stream (it stopped wanting it)."""
-
-
-def error_from_status(status: Status, where: str = "") -> ChanservError:
-    """The exception that a non-OK END or RESET status stands for."""
-    code = status.code
-    known = ErrorCode.coerce(code)
-    text = status.message or (known.name if isinstance(known, ErrorCode) else f"code {code}")
-    if where:
-        text = f"{where}: {text}"
-    if code == ErrorCode.APPLICATION_ERROR:
-        return RemoteError(status.kind or "Exception", status.message)
-    if code == ErrorCode.TIMEOUT:
-        return DeadlineExceeded(text, code, status.kind)
-    if code == ErrorCode.SHUTDOWN:
-        return ServerShuttingDown(text, code, status.kind)
-    if code == ErrorCode.CANCEL:
-        return StreamCancelled(text, code, status.kind)
-    if code == ErrorCode.SERVICE_NOT_FOUND:
-        return ServiceNotFound(text)
-    if code == ErrorCode.CONNECTION_LOST:
-        return ConnectionLost(text)
-    if code == ErrorCode.REFUSED_STREAM:
-        return StreamError(text, code, status.kind)
-    return StreamError(text, code, status.kind)

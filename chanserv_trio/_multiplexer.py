@@ -19,7 +19,6 @@ from typing import Any, Self
 import attrs
 import trio
 
-from ._chanserv_protocol import bucket_of_request
 from ._driver import Link, LinkStream, StreamHandler
 from ._errors import ChanservError, ConnectionLost, ServiceNotFound
 from ._registry import Registry
@@ -32,13 +31,15 @@ from ._wire_connection import Settings
 __all__ = ["Multiplexer", "MultiplexerStatistics", "pick_by_key"]
 
 
-def _score(key: str, node: str) -> int:
-    digest = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
+def _score(key: str | bytes, node: str) -> int:
+    raw = key.encode() if isinstance(key, str) else key
+    digest = hashlib.blake2b(node.encode() + b"\0" + raw, digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
-def pick_by_key(links: list[Link], key: str) -> Link:
-    """The link whose node scores highest for ``key`` (rendezvous hashing)."""
+def pick_by_key(links: list[Link], key: str | bytes) -> Link:
+    """The link whose node scores highest for ``key`` (rendezvous hashing; a ``str``
+    key counts as its UTF-8 bytes)."""
     return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
 
 
@@ -207,7 +208,7 @@ class Multiplexer:
         return list(self._listening)
 
     def _new_link(
-        self, transport: trio.abc.Stream, *, initiator: bool, local: str, remote: str
+        self, transport: trio.abc.Stream, *, initiator: bool | None, local: str, remote: str
     ) -> Link:
         return Link(
             transport,
@@ -362,9 +363,13 @@ class Multiplexer:
         """URLs this node keeps joined (redialing them when they drop)."""
         return list(self._joined)
 
-    async def attach(self, transport: trio.abc.Stream, *, initiator: bool = True) -> Link:
-        """Run a link over a stream you already have (one end must pass
-        ``initiator=False``); returns once the handshake is done."""
+    async def attach(self, transport: trio.abc.Stream, *, initiator: bool | None = None) -> Link:
+        """Run a link over a stream you already have; returns once the handshake is done.
+
+        The two ends settle which of them opens odd stream ids in the handshake, so both
+        may call ``attach(stream)`` as it is. ``initiator=True`` takes the role of the
+        side that dials (``join``), ``False`` that of the side that accepts (``listen``);
+        two ends that force the same role fail the handshake with ``ProtocolError``."""
         nursery = self._require_nursery()
         link = self._new_link(transport, initiator=initiator, local="attached", remote="attached")
         started: Link = await nursery.start(self._run_link, link)
@@ -411,12 +416,13 @@ class Multiplexer:
                 f"no node behind this router offers {inbound.service!r}",
             )
             return
-        key = bucket_of_request(inbound.header) if inbound.parent == 0 else None
-        target = random.choice(candidates) if key is None else pick_by_key(candidates, key)
+        key = inbound.route_key
+        target = pick_by_key(candidates, key) if key else random.choice(candidates)
         try:
             outbound = await target.open_stream(
                 inbound.service,
                 inbound.header,
+                route_key=key,
                 no_send=not inbound.peer_sends,
                 no_reply=not inbound.we_send,
             )
@@ -480,34 +486,34 @@ class Multiplexer:
         dial_timeout: float = 10.0,
         no_send: bool = False,
         no_reply: bool = False,
-        route_key: str | None = None,
+        route_key: bytes | str | None = None,
     ) -> LinkStream:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
         seconds for one to appear. Raises :class:`ServiceNotFound`.
 
         ``header`` may be a function, called once a peer is found (so a deadline it
         carries counts the time spent waiting). Among several peers offering it, one
-        is picked at random; with ``route_key``
-        the pick is by rendezvous hashing of the key over the peers' names
+        is picked at random; with a non-empty ``route_key`` (bytes; a ``str`` counts as
+        its UTF-8) the pick is by rendezvous hashing of the key over the peers' names
         (:attr:`Link.node_key`), so the same key reaches the same node from every
         client while the set of nodes is unchanged, and about 1/N of keys move when a
-        node joins or leaves.
+        node joins or leaves. The key travels in the OPEN frame, and a router picks its
+        next hop by it the same way.
         """
         self._require_nursery()
+        key = route_key.encode() if isinstance(route_key, str) else route_key or b""
         with trio.move_on_after(dial_timeout):
             while True:
                 candidates = self.links_offering(service)
                 if candidates:
-                    if route_key is None:
-                        link = random.choice(candidates)
-                    else:
-                        link = pick_by_key(candidates, route_key)
+                    link = pick_by_key(candidates, key) if key else random.choice(candidates)
                     try:
                         return await link.open_stream(
                             service,
                             header() if callable(header) else header,
                             no_send=no_send,
                             no_reply=no_reply,
+                            route_key=key,
                         )
                     except ConnectionLost:
                         if link.is_alive:

@@ -8,7 +8,7 @@ Every frame is a 10-byte header followed by ``length`` payload bytes::
 
 ``docs/protocol.md`` describes each frame type's payload; this module is the
 reference. :class:`FrameDecoder` can be fed bytes split at any point and yields
-whole frames; anything malformed raises :class:`WireProtocolError` with the code
+whole frames; anything malformed raises :class:`RemoteProtocolError` with the code
 that goes on the wire in the GOAWAY frame.
 """
 
@@ -16,24 +16,34 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 import attrs
 
+from ._errors import RemoteProtocolError
+
 __all__ = [
+    "FLAGS",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_HELLO_SIZE",
+    "MIN_PROTOCOL_VERSION",
+    "OPEN_OVERHEAD",
     "PROTOCOL_VERSION",
+    "DataFlags",
     "ErrorCode",
-    "Flags",
     "Frame",
     "FrameDecoder",
     "FrameType",
+    "Hello",
+    "HelloField",
+    "OpenFlags",
+    "PingFlags",
+    "ServiceFlags",
     "Setting",
     "Status",
-    "WireProtocolError",
     "decode_goaway",
     "decode_hello",
     "decode_open",
@@ -48,17 +58,26 @@ __all__ = [
 HEADER: Final = struct.Struct(">IBBI")
 HEADER_SIZE: Final = HEADER.size  # 10
 MAGIC: Final = b"CSTR"
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+#: The oldest version this one talks to: a HELLO below it is VERSION_MISMATCH.
+MIN_PROTOCOL_VERSION: Final = 2
 #: A HELLO frame larger than this is refused before the peer's limits are known.
 MAX_HELLO_SIZE: Final = 4096
+#: The most an OPEN payload carries besides its header: parent, the longest service
+#: name and the longest route key, each name with its u16 length (4+2+65535+2+65535).
+OPEN_OVERHEAD: Final = 131078
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-_OPEN = struct.Struct(">IH")  # parent stream id, service name length
+_OPEN = struct.Struct(
+    ">IH"
+)  # parent stream id, service name length; then the route key's u16 length
 _STATUS = struct.Struct(">IH")  # code, kind length
 _GOAWAY = struct.Struct(">II")  # last stream id, code
-_HELLO = struct.Struct(">4sHH")  # magic, version, number of settings
+_MAGIC_VERSION = struct.Struct(">4sH")  # magic, version
+_HELLO = struct.Struct(">4sHQH")  # magic, version, role nonce, number of settings
 _SETTING = struct.Struct(">HQ")  # setting id, value
+_FIELD = struct.Struct(">HH")  # field id, field length
 
 
 class FrameType(enum.IntEnum):
@@ -75,25 +94,52 @@ class FrameType(enum.IntEnum):
     SERVICE = 8
 
 
-class Flags(enum.IntFlag):
-    """Flag bits; their meaning depends on the frame type."""
+class OpenFlags(enum.IntFlag):
+    """Flag bits of OPEN, in terms of the stream's two halves."""
 
     NONE = 0
-    #: DATA: the message continues in the next DATA frame of this stream.
+    #: The opener sends no data on this stream: its half starts closed.
+    NO_SEND = 0x1
+    #: The accepting side must not send data: its half starts closed.
+    NO_REPLY = 0x2
+
+
+class DataFlags(enum.IntFlag):
+    """Flag bits of DATA."""
+
+    NONE = 0
+    #: The message continues in the next DATA frame of this stream.
     MORE = 0x1
-    #: DATA: the payload is LZ4-compressed: u32 BE original length, then an LZ4 block.
+    #: The payload is LZ4-compressed: u32 BE original length, then an LZ4 block.
     COMPRESSED = 0x2
-    #: OPEN: the opener sends no data on this stream (its half starts closed).
-    OPEN_NO_SEND = 0x1
-    #: OPEN: the accepting side must not send data (its half starts closed).
-    OPEN_NO_REPLY = 0x2
-    #: PING: this is the answer to a PING with the same payload.
+
+
+class PingFlags(enum.IntFlag):
+    """Flag bits of PING."""
+
+    NONE = 0
+    #: This is the answer to a PING with the same payload.
     ACK = 0x1
-    #: SERVICE: the named service is withdrawn rather than offered.
+
+
+class ServiceFlags(enum.IntFlag):
+    """Flag bits of SERVICE."""
+
+    NONE = 0
+    #: The named service is withdrawn rather than offered.
     REMOVE = 0x1
-    #: SERVICE: offered through the sender, a router that relays to a node serving it;
-    #: a router must not offer it further (routes are one hop, so they cannot loop).
+    #: Offered through the sender, a router that relays to a node serving it; a router
+    #: must not offer it further (routes are one hop, so they cannot loop).
     RELAYED = 0x2
+
+
+#: The flag class of each frame type that has flags (the others send 0 and ignore them).
+FLAGS: Final[dict[FrameType, type[enum.IntFlag]]] = {
+    FrameType.OPEN: OpenFlags,
+    FrameType.DATA: DataFlags,
+    FrameType.PING: PingFlags,
+    FrameType.SERVICE: ServiceFlags,
+}
 
 
 class ErrorCode(enum.IntEnum):
@@ -123,6 +169,16 @@ class ErrorCode(enum.IntEnum):
             return value
 
 
+class HelloField(enum.IntEnum):
+    """Ids of the byte fields HELLO carries after the settings. Unknown ids are ignored
+    by receivers; each id appears at most once."""
+
+    #: Bytes the dialing side presents to be let in (the hardening issue; unused yet).
+    CREDENTIAL = 1
+    #: A token to resume an earlier connection (reserved; unused yet).
+    RESUME_TOKEN = 2
+
+
 class Setting(enum.IntEnum):
     """Setting ids carried in HELLO. Unknown ids are ignored by receivers."""
 
@@ -134,15 +190,6 @@ class Setting(enum.IntEnum):
     MAX_CONCURRENT_STREAMS = 6
     #: 1: the sender can decompress LZ4 DATA payloads and asks for compression.
     COMPRESSION = 7
-
-
-class WireProtocolError(Exception):
-    """The peer broke the wire protocol; ``code`` is what goes into GOAWAY."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
 
 
 @attrs.frozen
@@ -176,48 +223,115 @@ def encode_frame(type: FrameType, flags: int, stream_id: int, payload: bytes = b
     return HEADER.pack(len(payload), type, flags, stream_id) + payload
 
 
-def encode_hello(settings: dict[Setting, int], version: int = PROTOCOL_VERSION) -> bytes:
-    """The payload of a HELLO frame."""
-    parts = [_HELLO.pack(MAGIC, version, len(settings))]
+@attrs.frozen
+class Hello:
+    """A decoded HELLO payload."""
+
+    #: The protocol version the sender speaks.
+    version: int
+    #: The sender's role nonce: the side with the larger one opens the odd stream ids.
+    nonce: int
+    #: Setting id -> value; unknown ids are kept as ints.
+    settings: dict[int, int]
+    #: Field id -> bytes; unknown ids are kept as ints.
+    fields: dict[int, bytes] = attrs.field(factory=dict)
+
+
+def encode_hello(
+    settings: Mapping[Setting, int] | Mapping[int, int],
+    version: int = PROTOCOL_VERSION,
+    *,
+    nonce: int = 0,
+    fields: Mapping[HelloField, bytes] | Mapping[int, bytes] | None = None,
+) -> bytes:
+    """The payload of a HELLO frame (``nonce`` 0 is the accepting side's)."""
+    parts = [_HELLO.pack(MAGIC, version, nonce, len(settings))]
     parts.extend(_SETTING.pack(key, value) for key, value in settings.items())
+    fields = fields or {}
+    parts.append(_U16.pack(len(fields)))
+    for key, value in fields.items():
+        parts.append(_FIELD.pack(key, len(value)))
+        parts.append(value)
     return b"".join(parts)
 
 
-def decode_hello(payload: bytes) -> tuple[int, dict[int, int]]:
-    """Return ``(version, settings)`` from a HELLO payload; unknown ids are kept as ints."""
-    if len(payload) < _HELLO.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO frame too short")
-    magic, version, count = _HELLO.unpack_from(payload)
+def decode_hello(payload: bytes) -> Hello:
+    """Parse a HELLO payload. The version is checked right after the magic, before the
+    rest is read: a peer of another layout gets VERSION_MISMATCH, not a parse error."""
+    if len(payload) < _MAGIC_VERSION.size:
+        raise RemoteProtocolError("HELLO frame too short", ErrorCode.PROTOCOL_ERROR)
+    magic, version = _MAGIC_VERSION.unpack_from(payload)
     if magic != MAGIC:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "peer does not speak chanserv_trio")
-    if len(payload) != _HELLO.size + count * _SETTING.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO settings have the wrong length")
+        raise RemoteProtocolError("peer does not speak chanserv_trio", ErrorCode.PROTOCOL_ERROR)
+    if version < MIN_PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"peer speaks version {version}, we need {MIN_PROTOCOL_VERSION} or later",
+            ErrorCode.VERSION_MISMATCH,
+        )
+    if len(payload) < _HELLO.size + _U16.size:
+        raise RemoteProtocolError("HELLO frame too short", ErrorCode.PROTOCOL_ERROR)
+    _, _, nonce, count = _HELLO.unpack_from(payload)
+    offset = _HELLO.size + count * _SETTING.size
+    if len(payload) < offset + _U16.size:
+        raise RemoteProtocolError("HELLO settings have the wrong length", ErrorCode.PROTOCOL_ERROR)
     settings: dict[int, int] = {}
     for index in range(count):
         key, value = _SETTING.unpack_from(payload, _HELLO.size + index * _SETTING.size)
         settings[key] = value
-    return version, settings
+    (field_count,) = _U16.unpack_from(payload, offset)
+    offset += _U16.size
+    fields: dict[int, bytes] = {}
+    for _ in range(field_count):
+        if len(payload) < offset + _FIELD.size:
+            raise RemoteProtocolError(
+                "HELLO fields have the wrong length", ErrorCode.PROTOCOL_ERROR
+            )
+        key, length = _FIELD.unpack_from(payload, offset)
+        offset += _FIELD.size
+        if key in fields:
+            raise RemoteProtocolError(f"HELLO field {key} appears twice", ErrorCode.PROTOCOL_ERROR)
+        fields[key] = payload[offset : offset + length]
+        offset += length
+    if offset != len(payload):
+        raise RemoteProtocolError(
+            "HELLO settings or fields have the wrong length", ErrorCode.PROTOCOL_ERROR
+        )
+    return Hello(version, nonce, settings, fields)
 
 
-def encode_open(parent: int, service: str, header: bytes) -> bytes:
-    """The payload of an OPEN frame: parent stream id, service name, opaque header."""
+def encode_open(parent: int, service: str, header: bytes, route_key: bytes = b"") -> bytes:
+    """The payload of an OPEN frame: parent stream id, service name, route key (empty:
+    none), opaque header."""
     name = service.encode()
-    return _OPEN.pack(parent, len(name)) + name + header
+    return b"".join(
+        (_OPEN.pack(parent, len(name)), name, _U16.pack(len(route_key)), route_key, header)
+    )
 
 
-def decode_open(payload: bytes) -> tuple[int, str, bytes]:
-    """Return ``(parent, service, header)`` from an OPEN payload."""
+def decode_open(payload: bytes) -> tuple[int, str, bytes, bytes]:
+    """Return ``(parent, service, header, route_key)`` from an OPEN payload (the order
+    :func:`encode_open` takes them in)."""
     if len(payload) < _OPEN.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN frame too short")
+        raise RemoteProtocolError("OPEN frame too short", ErrorCode.PROTOCOL_ERROR)
     parent, name_len = _OPEN.unpack_from(payload)
     end = _OPEN.size + name_len
     if end > len(payload):
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name overruns frame")
+        raise RemoteProtocolError("OPEN service name overruns frame", ErrorCode.PROTOCOL_ERROR)
     try:
         service = payload[_OPEN.size : end].decode()
     except UnicodeDecodeError:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "OPEN service name not UTF-8") from None
-    return parent, service, payload[end:]
+        raise RemoteProtocolError(
+            "OPEN service name not UTF-8", ErrorCode.PROTOCOL_ERROR
+        ) from None
+    if end + _U16.size > len(payload):
+        raise RemoteProtocolError(
+            "OPEN frame too short for its route key", ErrorCode.PROTOCOL_ERROR
+        )
+    (key_len,) = _U16.unpack_from(payload, end)
+    key_end = end + _U16.size + key_len
+    if key_end > len(payload):
+        raise RemoteProtocolError("OPEN route key overruns frame", ErrorCode.PROTOCOL_ERROR)
+    return parent, service, payload[key_end:], payload[end + _U16.size : key_end]
 
 
 def encode_status(status: Status) -> bytes:
@@ -231,11 +345,11 @@ def decode_status(payload: bytes) -> Status:
     if not payload:
         return Status(ErrorCode.OK)
     if len(payload) < _STATUS.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status too short")
+        raise RemoteProtocolError("status too short", ErrorCode.PROTOCOL_ERROR)
     code, kind_len = _STATUS.unpack_from(payload)
     end = _STATUS.size + kind_len
     if end > len(payload):
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "status kind overruns frame")
+        raise RemoteProtocolError("status kind overruns frame", ErrorCode.PROTOCOL_ERROR)
     kind = payload[_STATUS.size : end].decode(errors="replace")
     message = payload[end:].decode(errors="replace")
     return Status(code, kind, message)
@@ -249,7 +363,7 @@ def encode_goaway(last_stream_id: int, code: int, message: str) -> bytes:
 def decode_goaway(payload: bytes) -> tuple[int, int, str]:
     """Return ``(last_stream_id, code, message)`` from a GOAWAY payload."""
     if len(payload) < _GOAWAY.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY frame too short")
+        raise RemoteProtocolError("GOAWAY frame too short", ErrorCode.PROTOCOL_ERROR)
     last, code = _GOAWAY.unpack_from(payload)
     return last, code, payload[_GOAWAY.size :].decode(errors="replace")
 
@@ -257,7 +371,7 @@ def decode_goaway(payload: bytes) -> tuple[int, int, str]:
 def decode_u32(payload: bytes, what: str) -> int:
     """A payload that must be exactly one u32 (WINDOW)."""
     if len(payload) != 4:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} payload must be 4 bytes")
+        raise RemoteProtocolError(f"{what} payload must be 4 bytes", ErrorCode.PROTOCOL_ERROR)
     value: int = _U32.unpack(payload)[0]
     return value
 
@@ -334,7 +448,7 @@ class FrameDecoder:
         """Yield ``(type, flags, stream_id, payload)`` for each complete frame buffered.
 
         Types are returned as plain ints (unknown types are the caller's to judge);
-        raises :class:`WireProtocolError` on an oversized length field.
+        raises :class:`RemoteProtocolError` on an oversized length field.
         """
         unpack = HEADER.unpack_from
         while True:
@@ -351,9 +465,9 @@ class FrameDecoder:
             # (once HELLO is handled, with more frames of the same read pending).
             limit = self.max_payload
             if length > limit:
-                raise WireProtocolError(
-                    ErrorCode.FRAME_SIZE_ERROR,
+                raise RemoteProtocolError(
                     f"frame of {length} bytes exceeds the limit of {limit}",
+                    ErrorCode.FRAME_SIZE_ERROR,
                 )
             end = offset + HEADER_SIZE + length
             if end > len(buffer):

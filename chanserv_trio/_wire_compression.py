@@ -10,7 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-from ._wire_codec import ErrorCode, WireProtocolError
+from ._errors import RemoteProtocolError
+from ._wire_codec import ErrorCode
 
 __all__ = ["MIN_COMPRESS_SIZE", "compress", "decompress", "lz4_available"]
 
@@ -43,18 +44,18 @@ def decompress(payload: bytes, limit: int) -> bytes:
     """The original bytes of a compressed payload; a protocol error for a payload that
     claims more than ``limit`` bytes or does not decompress to what it claims."""
     if _lz4 is None:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "compressed DATA, but no lz4 here")
+        raise RemoteProtocolError("compressed DATA, but no lz4 here", ErrorCode.PROTOCOL_ERROR)
     if len(payload) < _LENGTH.size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "compressed DATA too short")
+        raise RemoteProtocolError("compressed DATA too short", ErrorCode.PROTOCOL_ERROR)
     (size,) = _LENGTH.unpack_from(payload)
     if size > limit:
-        raise WireProtocolError(
-            ErrorCode.FRAME_SIZE_ERROR, f"compressed DATA expands to {size} > {limit} bytes"
+        raise RemoteProtocolError(
+            f"compressed DATA expands to {size} > {limit} bytes", ErrorCode.FRAME_SIZE_ERROR
         )
     try:
         data: bytes = _lz4.decompress(payload[_LENGTH.size :], uncompressed_size=size)
     except Exception as exc:  # lz4 raises its own LZ4BlockError
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"bad LZ4 block: {exc}") from None
+        raise RemoteProtocolError(f"bad LZ4 block: {exc}", ErrorCode.PROTOCOL_ERROR) from None
     if len(data) != size:
-        raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "LZ4 block has the wrong length")
+        raise RemoteProtocolError("LZ4 block has the wrong length", ErrorCode.PROTOCOL_ERROR)
     return data

@@ -6,6 +6,12 @@ methods to act, then write out what :meth:`Connection.take_outgoing` returns. Th
 class never blocks and never does I/O, so every rule of the protocol can be tested by
 pushing bytes through two instances.
 
+When things may happen is decided by the state table in :mod:`._wire_state`: every
+action and every received frame passes it first (a forbidden action raises
+:class:`~chanserv_trio.LocalProtocolError`, a forbidden frame
+:class:`~chanserv_trio.RemoteProtocolError`); once the connection is closed no action
+queues a byte.
+
 Flow control. Each stream has a receive window (``initial_stream_window``): every DATA
 byte is charged to it, and the application returns credit with
 :meth:`Connection.acknowledge` as it consumes whole messages (each
@@ -17,26 +23,31 @@ thus bounded by the window plus one message (``max_message_size``), whatever the
 does and however slowly the application reads.
 The connection window bounds bytes in transit: its credit is returned as soon as the
 bytes are handed to a stream, so a stream nobody reads stalls only itself.
+The counting lives in :class:`~._wire_windows.Windows`, one per stream and one for the
+connection.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Final
 
-import attrs
-
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._wire_codec import (
     HEADER,
     MAX_HELLO_SIZE,
+    OPEN_OVERHEAD,
     PROTOCOL_VERSION,
+    DataFlags,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
-    Setting,
+    HelloField,
+    OpenFlags,
+    PingFlags,
+    ServiceFlags,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_hello,
     decode_open,
@@ -61,16 +72,54 @@ from ._wire_events import (
     StreamReset,
     WindowOpened,
 )
+from ._wire_settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
+from ._wire_state import (
+    CONNECTION_NEXT,
+    FORBIDDEN,
+    IGNORED,
+    LOCAL_OPEN,
+    REMOTE_OPEN,
+    STREAM_NEXT,
+    ConnectionInput,
+    ConnectionState,
+    StreamInput,
+    StreamState,
+    reject_connection_input,
+    reject_stream_input,
+)
+from ._wire_windows import Windows
 
-__all__ = ["Connection", "LocalProtocolError", "Settings"]
+__all__ = ["ACCEPTING_NONCE", "DIALING_NONCE", "Connection", "Settings", "role_nonce"]
 
-_MAX_WINDOW = 2**31 - 1
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
-_MORE = int(Flags.MORE)
-_COMPRESSED = int(Flags.COMPRESSED)
-#: Every peer accepts frames this large (the least ``max_frame_payload`` allowed).
-_MIN_FRAME_PAYLOAD = 1024
+_HANDSHAKE = int(ConnectionState.HANDSHAKE)
+_CLOSED = int(ConnectionState.CLOSED)
+_GOING_AWAY = (int(ConnectionState.LOCAL_GOAWAY), int(ConnectionState.BOTH_GOAWAY))
+_CI = ConnectionInput
+_SI = StreamInput
+_SEND_DATA = int(_CI.SEND_DATA)
+_SEND_WINDOW = int(_CI.SEND_WINDOW)
+_RECV_DATA = int(_CI.RECV_DATA)
+_STREAM_CLOSED = int(StreamState.CLOSED)
+_STREAM_SEND_DATA = int(_SI.SEND_DATA)
+_STREAM_SEND_WINDOW = int(_SI.SEND_WINDOW)
+_STREAM_RECV_DATA = int(_SI.RECV_DATA)
+#: The input each known frame type is to the connection's table (GOAWAY: see _on_goaway).
+_RECEIVED = {
+    int(FrameType.HELLO): _CI.RECV_HELLO,
+    int(FrameType.OPEN): _CI.RECV_OPEN,
+    int(FrameType.DATA): _CI.RECV_DATA,
+    int(FrameType.END): _CI.RECV_END,
+    int(FrameType.RESET): _CI.RECV_RESET,
+    int(FrameType.WINDOW): _CI.RECV_WINDOW,
+    int(FrameType.PING): _CI.RECV_PING,
+    int(FrameType.SERVICE): _CI.RECV_SERVICE,
+}
+_MORE = int(DataFlags.MORE)
+_COMPRESSED = int(DataFlags.COMPRESSED)
+#: HELLO field ids this version knows; the others are ignored.
+_KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
@@ -109,156 +158,113 @@ def _foreign_protocol(first: bytes) -> str | None:
     return None
 
 
-class LocalProtocolError(Exception):
-    """Our own side tried something the protocol does not allow (a bug or misuse)."""
-
-
-@attrs.frozen
-class Settings:
-    """Limits one side announces in HELLO and enforces on what it receives."""
-
-    #: Bytes of complete, unconsumed messages the peer may send ahead on one stream.
-    initial_stream_window: int = 1 << 20
-    #: Bytes the peer may have in transit on the whole connection.
-    connection_window: int = 16 << 20
-    #: Largest DATA payload in one frame; longer messages are sent in chunks.
-    max_frame_payload: int = 1 << 20
-    #: Largest message (all chunks joined).
-    max_message_size: int = 100 << 20
-    #: Largest OPEN header (a source header or a request body).
-    max_open_payload: int = 1 << 20
-    #: Most streams the peer may have open towards us at once.
-    max_concurrent_streams: int = 16384
-    #: Ask for LZ4 compression of DATA payloads; used on a link when both ends ask and
-    #: both have the ``lz4`` package (``pip install 'chanserv-trio[lz4]'``).
-    compression: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        for name in (
-            "initial_stream_window",
-            "connection_window",
-            "max_frame_payload",
-            "max_message_size",
-            "max_open_payload",
-            "max_concurrent_streams",
-        ):
-            value = getattr(self, name)
-            if not 0 < value <= _MAX_WINDOW:
-                raise ValueError(f"{name} must be between 1 and {_MAX_WINDOW}, not {value}")
-        if self.max_frame_payload < 1024:
-            raise ValueError("max_frame_payload must be at least 1024")
-
-    def to_wire(self) -> dict[Setting, int]:
-        """The settings as HELLO carries them (COMPRESSION only when asked for and
-        the ``lz4`` package is installed here)."""
-        values = {
-            Setting.INITIAL_STREAM_WINDOW: self.initial_stream_window,
-            Setting.CONNECTION_WINDOW: self.connection_window,
-            Setting.MAX_FRAME_PAYLOAD: self.max_frame_payload,
-            Setting.MAX_MESSAGE_SIZE: self.max_message_size,
-            Setting.MAX_OPEN_PAYLOAD: self.max_open_payload,
-            Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
-        }
-        if self.compression and lz4_available():
-            values[Setting.COMPRESSION] = 1
-        return values
-
-    @classmethod
-    def from_wire(cls, values: dict[int, int]) -> Settings:
-        """Settings from a HELLO; missing ids take their defaults, unknown ids are ignored."""
-        known = {setting.value: setting.name.lower() for setting in Setting}
-        kwargs: dict[str, Any] = {
-            known[key]: value for key, value in values.items() if key in known
-        }
-        if "compression" in kwargs:
-            kwargs["compression"] = kwargs["compression"] == 1
-        try:
-            return cls(**kwargs)
-        except ValueError as exc:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"bad HELLO setting: {exc}"
-            ) from None
-
-
 class _Stream:
     """Per-stream protocol state."""
 
     __slots__ = (
         "assembling",
-        "assembly_credited",
         "chunks",
-        "chunks_size",
-        "debt",
-        "held",
-        "local_open",
+        "may_credit",
+        "may_receive",
+        "may_send",
         "parent",
-        "pending_credit",
-        "prepaid",
-        "recv_window",
-        "remote_open",
-        "send_window",
+        "state",
         "stream_id",
-        "window",
+        "windows",
     )
 
-    def __init__(self, stream_id: int, parent: int, send_window: int, recv_window: int) -> None:
+    def __init__(
+        self, stream_id: int, parent: int, state: int, send_window: int, recv_window: int
+    ) -> None:
         self.stream_id = stream_id
         self.parent = parent
-        #: We may still send DATA/END.
-        self.local_open = True
-        #: The peer may still send DATA/END.
-        self.remote_open = True
-        self.send_window = send_window
-        self.recv_window = recv_window
-        #: Credit owed to the peer but not yet sent in a WINDOW frame.
-        self.pending_credit = 0
-        #: The non-empty chunks of the message in assembly, and their total size.
+        self.enter(state)
+        #: Its flow-control windows, both ways.
+        self.windows = Windows(send_window, recv_window)
+        #: The non-empty chunks of the message in assembly.
         self.chunks: list[bytes] = []
-        self.chunks_size = 0
         #: A DATA frame with MORE arrived and the message has not completed yet.
         self.assembling = False
-        #: Bytes of ``chunks`` already credited back to the peer.
-        self.assembly_credited = 0
-        #: Bytes of whole messages handed to the application and not yet acknowledged.
-        self.held = 0
-        #: Bytes of ``held`` already credited back while they were chunks.
-        self.prepaid = 0
-        #: This stream's receive window (the link's initial one unless changed).
-        self.window = recv_window
-        #: Credit still to be withheld because the window was made smaller.
-        self.debt = 0
+
+    def enter(self, state: int) -> None:
+        """Move to ``state`` (a :class:`StreamState` value), reading ahead in the table
+        what the hot paths ask about each frame."""
+        #: A :class:`StreamState` value (a plain int for the hot paths).
+        self.state = state
+        row = STREAM_NEXT[state]
+        #: The table allows SEND_DATA / RECV_DATA now (both leave the state as it is).
+        self.may_send = row[_STREAM_SEND_DATA] >= 0
+        self.may_receive = row[_STREAM_RECV_DATA] >= 0
+        #: The table allows SEND_WINDOW now (after the peer's END it is ignored).
+        self.may_credit = row[_STREAM_SEND_WINDOW] >= 0
+
+    @property
+    def local_open(self) -> bool:
+        """We may still send DATA and END."""
+        return bool(self.state & LOCAL_OPEN)
+
+    @property
+    def remote_open(self) -> bool:
+        """The peer may still send DATA and END."""
+        return bool(self.state & REMOTE_OPEN)
+
+
+#: The role nonces of the side that dialed and of the side that accepted; a side that
+#: did neither draws one in between, so that either fixed role wins over it.
+DIALING_NONCE: Final = 2**64 - 1
+ACCEPTING_NONCE: Final = 0
+
+
+def role_nonce(initiator: bool | None) -> int:
+    """The nonce a side sends in HELLO: the larger one takes the odd stream ids."""
+    if initiator is None:
+        return secrets.randbelow(DIALING_NONCE - 1) + 1  # 1 .. 2**64 - 2
+    return DIALING_NONCE if initiator else ACCEPTING_NONCE
 
 
 class Connection:
-    """Both ends of the protocol are the same class; ``initiator`` picks stream id parity.
+    """Both ends of the protocol are the same class; the handshake picks the roles.
 
-    The side that dialed (``initiator=True``) opens odd stream ids, the side that
-    accepted opens even ones, so both may open streams without coordination.
+    Each HELLO carries a role nonce; the side with the larger one opens odd stream ids,
+    the other even ones, so both may open streams without coordination. A side that
+    dialed passes ``initiator=True`` (nonce 2**64-1), one that accepted ``False``
+    (nonce 0); ``None`` draws a random nonce, so two ends that each just have a stream
+    need not agree on who is who. Equal nonces fail the handshake.
     """
 
-    def __init__(self, *, initiator: bool, settings: Settings | None = None) -> None:
-        self.initiator = initiator
-        self.local_settings = settings or Settings()
+    def __init__(self, *, initiator: bool | None = None, settings: Settings | None = None) -> None:
+        #: The nonce our HELLO carries.
+        self.nonce = role_nonce(initiator)
+        #: True once the handshake gave us the odd stream ids (the dialing side's role),
+        #: False for the even ones; None until the peer's HELLO arrives.
+        self.initiator: bool | None = None
+        #: The peer's HELLO fields of the ids this version knows (``HelloField``).
+        self.peer_fields: dict[HelloField, bytes] = {}
+        self._local_settings = settings or Settings()
+        # Plain ints for the hot paths: the limits we enforce.
+        self._max_frame_payload = self._local_settings.max_frame_payload
+        self._max_message_size = self._local_settings.max_message_size
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
-        self.handshake_done = False
-        self.closed = False
+        self._enter(_HANDSHAKE)
+        #: The protocol version spoken, once the peer's HELLO arrived (0 before).
         self.version = 0
         self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
-        self._next_local_id = 1 if initiator else 2
+        self._next_local_id = 0  # 1 or 2 once the roles are known
         self._highest_peer_id = 0
         self._local_open_count = 0
         self._peer_open_count = 0
-        self._send_window = self.peer_settings.connection_window
-        self._recv_window = self.local_settings.connection_window
-        self._pending_conn_credit = 0
+        #: The connection's flow-control windows (send: the peer's connection window).
+        self._windows = Windows(
+            self.peer_settings.connection_window, self.local_settings.connection_window
+        )
         self._outgoing: list[bytes | memoryview] = []
         self._outgoing_size = 0
         #: The peer sent GOAWAY: ``(last_stream_id, code)``.
         self.peer_goaway: tuple[int, int] | None = None
-        #: We sent GOAWAY.
+        #: We sent GOAWAY (graceful or not).
         self.local_goaway = False
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -267,6 +273,31 @@ class Connection:
         self._queue_hello()
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def local_settings(self) -> Settings:
+        """The settings we announced and enforce (fixed for the connection's life)."""
+        return self._local_settings
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in the state table."""
+        return ConnectionState(self._state)
+
+    @property
+    def handshake_done(self) -> bool:
+        """The peer's HELLO arrived and was accepted (it stays True once closed)."""
+        return self.version != 0
+
+    @property
+    def closed(self) -> bool:
+        """Nothing more is sent or processed: an error GOAWAY, or the byte stream ended."""
+        return self._state == _CLOSED
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The stream's state; ``CLOSED`` for one that is gone (or never was)."""
+        stream = self._streams.get(stream_id)
+        return StreamState.CLOSED if stream is None else StreamState(stream.state)
 
     @property
     def open_stream_count(self) -> int:
@@ -279,11 +310,10 @@ class Connection:
         return self._outgoing_size
 
     def can_open_stream(self) -> bool:
-        """Whether the peer's concurrency limit allows us another stream now."""
+        """Whether a stream may be opened now: the state allows it (handshake done, no
+        GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
         return (
-            self.handshake_done
-            and not self.closed
-            and self.peer_goaway is None
+            CONNECTION_NEXT[self._state][_CI.SEND_OPEN] >= 0
             and self._local_open_count < self.peer_settings.max_concurrent_streams
         )
 
@@ -292,24 +322,26 @@ class Connection:
         return stream_id in self._streams
 
     def can_send(self, stream_id: int) -> bool:
-        """Whether our half of the stream is open."""
+        """Whether DATA and END may be sent on the stream: our half is open and the
+        connection is not closed."""
+        if not self._may_send:
+            return False
         stream = self._streams.get(stream_id)
-        return stream is not None and stream.local_open
+        return stream is not None and stream.may_send
 
     def send_window(self, stream_id: int) -> int:
         """Bytes of DATA we may send on the stream right now."""
-        stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
+        if not self.can_send(stream_id):
             return 0
-        return min(stream.send_window, self._send_window)
+        return min(self._streams[stream_id].windows.send, self._windows.send)
 
     def connection_send_window(self) -> int:
         """The connection-wide send credit left."""
-        return self._send_window
+        return self._windows.send
 
     def buffered_bytes(self) -> int:
         """Bytes received into streams but not yet acknowledged by the application."""
-        return sum(stream.held + stream.chunks_size for stream in self._streams.values())
+        return sum(stream.windows.buffered for stream in self._streams.values())
 
     # ---------------------------------------------------------------- outgoing
 
@@ -332,7 +364,7 @@ class Connection:
     def _peer_frame_limit(self) -> int:
         """The largest payload the peer is sure to accept for a control frame."""
         if not self.handshake_done:
-            return _MIN_FRAME_PAYLOAD
+            return MIN_FRAME_PAYLOAD
         return self.peer_settings.max_frame_payload
 
     def _status_payload(self, status: Status) -> bytes:
@@ -343,15 +375,42 @@ class Connection:
         return encode_status(Status(status.code, kind, _clip(status.message, room)))
 
     def _queue_hello(self) -> None:
-        self._queue(FrameType.HELLO, 0, 0, encode_hello(self.local_settings.to_wire()))
+        hello = encode_hello(self.local_settings.to_wire(), nonce=self.nonce)
+        self._queue(FrameType.HELLO, 0, 0, hello)
+
+    # ------------------------------------------------------------- state table
+
+    def _enter(self, state: int) -> None:
+        """Move to ``state`` (IGNORED: stay), reading ahead in the table what the hot
+        paths ask about each message."""
+        if state < 0:
+            return
+        #: A :class:`ConnectionState` value (a plain int for the hot paths).
+        self._state = state
+        row = CONNECTION_NEXT[state]
+        #: The table allows SEND_DATA / RECV_DATA / SEND_WINDOW now (leaving the state).
+        self._may_send = row[_SEND_DATA] >= 0
+        self._may_receive = row[_RECV_DATA] >= 0
+        self._may_credit = row[_SEND_WINDOW] >= 0
+
+    def _check(self, event: ConnectionInput, frame_type: int | None = None) -> int:
+        """The state after ``event`` (or IGNORED); raises if the table forbids it now.
+        The caller moves the connection to the returned state once the input is done."""
+        next_state = CONNECTION_NEXT[self._state][event]
+        if next_state == FORBIDDEN:
+            reject_connection_input(self._state, event, frame_type)
+        return next_state
+
+    @staticmethod
+    def _check_stream(stream: _Stream | None, event: StreamInput, stream_id: int) -> int:
+        """The same for a stream (``None``: one that is gone, in state CLOSED)."""
+        state = 0 if stream is None else stream.state
+        next_state = STREAM_NEXT[state][event]
+        if next_state == FORBIDDEN:
+            reject_stream_input(state, event, stream_id)
+        return next_state
 
     # ----------------------------------------------------------------- actions
-
-    def _check_usable(self) -> None:
-        if self.closed:
-            raise LocalProtocolError("connection is closed")
-        if not self.handshake_done:
-            raise LocalProtocolError("handshake not complete")
 
     def open_stream(
         self,
@@ -361,17 +420,19 @@ class Connection:
         parent: int = 0,
         no_send: bool = False,
         no_reply: bool = False,
+        route_key: bytes = b"",
     ) -> int:
         """Open a stream and return its id.
 
         ``no_send``: we will send no data (our half starts closed); ``no_reply``: the
-        peer must send none. Raises :class:`LocalProtocolError` when the peer's
-        concurrency limit is reached (check :meth:`can_open_stream` first) or the
-        header is larger than the peer accepts.
+        peer must send none. ``route_key``: opaque bytes a router picks its next hop by
+        (empty: none). Raises :class:`LocalProtocolError` when the peer's concurrency
+        limit is reached (check :meth:`can_open_stream` first) or the header is larger
+        than the peer accepts.
         """
-        self._check_usable()
-        if not self.can_open_stream():
-            raise LocalProtocolError("no stream may be opened now (limit or GOAWAY)")
+        self._check(_CI.SEND_OPEN)
+        if self._local_open_count >= self.peer_settings.max_concurrent_streams:
+            raise LocalProtocolError("no stream may be opened now: the peer's limit is reached")
         if len(header) > self.peer_settings.max_open_payload:
             raise LocalProtocolError(
                 f"header of {len(header)} bytes exceeds the peer's limit of "
@@ -381,20 +442,23 @@ class Connection:
             raise LocalProtocolError(f"parent stream {parent} is not open")
         if len(service.encode()) > 0xFFFF:
             raise LocalProtocolError("service name longer than 65535 bytes")
+        if len(route_key) > 0xFFFF:
+            raise LocalProtocolError("route key longer than 65535 bytes")
         stream_id = self._next_local_id
         self._next_local_id += 2
         stream = _Stream(
             stream_id,
             parent,
+            (0 if no_send else LOCAL_OPEN) | (0 if no_reply else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
-        stream.local_open = not no_send
-        stream.remote_open = not no_reply
         self._streams[stream_id] = stream
         self._local_open_count += 1
-        flags = (Flags.OPEN_NO_SEND if no_send else 0) | (Flags.OPEN_NO_REPLY if no_reply else 0)
-        self._queue(FrameType.OPEN, flags, stream_id, encode_open(parent, service, header))
+        flags = (OpenFlags.NO_SEND if no_send else 0) | (OpenFlags.NO_REPLY if no_reply else 0)
+        self._queue(
+            FrameType.OPEN, flags, stream_id, encode_open(parent, service, header, route_key)
+        )
         self._maybe_forget(stream)
         return stream_id
 
@@ -403,16 +467,17 @@ class Connection:
 
         ``len(data)`` must fit :meth:`send_window` and the peer's ``max_frame_payload``.
         """
+        self._check(_CI.SEND_DATA)
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
-            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        self._check_stream(stream, _SI.SEND_DATA, stream_id)
+        assert stream is not None
         size = len(data)
-        if size > stream.send_window or size > self._send_window:
+        if size > stream.windows.send or size > self._windows.send:
             raise LocalProtocolError("DATA exceeds the flow-control window")
         if size > self.peer_settings.max_frame_payload:
             raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
-        stream.send_window -= size
-        self._send_window -= size
+        stream.windows.spend(size)
+        self._windows.spend(size)
         self._queue_data(stream_id, data, _MORE if more else 0)
         if not more:
             self.messages_sent += 1
@@ -423,18 +488,24 @@ class Connection:
 
         The fast path for small messages; :meth:`send_data` does the general case.
         """
+        # The table, read ahead: SEND_DATA leaves both states as they are.
+        if not self._may_send:
+            return False
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
+        if stream is None or not stream.may_send:
             return False
         size = len(data)
+        windows = stream.windows
+        connection = self._windows
         if (
-            size > stream.send_window
-            or size > self._send_window
+            size > windows.send
+            or size > connection.send
             or size > self.peer_settings.max_frame_payload
         ):
             return False
-        stream.send_window -= size
-        self._send_window -= size
+        # Windows.spend, inline on this hot path.
+        windows.send -= size
+        connection.send -= size
         self.messages_sent += 1
         if self.compressing and size >= MIN_COMPRESS_SIZE:
             self._queue_data(stream_id, data, 0)
@@ -463,38 +534,42 @@ class Connection:
 
     def end_stream(self, stream_id: int, status: Status = _OK) -> None:
         """Close our half of the stream with a status (OK or an error)."""
+        self._check(_CI.SEND_END)
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.local_open:
-            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
-        stream.local_open = False
+        next_state = self._check_stream(stream, _SI.SEND_END, stream_id)
+        assert stream is not None
         payload = b"" if status == _OK else self._status_payload(status)
         self._queue(FrameType.END, 0, stream_id, payload)
+        stream.enter(next_state)
         self._maybe_forget(stream)
 
     def reset_stream(self, stream_id: int, status: Status) -> bool:
-        """Abort the stream both ways. Returns False (and sends nothing) if already gone."""
-        stream = self._streams.get(stream_id)
-        if stream is None:
+        """Abort the stream both ways. Returns False (and sends nothing) if already gone,
+        or if the connection is closed or not yet through its handshake."""
+        if self._check(_CI.SEND_RESET) == IGNORED:
             return False
+        stream = self._streams.get(stream_id)
+        if self._check_stream(stream, _SI.SEND_RESET, stream_id) == IGNORED:
+            return False
+        assert stream is not None
         self._queue(FrameType.RESET, 0, stream_id, self._status_payload(status))
         self._forget(stream)
         return True
 
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The application consumed ``credit`` bytes of the stream's messages."""
+        if not self._may_credit:
+            return  # nothing to credit yet, or nobody to credit any more
         stream = self._streams.get(stream_id)
         if stream is None or credit <= 0:
             return
-        credit = min(credit, stream.held)
-        stream.held -= credit
-        prepaid = min(credit, stream.prepaid)
-        stream.prepaid -= prepaid
-        credit -= prepaid
-        if not stream.held and stream.chunks_size > stream.assembly_credited:
-            # Nothing left to consume: the message in assembly may now use the window.
-            credit += stream.chunks_size - stream.assembly_credited
-            stream.assembly_credited = stream.chunks_size
-        self._return_credit(stream, credit)
+        if not stream.may_credit:
+            # The peer sends no more: nothing to tell it.
+            stream.windows.settle(stream.windows.consumed(credit))
+            return
+        increment = stream.windows.consume(credit)
+        if increment:
+            self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
 
     def set_receive_window(self, stream_id: int, window: int) -> None:
         """Change how many bytes the peer may send ahead on one stream.
@@ -503,67 +578,54 @@ class Connection:
         effect as the application consumes: credit is withheld until the peer is
         within the new window (what it was already granted may still arrive).
         """
-        if not 0 < window <= _MAX_WINDOW:
-            raise LocalProtocolError(f"a window must be between 1 and {_MAX_WINDOW}")
+        if not 0 < window <= MAX_WINDOW:
+            raise LocalProtocolError(f"a window must be between 1 and {MAX_WINDOW}")
+        if self._check(_CI.SEND_WINDOW) == IGNORED:
+            return
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.remote_open:
-            return
-        change = window - stream.window
-        stream.window = window
-        if change < 0:
-            stream.debt -= change
-            return
-        repaid = min(change, stream.debt)
-        stream.debt -= repaid
-        change -= repaid
+        if self._check_stream(stream, _SI.SEND_WINDOW, stream_id) == IGNORED:
+            return  # gone, or the peer sends no more: its window no longer matters
+        assert stream is not None
+        change = stream.windows.resize(window)
         if change:
-            stream.recv_window += change
             self._queue(FrameType.WINDOW, 0, stream_id, change.to_bytes(4, "big"))
 
     def _return_credit(self, stream: _Stream, credit: int) -> None:
-        if credit <= 0:
-            return
-        if stream.debt:
-            withheld = min(credit, stream.debt)
-            stream.debt -= withheld
-            credit -= withheld
-            if not credit:
-                return
-        stream.pending_credit += credit
-        if not stream.remote_open:
+        if not stream.may_credit:
             # The peer sends no more: restore the window without telling it.
-            stream.recv_window += stream.pending_credit
-            stream.pending_credit = 0
-        elif stream.pending_credit >= stream.window >> 2:
-            increment = stream.pending_credit
-            stream.pending_credit = 0
-            stream.recv_window += increment
+            stream.windows.settle(credit)
+            return
+        increment = stream.windows.owe(credit)
+        if increment:
             self._queue(FrameType.WINDOW, 0, stream.stream_id, increment.to_bytes(4, "big"))
 
     def ping(self, payload: bytes) -> None:
         """Queue a PING; its echo comes back as :class:`PingAcknowledged`."""
         if len(payload) != 8:
             raise LocalProtocolError("PING payload must be 8 bytes")
-        if not self.closed:
+        if self._check(_CI.SEND_PING) != IGNORED:
             self._queue(FrameType.PING, 0, 0, payload)
 
     def advertise(self, name: str, available: bool = True, *, relayed: bool = False) -> None:
         """Tell the peer we offer (or no longer offer) a named service; ``relayed``:
         we offer it by relaying to another node."""
-        if not self.closed:
-            flags = (0 if available else Flags.REMOVE) | (Flags.RELAYED if relayed else 0)
+        if self._check(_CI.SEND_SERVICE) != IGNORED:
+            flags = (0 if available else ServiceFlags.REMOVE) | (
+                ServiceFlags.RELAYED if relayed else 0
+            )
             self._queue(FrameType.SERVICE, flags, 0, name.encode())
 
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
         """Refuse new streams from the peer; with an error code, close the connection."""
-        if self.closed:
+        graceful = code == ErrorCode.OK
+        next_state = self._check(_CI.SEND_GOAWAY if graceful else _CI.SEND_GOAWAY_ERROR)
+        if next_state == IGNORED:
             return
         self.local_goaway = True
         # 8 bytes of last stream id and code precede the message.
         message = _clip(message, self._peer_frame_limit() - 8)
         self._queue(FrameType.GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
-        if code != ErrorCode.OK:
-            self.closed = True
+        self._enter(next_state)
 
     # ---------------------------------------------------------------- incoming
 
@@ -572,13 +634,13 @@ class Connection:
 
         Returns the events, in order. On a protocol violation a GOAWAY with the
         error code is queued, the connection is marked closed and
-        :class:`WireProtocolError` is raised.
+        :class:`RemoteProtocolError` is raised.
         """
-        if self.closed:
-            return []
+        if self._state == _CLOSED:
+            return []  # the table ignores every frame once closed
         events: list[Event] = []
         if not data:
-            self.closed = True
+            self._enter(self._check(_CI.RECV_EOF))
             events.append(
                 ConnectionTerminated(ErrorCode.CONNECTION_LOST, "peer closed the connection")
             )
@@ -588,7 +650,7 @@ class Connection:
             if foreign is not None:
                 self.bytes_received += len(data)
                 self.go_away(ErrorCode.PROTOCOL_ERROR, foreign)
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, foreign)
+                raise RemoteProtocolError(foreign, ErrorCode.PROTOCOL_ERROR)
         self.bytes_received += len(data)
         self._decoder.feed(data)
         on_data = self._on_data
@@ -598,30 +660,28 @@ class Connection:
                     on_data(flags, stream_id, payload, events)
                     continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
-                if self.closed:
+                if self._state == _CLOSED:
                     break
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             self.go_away(exc.code, exc.message)
             raise
-        if self._pending_conn_credit >= self.local_settings.connection_window >> 2:
-            increment = self._pending_conn_credit
-            self._pending_conn_credit = 0
-            self._recv_window += increment
-            self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
+        if self._may_credit:
+            increment = self._windows.due()
+            if increment:
+                self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
         return events
 
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
-        if ftype == FrameType.DATA:
-            self._on_data(flags, stream_id, payload, events)
+        if ftype == FrameType.GOAWAY:
+            self._on_goaway(stream_id, payload, events)
             return
-        if not self.handshake_done:
-            if ftype != FrameType.HELLO:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
+        event = _RECEIVED.get(ftype, _CI.RECV_UNKNOWN)
+        next_state = self._check(event, ftype)
+        if ftype == FrameType.HELLO:
             self._on_hello(payload, events)
-            return
-        if ftype == FrameType.OPEN:
+        elif ftype == FrameType.OPEN:
             self._on_open(flags, stream_id, payload, events)
         elif ftype == FrameType.END:
             self._on_end(stream_id, payload, events)
@@ -631,47 +691,54 @@ class Connection:
             self._on_window(stream_id, payload, events)
         elif ftype == FrameType.PING:
             if stream_id or len(payload) != 8:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "malformed PING")
-            if flags & Flags.ACK:
+                raise RemoteProtocolError("malformed PING", ErrorCode.PROTOCOL_ERROR)
+            if flags & PingFlags.ACK:
                 events.append(PingAcknowledged(payload))
             else:
-                self._queue(FrameType.PING, Flags.ACK, 0, payload)
-        elif ftype == FrameType.GOAWAY:
-            self._on_goaway(stream_id, payload, events)
+                self._queue(FrameType.PING, PingFlags.ACK, 0, payload)
         elif ftype == FrameType.SERVICE:
             if stream_id:
-                raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "SERVICE on a stream")
+                raise RemoteProtocolError("SERVICE on a stream", ErrorCode.PROTOCOL_ERROR)
             try:
                 name = payload.decode()
             except UnicodeDecodeError:
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, "SERVICE name not UTF-8"
+                raise RemoteProtocolError(
+                    "SERVICE name not UTF-8", ErrorCode.PROTOCOL_ERROR
                 ) from None
             events.append(
-                ServiceAdvertised(name, not flags & Flags.REMOVE, bool(flags & Flags.RELAYED))
+                ServiceAdvertised(
+                    name, not flags & ServiceFlags.REMOVE, bool(flags & ServiceFlags.RELAYED)
+                )
             )
-        elif ftype == FrameType.HELLO:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO sent twice")
-        else:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type {ftype}")
+        self._enter(next_state)
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:
-        version, values = decode_hello(payload)
-        if version < 1:
-            raise WireProtocolError(
-                ErrorCode.VERSION_MISMATCH, f"peer speaks version {version}, we need 1"
+        hello = decode_hello(payload)
+        peer_settings = Settings.from_wire(hello.settings)
+        if hello.nonce == self.nonce:
+            raise RemoteProtocolError(
+                f"both ends chose the same role (nonce {self.nonce}): one must dial or "
+                f"pass initiator=True, the other accept or pass initiator=False, or both "
+                f"leave initiator=None",
+                ErrorCode.PROTOCOL_ERROR,
             )
-        self.version = min(version, PROTOCOL_VERSION)
-        self.peer_settings = Settings.from_wire(values)
-        self._send_window = self.peer_settings.connection_window
+        self.initiator = self.nonce > hello.nonce
+        self._next_local_id = 1 if self.initiator else 2
+        self.peer_fields = {
+            HelloField(key): value for key, value in hello.fields.items() if key in _KNOWN_FIELDS
+        }
+        self.version = min(hello.version, PROTOCOL_VERSION)
+        self.peer_settings = peer_settings
+        self._windows.send = self.peer_settings.connection_window
         #: Both ends asked for compression (and both have lz4): DATA may be compressed.
         self.compressing = (
             self.local_settings.compression and self.peer_settings.compression and lz4_available()
         )
-        self.handshake_done = True
         local = self.local_settings
-        # OPEN frames carry a u16-prefixed name and a parent id besides the header.
-        self._decoder.max_payload = max(local.max_frame_payload, local.max_open_payload + 65541)
+        # OPEN frames carry a parent, a service name and a route key besides the header.
+        self._decoder.max_payload = max(
+            local.max_frame_payload, local.max_open_payload + OPEN_OVERHEAD
+        )
         events.append(HandshakeCompleted(self.version))
 
     def _is_peer_id(self, stream_id: int) -> bool:
@@ -685,24 +752,24 @@ class Connection:
     def _lookup(self, stream_id: int, what: str) -> _Stream | None:
         """The stream, or None for one that existed and closed; errors for one never opened."""
         if stream_id == 0:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} on stream 0")
+            raise RemoteProtocolError(f"{what} on stream 0", ErrorCode.PROTOCOL_ERROR)
         stream = self._streams.get(stream_id)
         if stream is None and not self._was_used(stream_id):
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"{what} on stream {stream_id}, which was never opened"
+            raise RemoteProtocolError(
+                f"{what} on stream {stream_id}, which was never opened", ErrorCode.PROTOCOL_ERROR
             )
         return stream
 
     def _on_open(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id == 0 or not self._is_peer_id(stream_id):
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN with bad id {stream_id}")
+            raise RemoteProtocolError(f"OPEN with bad id {stream_id}", ErrorCode.PROTOCOL_ERROR)
         if stream_id <= self._highest_peer_id:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"OPEN reuses id {stream_id}")
+            raise RemoteProtocolError(f"OPEN reuses id {stream_id}", ErrorCode.PROTOCOL_ERROR)
         self._highest_peer_id = stream_id
-        parent, service, header = decode_open(payload)
+        parent, service, header, route_key = decode_open(payload)
         if len(header) > self.local_settings.max_open_payload:
-            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "OPEN header exceeds the limit")
-        if self.local_goaway:
+            raise RemoteProtocolError("OPEN header exceeds the limit", ErrorCode.FRAME_SIZE_ERROR)
+        if self._state in _GOING_AWAY:
             self._queue(
                 FrameType.RESET,
                 0,
@@ -720,8 +787,8 @@ class Connection:
             return
         if parent and parent not in self._streams:
             if not self._was_used(parent):
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, f"OPEN with unknown parent {parent}"
+                raise RemoteProtocolError(
+                    f"OPEN with unknown parent {parent}", ErrorCode.PROTOCOL_ERROR
                 )
             # The parent closed while this OPEN was in flight: refuse the child quietly.
             self._queue(
@@ -734,127 +801,132 @@ class Connection:
         stream = _Stream(
             stream_id,
             parent,
+            (0 if flags & OpenFlags.NO_REPLY else LOCAL_OPEN)
+            | (0 if flags & OpenFlags.NO_SEND else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
         )
-        stream.remote_open = not flags & Flags.OPEN_NO_SEND
-        stream.local_open = not flags & Flags.OPEN_NO_REPLY
         self._streams[stream_id] = stream
         self._peer_open_count += 1
         events.append(
-            StreamOpened(stream_id, parent, service, header, stream.remote_open, stream.local_open)
+            StreamOpened(
+                stream_id,
+                parent,
+                service,
+                header,
+                stream.remote_open,
+                stream.local_open,
+                route_key,
+            )
         )
         self._maybe_forget(stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
-        if not self.handshake_done:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "first frame must be HELLO")
-        local = self.local_settings
+        # The table, read ahead: RECV_DATA leaves both states as they are.
+        if not self._may_receive:
+            reject_connection_input(self._state, _RECV_DATA)
         if flags & _COMPRESSED:
             if not self.compressing:
-                raise WireProtocolError(
-                    ErrorCode.PROTOCOL_ERROR, "compressed DATA on a link that did not agree to it"
+                raise RemoteProtocolError(
+                    "compressed DATA on a link that did not agree to it", ErrorCode.PROTOCOL_ERROR
                 )
-            payload = decompress(payload, local.max_frame_payload)
+            payload = decompress(payload, self._max_frame_payload)
         size = len(payload)
-        if size > local.max_frame_payload:
-            raise WireProtocolError(ErrorCode.FRAME_SIZE_ERROR, "DATA exceeds max_frame_payload")
-        if size > self._recv_window:
-            raise WireProtocolError(
-                ErrorCode.FLOW_CONTROL_ERROR, "DATA exceeds the connection window"
+        if size > self._max_frame_payload:
+            raise RemoteProtocolError("DATA exceeds max_frame_payload", ErrorCode.FRAME_SIZE_ERROR)
+        connection = self._windows
+        if size > connection.receive:
+            raise RemoteProtocolError(
+                "DATA exceeds the connection window", ErrorCode.FLOW_CONTROL_ERROR
             )
-        self._recv_window -= size
-        self._pending_conn_credit += size
+        connection.hand_off(size)
         stream = self._streams.get(stream_id)
         if stream is None and self._lookup(stream_id, "DATA") is None:
             return  # closed or reset on our side: drop it
         assert stream is not None
-        if not stream.remote_open:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"DATA on stream {stream_id} after its end"
+        if not stream.may_receive:
+            reject_stream_input(stream.state, _STREAM_RECV_DATA, stream_id)
+        windows = stream.windows
+        if size > windows.receive:
+            raise RemoteProtocolError(
+                f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
             )
-        if size > stream.recv_window:
-            raise WireProtocolError(
-                ErrorCode.FLOW_CONTROL_ERROR, f"DATA exceeds the window of stream {stream_id}"
-            )
-        total = stream.chunks_size + size
-        if total > local.max_message_size:
-            raise WireProtocolError(
+        if windows.assembly + size > self._max_message_size:
+            raise RemoteProtocolError(
+                f"message exceeds max_message_size ({self._max_message_size})",
                 ErrorCode.FRAME_SIZE_ERROR,
-                f"message exceeds max_message_size ({local.max_message_size})",
             )
-        stream.recv_window -= size
         if flags & _MORE:
             stream.assembling = True
             if size:
                 stream.chunks.append(payload)
-                stream.chunks_size = total
-            if not stream.held:
-                # Credit the chunk back at once, or a message larger than the window
-                # could never complete.
-                stream.assembly_credited += size
-                self._return_credit(stream, size)
+            # Credited back at once while nothing is held, or a message larger than
+            # the window could never complete.
+            credit = windows.chunk(size)
+            if credit:
+                self._return_credit(stream, credit)
             return
         if stream.chunks:
             stream.chunks.append(payload)
             payload = b"".join(stream.chunks)
             stream.chunks = []
-        stream.chunks_size = 0
         stream.assembling = False
-        stream.held += total
-        stream.prepaid += stream.assembly_credited
-        stream.assembly_credited = 0
+        total = windows.message(size)
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
 
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "END")
+        next_state = self._check_stream(stream, _SI.RECV_END, stream_id)
         if stream is None:
             return
-        if not stream.remote_open:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, f"END twice on stream {stream_id}")
         if stream.assembling:
-            raise WireProtocolError(
-                ErrorCode.PROTOCOL_ERROR, f"END inside a message on stream {stream_id}"
+            raise RemoteProtocolError(
+                f"END inside a message on stream {stream_id}", ErrorCode.PROTOCOL_ERROR
             )
-        stream.remote_open = False
+        stream.enter(next_state)
         events.append(StreamEnded(stream_id, status))
         self._maybe_forget(stream)
 
     def _on_reset(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "RESET")
-        if stream is None:
+        if self._check_stream(stream, _SI.RECV_RESET, stream_id) == IGNORED:
             return
+        assert stream is not None
         self._forget(stream)
         events.append(StreamReset(stream_id, status))
 
     def _on_window(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         increment = decode_u32(payload, "WINDOW")
         if increment == 0:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "WINDOW increment of 0")
+            raise RemoteProtocolError("WINDOW increment of 0", ErrorCode.PROTOCOL_ERROR)
         if stream_id == 0:
-            self._send_window += increment
-            if self._send_window > _MAX_WINDOW:
-                raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+            if not self._windows.granted(increment):
+                raise RemoteProtocolError(
+                    "connection window overflow", ErrorCode.FLOW_CONTROL_ERROR
+                )
             events.append(WindowOpened(0))
             return
         stream = self._lookup(stream_id, "WINDOW")
-        if stream is None:
+        if self._check_stream(stream, _SI.RECV_WINDOW, stream_id) == IGNORED:
             return
-        stream.send_window += increment
-        if stream.send_window > _MAX_WINDOW:
-            raise WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow")
+        assert stream is not None
+        if not stream.windows.granted(increment):
+            raise RemoteProtocolError("stream window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         events.append(WindowOpened(stream_id))
 
     def _on_goaway(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        # Both kinds are allowed in the same states; the code picks the next one.
+        graceful = len(payload) < 8 or payload[4:8] == bytes(4)
+        next_state = self._check(_CI.RECV_GOAWAY if graceful else _CI.RECV_GOAWAY_ERROR)
         if stream_id:
-            raise WireProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise RemoteProtocolError("GOAWAY on a stream", ErrorCode.PROTOCOL_ERROR)
         last, code, message = decode_goaway(payload)
         self.peer_goaway = (last, code)
+        self._enter(next_state)
         if code != ErrorCode.OK:
-            self.closed = True
             events.append(ConnectionTerminated(code, message or _code_name(code)))
             return
         events.append(GoAwayReceived(last, code, message))
@@ -869,10 +941,11 @@ class Connection:
     # ------------------------------------------------------------------ upkeep
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        if not stream.local_open and not stream.remote_open:
+        if stream.state == _STREAM_CLOSED:
             self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
+        stream.enter(_STREAM_CLOSED)
         if self._streams.pop(stream.stream_id, None) is None:
             return
         if self._is_peer_id(stream.stream_id):

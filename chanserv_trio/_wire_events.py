@@ -49,6 +49,9 @@ class StreamOpened:
     peer_sends: bool
     #: True when we are allowed to send data on it.
     we_send: bool
+    #: The route key from the OPEN frame: opaque bytes a router picks its next hop by
+    #: (empty: none).
+    route_key: bytes = b""
 
 
 @attrs.frozen

@@ -11,13 +11,13 @@ import trio
 
 import chanserv_trio as cs
 from chanserv_trio import _multiplexer, _wire_compression
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER,
+    DataFlags,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
-    WireProtocolError,
 )
 from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import MessageReceived
@@ -48,7 +48,7 @@ def test_compression_needs_both_ends(client: bool, server: bool) -> None:
     sid = a.open_stream("svc", b"")
     a.send_data(sid, COMPRESSIBLE)
     data = [f for f in frames_of(a) if f[0] == FrameType.DATA]
-    assert len(data) == 1 and not data[0][1] & Flags.COMPRESSED
+    assert len(data) == 1 and not data[0][1] & DataFlags.COMPRESSED
     assert data[0][3] == COMPRESSIBLE
 
 
@@ -79,7 +79,7 @@ def test_small_and_incompressible_payloads_go_plain() -> None:
     decoder = FrameDecoder(1 << 30)
     decoder.feed(wire)
     flags = [f[1] for f in decoder.frames()]
-    assert flags == [0, 0, Flags.COMPRESSED]
+    assert flags == [0, 0, DataFlags.COMPRESSED]
     events = b.receive_data(wire)
     assert [e.data for e in events if isinstance(e, MessageReceived)] == payloads
 
@@ -105,8 +105,8 @@ def test_compressed_data_on_a_link_that_did_not_agree_is_a_protocol_error() -> N
     b.receive_data(b"".join(a.take_outgoing()))
     packed = _wire_compression.compress(COMPRESSIBLE[:4096])
     assert packed is not None
-    with pytest.raises(WireProtocolError) as info:
-        b.receive_data(_data_frame(sid, packed, Flags.COMPRESSED))
+    with pytest.raises(RemoteProtocolError) as info:
+        b.receive_data(_data_frame(sid, packed, DataFlags.COMPRESSED))
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
@@ -122,8 +122,8 @@ def test_hostile_compressed_payloads_are_protocol_errors(payload: bytes, code: i
     a, b = pair(True, True)
     sid = a.open_stream("svc", b"")
     b.receive_data(b"".join(a.take_outgoing()))
-    with pytest.raises(WireProtocolError) as info:
-        b.receive_data(_data_frame(sid, payload, Flags.COMPRESSED))
+    with pytest.raises(RemoteProtocolError) as info:
+        b.receive_data(_data_frame(sid, payload, DataFlags.COMPRESSED))
     assert info.value.code == code
     assert b.closed
 

@@ -4,6 +4,7 @@ restarted under a redialing client, and streams relayed one hop through a router
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import itertools
@@ -21,6 +22,8 @@ from helpers import drain, wait_quiet, wait_until
 
 import chanserv_trio as cs
 from chanserv_trio import _cli as cli
+from chanserv_trio._driver import StreamHandler
+from chanserv_trio._multiplexer import _score
 
 SERVICE = "svc"
 FAST_REDIAL = (0.05, 1.5, 0.5)
@@ -708,6 +711,54 @@ async def test_bucket_routing_holds_through_a_router() -> None:
                     assert through == await assignment(straight, keys)
                     assert set(through.values()) == {"a", "b", "c"}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_router_picks_the_backend_by_the_route_key_in_the_open_frame() -> None:
+    """The router reads no request envelope: a raw stream with a route key is enough."""
+    seen: dict[str, list[bytes]] = {"a": [], "b": [], "c": []}
+
+    def answer(label: str) -> StreamHandler:
+        async def handler(stream: cs.LinkStream) -> None:
+            seen[label].append(stream.route_key)
+            await stream.send(label.encode())
+
+        return handler
+
+    keys = [b"k%d" % index for index in range(12)]
+    with trio.fail_after(15):
+        async with AsyncExitStack() as stack:
+            urls = {}
+            for label in seen:
+                backend = await stack.enter_async_context(cs.Multiplexer(shutdown_grace=0.5))
+                backend.handle("raw", answer(label))
+                urls[label] = await backend.listen("tcp://127.0.0.1:0")
+            router = await stack.enter_async_context(
+                cs.Multiplexer(router=True, shutdown_grace=0.5)
+            )
+            router_url = await router.listen("tcp://127.0.0.1:0")
+            for url in urls.values():
+                await router.join(url)
+            client = await stack.enter_async_context(cs.Multiplexer(shutdown_grace=0.5))
+            await client.join(router_url)
+            await offering(router, 3, "raw")
+            await offering(client, 1, "raw")
+            for key in keys:
+                stream = await client.open_stream("raw", b"\xffno envelope", route_key=key)
+                expected = max(urls, key=lambda label: (_score(key, urls[label]), urls[label]))
+                assert await stream.receive() == expected.encode(), key
+                stream.end()
+    assert sorted(key for keys_seen in seen.values() for key in keys_seen) == sorted(keys)
+    assert sum(1 for keys_seen in seen.values() if keys_seen) > 1
+
+
+def test_the_node_layer_imports_nothing_of_chanserv() -> None:
+    package = Path(cs.__file__).resolve().parent
+    for name in ("_multiplexer.py", "_router.py"):
+        tree = ast.parse((package / name).read_text(encoding="utf-8"))
+        modules = [
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        ]
+        assert not [module for module in modules if module.startswith("_chanserv")], name
 
 
 # -------------------------------------------------------------------- CLI

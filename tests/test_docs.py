@@ -23,20 +23,22 @@ import pytest
 import trio
 import trio.testing
 
-from chanserv_trio import _errors
+from chanserv_trio import _errors, _link_status
 from chanserv_trio._chanserv_protocol import NO_DEADLINE, Request, decode_request, encode_request
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
+    FLAGS,
     HEADER_SIZE,
     MAGIC,
     MAX_HELLO_SIZE,
+    OPEN_OVERHEAD,
     PROTOCOL_VERSION,
     ErrorCode,
-    Flags,
     FrameDecoder,
     FrameType,
+    HelloField,
     Setting,
     Status,
-    WireProtocolError,
     encode_frame,
 )
 from chanserv_trio._wire_connection import Connection, Settings
@@ -79,14 +81,17 @@ def test_frame_type_table_matches_code() -> None:
 
 
 def test_flag_table_matches_code() -> None:
-    documented: dict[str, int] = {}
+    documented: dict[tuple[str, str], int] = {}
     for row in doc_table("flags"):
         frame, flag = row["frame"], row["flag"]
         assert frame in FrameType.__members__
-        qualified = f"{frame}_{flag}"
-        name = qualified if qualified in Flags.__members__ else flag
-        documented[name] = parse_int(row["bit"])
-    in_code = {name: int(value) for name, value in Flags.__members__.items() if value}
+        documented[frame, flag] = parse_int(row["bit"])
+    in_code = {
+        (frame.name, name): int(value)
+        for frame, flags in FLAGS.items()
+        for name, value in flags.__members__.items()
+        if value
+    }
     assert documented == in_code
 
 
@@ -112,9 +117,14 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
             assert list(named) == ["ProtocolError"], row
             continue
         expected = by_scope.get("stream") or next(iter(named))
-        error = _errors.error_from_status(Status(code, "Kind", "text"))
+        error = _link_status.error_from_status(Status(code, "Kind", "text"))
         assert type(error).__name__ == expected, row
         assert issubclass(getattr(_errors, expected), _errors.ChanservError)
+
+
+def test_hello_field_table_matches_code() -> None:
+    documented = {row["name"]: parse_int(row["id"]) for row in doc_table("hello-fields")}
+    assert documented == {member.name: member.value for member in HelloField}
 
 
 def test_settings_table_matches_ids_and_defaults() -> None:
@@ -133,11 +143,12 @@ def test_settings_table_matches_ids_and_defaults() -> None:
 def test_constants_named_in_the_prose() -> None:
     assert HEADER_SIZE == 10 and "10-byte header" in PROTOCOL
     assert MAGIC == b"CSTR" and MAGIC.hex(" ") in PROTOCOL
-    assert PROTOCOL_VERSION == 1 and "(currently 1)" in PROTOCOL
+    assert PROTOCOL_VERSION == 2 and "(currently 2)" in PROTOCOL
     assert f"{MAX_HELLO_SIZE} bytes" in PROTOCOL
     assert f"{NO_DEADLINE:#X}".replace("0X", "0x") in PROTOCOL
-    # The OPEN allowance: 4 (parent) + 2 (name length) + 65535 (longest name).
-    assert "max_open_payload + 65541" in PROTOCOL and 4 + 2 + 0xFFFF == 65541
+    # The OPEN allowance: parent, the longest name and the longest route key.
+    assert "max_open_payload + 131078" in PROTOCOL and 4 + 2 + 0xFFFF + 2 + 0xFFFF == 131078
+    assert OPEN_OVERHEAD == 131078
 
 
 def test_open_allowance_lets_the_longest_legal_open_through() -> None:
@@ -147,6 +158,9 @@ def test_open_allowance_lets_the_longest_legal_open_through() -> None:
     client.open_stream("s" * 0xFFFF, b"h" * 1024)
     (opened,) = deliver(client, server)
     assert isinstance(opened, StreamOpened) and len(opened.service) == 0xFFFF
+    client.open_stream("s" * 0xFFFF, b"h" * 1024, route_key=b"k" * 0xFFFF)
+    (opened,) = deliver(client, server)
+    assert isinstance(opened, StreamOpened) and opened.route_key == b"k" * 0xFFFF
 
 
 # ------------------------------------------------------------ the worked example
@@ -426,7 +440,7 @@ def test_single_frame_message_over_max_message_size_is_refused() -> None:
     stream = server.open_stream("", b"", no_reply=True)
     deliver(server, client)
     server.send_data(stream, b"z" * 500)
-    with pytest.raises(WireProtocolError) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         deliver(server, client)
     assert caught.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -478,7 +492,7 @@ async def test_frame_above_the_clients_limit_ends_the_source(
 
 
 def test_status_without_message_names_its_code() -> None:
-    error = _errors.error_from_status(Status(ErrorCode.CANCEL))
+    error = _link_status.error_from_status(Status(ErrorCode.CANCEL))
     assert "CANCEL" in str(error)
 
 

@@ -627,3 +627,45 @@ async def test_multiplexer_attach_carries_chanserv() -> None:
                     assert source.meta.remote_addr == "attached"
                     got[source.header] = [frame async for frame in source]
     assert got == {b"0": [b"req 0"], b"1": [b"req 1"], b"2": [b"req 2"]}
+
+
+async def test_both_ends_may_attach_with_the_defaults() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    async with cs.Multiplexer() as left, cs.Multiplexer() as right:
+        left.handle("echo", echo)
+        right.handle("echo", echo)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(left.attach, a)
+                await right.attach(b)
+            # The first request, either way, works (it once failed: "OPEN with bad id").
+            for mpx in (left, right, left, right):
+                stream = await mpx.open_stream("echo", b"", dial_timeout=5)
+                await stream.send(b"hello")
+                stream.end()
+                assert await drain(stream) == [b"hello"]
+        roles = sorted(link.conn.initiator for link in left.links + right.links)
+        assert roles == [False, True]
+
+
+@pytest.mark.parametrize("role", [True, False])
+async def test_two_ends_that_force_the_same_role_fail_the_handshake(role: bool) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    errors: list[BaseException] = []
+
+    async def attach(mpx: cs.Multiplexer, stream: trio.abc.Stream) -> None:
+        try:
+            await mpx.attach(stream, initiator=role)
+        except cs.ChanservError as exc:
+            errors.append(exc)
+
+    async with cs.Multiplexer() as left, cs.Multiplexer() as right:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attach, left, a)
+                nursery.start_soon(attach, right, b)
+        assert left.links == right.links == []
+    assert len(errors) == 2
+    for error in errors:
+        assert isinstance(error, cs.ProtocolError) and error.code == ErrorCode.PROTOCOL_ERROR
+        assert "both ends chose the same role" in str(error)

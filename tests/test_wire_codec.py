@@ -8,17 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio._wire_codec import (
+    FLAGS,
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    DataFlags,
     ErrorCode,
     FrameDecoder,
     FrameType,
+    Hello,
+    HelloField,
+    PingFlags,
     Setting,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_hello,
     decode_open,
@@ -77,7 +83,7 @@ def test_frames_round_trip(frames: list[RawFrame]) -> None:
 def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     payloads = {
         FrameType.HELLO: encode_hello({Setting.MAX_FRAME_PAYLOAD: 4096}),
-        FrameType.OPEN: encode_open(3, "svc", b"hdr"),
+        FrameType.OPEN: encode_open(3, "svc", b"hdr", b"key"),
         FrameType.DATA: b"message",
         FrameType.END: encode_status(Status(ErrorCode.APPLICATION_ERROR, "E", "m")),
         FrameType.RESET: encode_status(Status(ErrorCode.CANCEL)),
@@ -92,11 +98,10 @@ def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     decoded = decode_all(decoder, [stream])
     assert [(t, f, s) for t, f, s, _ in decoded] == [(int(t), 0, 5) for t in payloads]
     by_type = {t: p for t, _, _, p in decoded}
-    assert decode_hello(by_type[FrameType.HELLO]) == (
-        PROTOCOL_VERSION,
-        {Setting.MAX_FRAME_PAYLOAD: 4096},
+    assert decode_hello(by_type[FrameType.HELLO]) == Hello(
+        PROTOCOL_VERSION, 0, {Setting.MAX_FRAME_PAYLOAD: 4096}
     )
-    assert decode_open(by_type[FrameType.OPEN]) == (3, "svc", b"hdr")
+    assert decode_open(by_type[FrameType.OPEN]) == (3, "svc", b"hdr", b"key")
     assert decode_status(by_type[FrameType.END]) == Status(ErrorCode.APPLICATION_ERROR, "E", "m")
     assert decode_status(by_type[FrameType.RESET]) == Status(ErrorCode.CANCEL)
     assert decode_u32(by_type[FrameType.WINDOW], "WINDOW") == 1234
@@ -104,20 +109,55 @@ def test_every_frame_type_round_trips_with_its_payload_helper() -> None:
     assert decode_goaway(by_type[FrameType.GOAWAY]) == (7, ErrorCode.SHUTDOWN, "bye")
 
 
+def test_each_frame_type_has_its_own_flags_and_no_aliases() -> None:
+    for frame, flags in FLAGS.items():
+        members = list(flags.__members__.values())
+        assert len({int(member) for member in members}) == len(members), frame
+    # The same bit means different things on different frames: distinct members.
+    assert PingFlags.ACK is not DataFlags.MORE  # type: ignore[comparison-overlap]
+    assert int(PingFlags.ACK) == int(DataFlags.MORE) == 0x1
+
+
 # ------------------------------------------------------------------ payload helpers
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(list(Setting)), u64, max_size=6), u16)
-def test_hello_round_trip(values: dict[Setting, int], version: int) -> None:
-    payload = encode_hello(values, version)
+@given(
+    st.dictionaries(st.sampled_from(list(Setting)), u64, max_size=6),
+    st.integers(MIN_PROTOCOL_VERSION, 0xFFFF),
+    u64,
+    st.dictionaries(u16, st.binary(max_size=40), max_size=4),
+)
+def test_hello_round_trip(
+    values: dict[Setting, int], version: int, nonce: int, fields: dict[int, bytes]
+) -> None:
+    payload = encode_hello(values, version, nonce=nonce, fields=fields)
     assert payload[:4] == MAGIC
-    assert decode_hello(payload) == (version, values)
+    assert decode_hello(payload) == Hello(version, nonce, values, fields)
+    # magic, version, nonce, n settings, n x 10, m fields, m x (4 + length)
+    assert len(payload) == 16 + 10 * len(values) + 2 + sum(4 + len(v) for v in fields.values())
 
 
 def test_hello_keeps_unknown_setting_ids_as_ints() -> None:
-    payload = struct.pack(">4sHH", MAGIC, 1, 1) + struct.pack(">HQ", 999, 5)
-    assert decode_hello(payload) == (1, {999: 5})
+    payload = struct.pack(">4sHQH", MAGIC, 2, 7, 1) + struct.pack(">HQ", 999, 5) + b"\x00\x00"
+    assert decode_hello(payload) == Hello(2, 7, {999: 5}, {})
+
+
+def test_hello_below_version_2_is_a_version_mismatch_before_anything_else_is_read() -> None:
+    version_1 = struct.pack(">4sHH", MAGIC, 1, 1) + struct.pack(">HQ", 1, 5)
+    for payload in (version_1, version_1[:6], encode_hello({}, 0)):
+        with pytest.raises(RemoteProtocolError, match="version") as info:
+            decode_hello(payload)
+        assert info.value.code == ErrorCode.VERSION_MISMATCH
+
+
+def test_hello_fields_are_kept_by_id_and_appear_once() -> None:
+    payload = encode_hello({}, nonce=9, fields={HelloField.CREDENTIAL: b"secret", 77: b""})
+    assert decode_hello(payload).fields == {HelloField.CREDENTIAL: b"secret", 77: b""}
+    twice = struct.pack(">4sHQH", MAGIC, 2, 9, 0) + b"\x00\x02" + b"\x00\x01\x00\x00" * 2
+    with pytest.raises(RemoteProtocolError, match="appears twice") as info:
+        decode_hello(twice)
+    assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
 @pytest.mark.parametrize(
@@ -127,19 +167,30 @@ def test_hello_keeps_unknown_setting_ids_as_ints() -> None:
         (b"XXXX\x00\x01\x00\x00", "does not speak"),
         (encode_hello({Setting.CONNECTION_WINDOW: 1})[:-1], "wrong length"),
         (encode_hello({Setting.CONNECTION_WINDOW: 1}) + b"\x00", "wrong length"),
-        (struct.pack(">4sHH", MAGIC, 1, 2) + struct.pack(">HQ", 1, 5), "wrong length"),
+        (struct.pack(">4sHQH", MAGIC, 2, 0, 2) + struct.pack(">HQ", 1, 5), "wrong length"),
+        (encode_hello({}, fields={1: b"abc"})[:-1], "wrong length"),
+        (encode_hello({}, fields={1: b"abc"}) + b"\x00", "wrong length"),
     ],
 )
 def test_malformed_hello_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_hello(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
 @FAST
-@given(u32, st.text(max_size=40), st.binary(max_size=100))
-def test_open_round_trip(parent: int, service: str, header: bytes) -> None:
-    assert decode_open(encode_open(parent, service, header)) == (parent, service, header)
+@given(u32, st.text(max_size=40), st.binary(max_size=100), st.binary(max_size=40))
+def test_open_round_trip(parent: int, service: str, header: bytes, route_key: bytes) -> None:
+    payload = encode_open(parent, service, header, route_key)
+    assert decode_open(payload) == (parent, service, header, route_key)
+    # parent, name length, name, route key length, route key, header
+    assert len(payload) == 4 + 2 + len(service.encode()) + 2 + len(route_key) + len(header)
+
+
+def test_open_layout_puts_the_route_key_between_the_service_and_the_header() -> None:
+    assert encode_open(7, "s", b"HEAD", b"rk") == (
+        b"\x00\x00\x00\x07" + b"\x00\x01s" + b"\x00\x02rk" + b"HEAD"
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,10 +199,12 @@ def test_open_round_trip(parent: int, service: str, header: bytes) -> None:
         (b"\x00\x00\x00\x01\x00", "too short"),
         (b"\x00\x00\x00\x01\x00\x05abc", "overruns"),
         (b"\x00\x00\x00\x01\x00\x02\xff\xfe", "not UTF-8"),
+        (b"\x00\x00\x00\x01\x00\x01s\x00", "too short for its route key"),
+        (b"\x00\x00\x00\x01\x00\x01s\x00\x03ab", "route key overruns"),
     ],
 )
 def test_malformed_open_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_open(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -179,7 +232,7 @@ def test_status_with_bad_utf8_is_replaced_not_rejected() -> None:
     [(b"\x00\x00\x00", "too short"), (b"\x00\x00\x00\x01\x00\x09ab", "overruns")],
 )
 def test_malformed_status_is_a_protocol_error(payload: bytes, fragment: str) -> None:
-    with pytest.raises(WireProtocolError, match=fragment) as info:
+    with pytest.raises(RemoteProtocolError, match=fragment) as info:
         decode_status(payload)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
@@ -191,14 +244,14 @@ def test_goaway_round_trip(last: int, code: int, message: str) -> None:
 
 
 def test_short_goaway_is_a_protocol_error() -> None:
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         decode_goaway(b"\x00" * 7)
     assert info.value.code == ErrorCode.PROTOCOL_ERROR
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00\x00\x01", b"\x00\x00\x00\x01\x00"])
 def test_u32_payload_must_be_four_bytes(payload: bytes) -> None:
-    with pytest.raises(WireProtocolError, match="WINDOW payload must be 4 bytes"):
+    with pytest.raises(RemoteProtocolError, match="WINDOW payload must be 4 bytes"):
         decode_u32(payload, "WINDOW")
 
 
@@ -208,8 +261,8 @@ def test_error_code_coerce_keeps_unknown_codes_as_ints() -> None:
     assert not isinstance(ErrorCode.coerce(4242), ErrorCode)
 
 
-def test_wire_protocol_error_carries_code_and_message() -> None:
-    exc = WireProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "too much")
+def test_remote_protocol_error_carries_code_and_message() -> None:
+    exc = RemoteProtocolError("too much", ErrorCode.FLOW_CONTROL_ERROR)
     assert exc.code is ErrorCode.FLOW_CONTROL_ERROR
     assert exc.message == "too much"
     assert str(exc) == "FLOW_CONTROL_ERROR: too much"
@@ -239,7 +292,7 @@ def test_split_at_every_offset_yields_identical_frames() -> None:
 
 
 def test_split_at_every_pair_of_offsets_yields_identical_frames() -> None:
-    data = SAMPLE_BYTES[:80]  # three whole frames and a part of the fourth
+    data = SAMPLE_BYTES[: len(encode_all(SAMPLE_FRAMES[:3])) + 5]  # three frames and a part
     expected = decode_all(FrameDecoder(max_payload=100), [data])
     assert len(expected) == 3
     for first in range(len(data) + 1):
@@ -285,7 +338,7 @@ def test_payload_of_exactly_max_payload_is_accepted() -> None:
 def test_oversized_length_field_fails_on_the_header_alone() -> None:
     decoder = FrameDecoder(max_payload=64)
     decoder.feed(HEADER.pack(65, FrameType.DATA, 0, 1))
-    with pytest.raises(WireProtocolError, match="65 bytes exceeds the limit of 64") as info:
+    with pytest.raises(RemoteProtocolError, match="65 bytes exceeds the limit of 64") as info:
         list(decoder.frames())
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
     # Nothing of the announced payload was waited for or buffered.
@@ -298,7 +351,7 @@ def test_huge_length_field_after_good_frames_yields_them_then_fails() -> None:
     decoder.feed(good + HEADER.pack(0xFFFF_FFFF, FrameType.DATA, 0, 1) + b"abc")
     frames = decoder.frames()
     assert next(frames) == (FrameType.PING, 0, 0, b"12345678")
-    with pytest.raises(WireProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         next(frames)
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -348,5 +401,5 @@ def test_random_bytes_give_frames_or_frame_size_error_and_stay_bounded(
                 assert 0 <= stream_id <= 0xFFFF_FFFF
                 assert len(payload) <= limit
             assert decoder.buffered < HEADER_SIZE + limit
-    except WireProtocolError as exc:
+    except RemoteProtocolError as exc:
         assert exc.code == ErrorCode.FRAME_SIZE_ERROR

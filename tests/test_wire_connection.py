@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import tracemalloc
 from collections.abc import Callable
 
@@ -10,18 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chanserv_trio._errors import LocalProtocolError, RemoteProtocolError
 from chanserv_trio._wire_codec import (
     HEADER,
     HEADER_SIZE,
     MAX_HELLO_SIZE,
+    PROTOCOL_VERSION,
+    DataFlags,
     ErrorCode,
-    Flags,
     Frame,
     FrameDecoder,
     FrameType,
+    HelloField,
+    PingFlags,
+    ServiceFlags,
     Setting,
     Status,
-    WireProtocolError,
     decode_goaway,
     decode_status,
     encode_frame,
@@ -30,7 +33,7 @@ from chanserv_trio._wire_codec import (
     encode_open,
     encode_status,
 )
-from chanserv_trio._wire_connection import Connection, LocalProtocolError, Settings
+from chanserv_trio._wire_connection import Connection, Settings
 from chanserv_trio._wire_events import (
     ConnectionTerminated,
     Event,
@@ -88,8 +91,8 @@ class ConnectionPair:
     ) -> None:
         self.client = Connection(initiator=True, settings=client_settings)
         self.server = Connection(initiator=False, settings=server_settings)
-        assert self.to_server() == [HandshakeCompleted(1)]
-        assert self.to_client() == [HandshakeCompleted(1)]
+        assert self.to_server() == [HandshakeCompleted(PROTOCOL_VERSION)]
+        assert self.to_client() == [HandshakeCompleted(PROTOCOL_VERSION)]
 
     def to_server(self) -> list[Event]:
         return deliver(self.client, self.server)
@@ -134,8 +137,8 @@ def send_message(
 
 def expect_protocol_error(
     conn: Connection, data: bytes, code: ErrorCode, match: str | None = None
-) -> WireProtocolError:
-    with pytest.raises(WireProtocolError, match=match) as info:
+) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
         conn.receive_data(data)
     assert info.value.code == code
     assert conn.closed
@@ -161,9 +164,9 @@ def test_handshake_exchanges_settings() -> None:
     hello = sent_frames(client)
     assert [f.type for f in hello] == [FrameType.HELLO]
     server.receive_data(encode_frame(FrameType.HELLO, 0, 0, hello[0].payload))
-    assert server.handshake_done and server.version == 1
+    assert server.handshake_done and server.version == PROTOCOL_VERSION
     assert server.peer_settings == SMALL
-    assert client.receive_data(wire(server)) == [HandshakeCompleted(1)]
+    assert client.receive_data(wire(server)) == [HandshakeCompleted(PROTOCOL_VERSION)]
     assert client.peer_settings == Settings()
     assert client.can_open_stream() and server.can_open_stream()
 
@@ -174,7 +177,7 @@ def test_hello_split_at_every_offset_completes_the_handshake() -> None:
         server = Connection(initiator=False)
         events = server.receive_data(hello[:cut]) if cut else []
         events += server.receive_data(hello[cut:]) if cut < len(hello) else []
-        assert events == [HandshakeCompleted(1)]
+        assert events == [HandshakeCompleted(PROTOCOL_VERSION)]
         assert server.peer_settings == SMALL
 
 
@@ -188,7 +191,7 @@ def test_hello_then_large_frames_in_one_read_are_accepted() -> None:
     stream_id = server.open_stream("svc", header)
     server.send_data(stream_id, b"d" * (MAX_HELLO_SIZE * 2))
     events = client.receive_data(wire(server))
-    assert events[0] == HandshakeCompleted(1)
+    assert events[0] == HandshakeCompleted(PROTOCOL_VERSION)
     assert events[1] == StreamOpened(2, 0, "svc", header, True, True)
     assert events[2] == MessageReceived(2, b"d" * (MAX_HELLO_SIZE * 2), MAX_HELLO_SIZE * 2)
 
@@ -196,15 +199,14 @@ def test_hello_then_large_frames_in_one_read_are_accepted() -> None:
 def test_newer_peer_version_negotiates_down() -> None:
     conn = Connection(initiator=True)
     assert conn.receive_data(raw(FrameType.HELLO, 0, 0, encode_hello({}, version=7))) == [
-        HandshakeCompleted(1)
+        HandshakeCompleted(PROTOCOL_VERSION)
     ]
-    assert conn.version == 1
+    assert conn.version == PROTOCOL_VERSION
     assert conn.peer_settings == Settings()
 
 
 def test_unknown_hello_settings_are_ignored() -> None:
-    payload = encode_hello({Setting.MAX_CONCURRENT_STREAMS: 3}) + struct.pack(">HQ", 99, 2**64 - 1)
-    payload = payload[:6] + (2).to_bytes(2, "big") + payload[8:]
+    payload = encode_hello({Setting.MAX_CONCURRENT_STREAMS: 3, 99: 2**64 - 1})
     conn = Connection(initiator=True)
     conn.receive_data(raw(FrameType.HELLO, 0, 0, payload))
     assert conn.peer_settings == Settings(max_concurrent_streams=3)
@@ -250,6 +252,54 @@ def test_bad_handshakes_are_protocol_errors(data: bytes, code: ErrorCode, match:
     expect_protocol_error(conn, data, code, match)
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [(True, False), (True, None), (None, False), (None, None)],
+)
+def test_the_larger_role_nonce_takes_the_odd_stream_ids(
+    ours: bool | None, theirs: bool | None
+) -> None:
+    a, b = Connection(initiator=ours), Connection(initiator=theirs)
+    assert a.initiator is None and not a.can_open_stream()
+    b.receive_data(wire(a))
+    a.receive_data(wire(b))
+    assert a.initiator == (a.nonce > b.nonce) and b.initiator == (not a.initiator)
+    if ours is not None and theirs is not None:
+        assert a.initiator is ours  # fixed roles: the one that dialed is the initiator
+    odd, even = (a, b) if a.initiator else (b, a)
+    assert odd.open_stream("svc", b"") == 1 and even.open_stream("svc", b"") == 2
+    assert [e.stream_id for e in even.receive_data(wire(odd))] == [1]  # type: ignore[union-attr]
+    assert [e.stream_id for e in odd.receive_data(wire(even))] == [2]  # type: ignore[union-attr]
+
+
+def test_a_side_that_neither_dialed_nor_accepted_draws_a_random_nonce() -> None:
+    nonces = {Connection().nonce for _ in range(50)}
+    assert len(nonces) == 50
+    assert all(0 < nonce < 2**64 - 1 for nonce in nonces)
+    assert Connection(initiator=True).nonce == 2**64 - 1
+    assert Connection(initiator=False).nonce == 0
+
+
+@pytest.mark.parametrize("role", [True, False])
+def test_equal_nonces_are_a_clear_handshake_error(role: bool) -> None:
+    a, b = Connection(initiator=role), Connection(initiator=role)
+    hello_a, hello_b = wire(a), wire(b)
+    for conn, hello in ((a, hello_b), (b, hello_a)):
+        error = expect_protocol_error(conn, hello, ErrorCode.PROTOCOL_ERROR, "same role")
+        assert f"nonce {conn.nonce}" in str(error)
+        assert not conn.handshake_done and conn.initiator is None
+
+
+def test_hello_fields_of_known_ids_are_kept_and_others_ignored() -> None:
+    conn = Connection(initiator=False)
+    fields = {HelloField.CREDENTIAL: b"let me in", 999: b"from the future"}
+    hello = encode_hello(Settings().to_wire(), nonce=5, fields=fields)
+    assert conn.receive_data(raw(FrameType.HELLO, 0, 0, hello)) == [
+        HandshakeCompleted(PROTOCOL_VERSION)
+    ]
+    assert conn.peer_fields == {HelloField.CREDENTIAL: b"let me in"}
+
+
 def test_hello_twice_is_a_protocol_error() -> None:
     pair = ConnectionPair()
     expect_protocol_error(
@@ -277,6 +327,17 @@ def test_open_carries_service_and_header() -> None:
     header = bytes(range(256)) * 8
     pair.client.open_stream("échos", header)
     assert pair.to_server() == [StreamOpened(1, 0, "échos", header, True, True)]
+
+
+def test_open_carries_the_route_key_and_refuses_one_too_long() -> None:
+    pair = ConnectionPair()
+    pair.client.open_stream("svc", b"header", route_key=b"\x00bucket\xff")
+    assert pair.to_server() == [
+        StreamOpened(1, 0, "svc", b"header", True, True, route_key=b"\x00bucket\xff")
+    ]
+    with pytest.raises(LocalProtocolError, match="route key"):
+        pair.client.open_stream("svc", b"", route_key=b"k" * 0x10000)
+    assert pair.client.outgoing_size == 0
 
 
 def test_child_streams_name_their_parent_both_ways() -> None:
@@ -393,8 +454,8 @@ def test_message_larger_than_max_frame_payload_is_chunked_and_reassembled() -> N
     pair.server.send_data(sid, message[1024:2048], more=True)
     frames = frames_in(b"".join(bytes(p) for p in pair.server._outgoing))
     assert [(f.type, f.flags, len(f.payload)) for f in frames] == [
-        (FrameType.DATA, Flags.MORE, 1024),
-        (FrameType.DATA, Flags.MORE, 1024),
+        (FrameType.DATA, DataFlags.MORE, 1024),
+        (FrameType.DATA, DataFlags.MORE, 1024),
     ]
     assert pair.to_client() == []
     assert pair.client.buffered_bytes() == 2048
@@ -520,7 +581,7 @@ def test_window_events_from_the_peer() -> None:
         (
             raw(FrameType.DATA, 0, 1, b"x" * 1024) * 3
             + raw(FrameType.DATA, 0, 1, b"x" * 1000)
-            + raw(FrameType.DATA, Flags.MORE, 1, b"x" * 100),
+            + raw(FrameType.DATA, DataFlags.MORE, 1, b"x" * 100),
             ErrorCode.FLOW_CONTROL_ERROR,
             "window of stream 1",
         ),
@@ -572,7 +633,7 @@ def test_message_beyond_max_message_size_is_a_frame_size_error() -> None:
     pair.to_client()
     # Even the last chunk counts.
     pair.server.send_data(sid, b"x" * 1000)
-    with pytest.raises(WireProtocolError, match="max_message_size") as info:
+    with pytest.raises(RemoteProtocolError, match="max_message_size") as info:
         pair.to_client()
     assert info.value.code == ErrorCode.FRAME_SIZE_ERROR
 
@@ -581,7 +642,7 @@ def test_message_beyond_max_message_size_in_a_more_chunk_is_refused() -> None:
     pair = ConnectionPair(client_settings=Settings(max_frame_payload=1024, max_message_size=1500))
     pair.server.open_stream("svc", b"")
     pair.to_client()
-    data = raw(FrameType.DATA, Flags.MORE, 2, b"x" * 1024) * 2
+    data = raw(FrameType.DATA, DataFlags.MORE, 2, b"x" * 1024) * 2
     expect_protocol_error(pair.client, data, ErrorCode.FRAME_SIZE_ERROR, "max_message_size")
 
 
@@ -619,8 +680,14 @@ def test_end_with_ok_and_with_an_error_status() -> None:
     [
         (raw(FrameType.END, 0, 1) * 2, "END twice"),
         (raw(FrameType.END, 0, 1) + raw(FrameType.DATA, 0, 1, b"x"), "after its end"),
-        (raw(FrameType.DATA, Flags.MORE, 1, b"x") + raw(FrameType.END, 0, 1), "inside a message"),
-        (raw(FrameType.DATA, Flags.MORE, 1, b"") + raw(FrameType.END, 0, 1), "inside a message"),
+        (
+            raw(FrameType.DATA, DataFlags.MORE, 1, b"x") + raw(FrameType.END, 0, 1),
+            "inside a message",
+        ),
+        (
+            raw(FrameType.DATA, DataFlags.MORE, 1, b"") + raw(FrameType.END, 0, 1),
+            "inside a message",
+        ),
         (raw(FrameType.END, 0, 1, b"\x00\x00"), "status too short"),
         (raw(FrameType.RESET, 0, 1, b"\x00\x00\x00\x08\x00\x07ab"), "overruns"),
     ],
@@ -934,7 +1001,7 @@ def test_empty_chunks_do_not_accumulate() -> None:
     pair = ConnectionPair()
     sid = pair.client.open_stream("svc", b"")
     pair.to_server()
-    batch = raw(FrameType.DATA, Flags.MORE, sid, b"") * 2000
+    batch = raw(FrameType.DATA, DataFlags.MORE, sid, b"") * 2000
     tracemalloc.start()
     try:
         pair.server.receive_data(batch)
@@ -974,7 +1041,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.binary(max_size=20),
     ),
     st.builds(
-        lambda sid, more, data: raw(FrameType.DATA, Flags.MORE if more else 0, sid, data),
+        lambda sid, more, data: raw(FrameType.DATA, DataFlags.MORE if more else 0, sid, data),
         stream_ids,
         st.booleans(),
         st.sampled_from([b"", b"m", b"x" * 700, b"y" * 1024]),
@@ -995,7 +1062,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.sampled_from([1, 1024, 2**31 - 1]),
     ),
     st.builds(
-        lambda ack: raw(FrameType.PING, Flags.ACK if ack else 0, 0, b"p" * 8), st.booleans()
+        lambda ack: raw(FrameType.PING, PingFlags.ACK if ack else 0, 0, b"p" * 8), st.booleans()
     ),
     st.builds(
         lambda last, code, msg: raw(FrameType.GOAWAY, 0, 0, encode_goaway(last, code, msg)),
@@ -1004,7 +1071,7 @@ well_formed_frames: st.SearchStrategy[bytes] = st.one_of(
         st.text(max_size=5),
     ),
     st.builds(
-        lambda name, remove: raw(FrameType.SERVICE, Flags.REMOVE if remove else 0, 0, name),
+        lambda name, remove: raw(FrameType.SERVICE, ServiceFlags.REMOVE if remove else 0, 0, name),
         st.text(max_size=5).map(str.encode),
         st.booleans(),
     ),
@@ -1022,11 +1089,11 @@ def _check_bounds(conn: Connection) -> None:
 
 def _feed_until_error(
     conn: Connection, chunks: list[bytes], on_events: Callable[[list[Event]], None]
-) -> WireProtocolError | None:
+) -> RemoteProtocolError | None:
     for chunk in chunks:
         try:
             on_events(conn.receive_data(chunk))
-        except WireProtocolError as exc:
+        except RemoteProtocolError as exc:
             assert conn.closed
             goaway = sent_frames(conn)[-1]
             assert goaway.type == FrameType.GOAWAY
@@ -1222,9 +1289,11 @@ def test_chunked_messages_beyond_the_window_are_a_flow_control_error() -> None:
     pair = ConnectionPair()
     sid = pair.client.open_stream("svc", b"")
     pair.to_server()
-    message = raw(FrameType.DATA, Flags.MORE, sid, b"c" * 1024) + raw(FrameType.DATA, 0, sid, b"!")
+    message = raw(FrameType.DATA, DataFlags.MORE, sid, b"c" * 1024) + raw(
+        FrameType.DATA, 0, sid, b"!"
+    )
     received = 0
-    with pytest.raises(WireProtocolError, match="window of stream") as info:
+    with pytest.raises(RemoteProtocolError, match="window of stream") as info:
         for _ in range(50):
             events = pair.server.receive_data(message)
             received += sum(len(e.data) for e in events if isinstance(e, MessageReceived))
@@ -1329,7 +1398,7 @@ def test_random_bytes_before_hello_give_a_protocol_error_or_wait(chunks: list[by
     for chunk in chunks:
         try:
             events = conn.receive_data(chunk)
-        except WireProtocolError:
+        except RemoteProtocolError:
             assert conn.closed
             assert sent_frames(conn)[-1].type == FrameType.GOAWAY
             return

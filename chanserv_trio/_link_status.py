@@ -1,0 +1,43 @@
+"""What a stream's end status means to the application: the exception it raises.
+
+The link layer turns a non-OK END or RESET status (wire codes) into the matching
+:mod:`chanserv_trio._errors` class; the errors module itself knows no wire codes.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ChanservError,
+    ConnectionLost,
+    DeadlineExceeded,
+    RemoteError,
+    ServerShuttingDown,
+    ServiceNotFound,
+    StreamCancelled,
+    StreamError,
+)
+from ._wire_codec import ErrorCode, Status
+
+__all__ = ["error_from_status"]
+
+
+def error_from_status(status: Status, where: str = "") -> ChanservError:
+    """The exception that a non-OK END or RESET status stands for."""
+    code = status.code
+    known = ErrorCode.coerce(code)
+    text = status.message or (known.name if isinstance(known, ErrorCode) else f"code {code}")
+    if where:
+        text = f"{where}: {text}"
+    if code == ErrorCode.APPLICATION_ERROR:
+        return RemoteError(status.kind or "Exception", status.message)
+    if code == ErrorCode.TIMEOUT:
+        return DeadlineExceeded(text, code, status.kind)
+    if code == ErrorCode.SHUTDOWN:
+        return ServerShuttingDown(text, code, status.kind)
+    if code == ErrorCode.CANCEL:
+        return StreamCancelled(text, code, status.kind)
+    if code == ErrorCode.SERVICE_NOT_FOUND:
+        return ServiceNotFound(text)
+    if code == ErrorCode.CONNECTION_LOST:
+        return ConnectionLost(text)
+    return StreamError(text, code, status.kind)
