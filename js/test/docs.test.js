@@ -53,9 +53,7 @@ function documentedVersion() {
   return new DataView(hello.bytes.buffer).getUint16(14);
 }
 
-const V1_REASON =
-  "docs/protocol.md still describes protocol version 1; this package speaks version 2 " +
-  "(the example is checked once the wire branch's version 2 page is merged)";
+const V1_REASON = `docs/protocol.md describes protocol version ${documentedVersion()}; this package speaks version ${PROTOCOL_VERSION}`;
 const skipUnlessV2 = documentedVersion() >= PROTOCOL_VERSION ? false : V1_REASON;
 
 /** @param {Uint8Array} bytes */

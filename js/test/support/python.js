@@ -67,7 +67,7 @@ export async function incompatibility(url) {
     return null;
   } catch (error) {
     if (error instanceof ProtocolError) {
-      return `the repository's Python side does not speak protocol version 2 yet (${error.message}); these tests run once the wire branch is merged`;
+      return `the repository's Python side does not speak this package's protocol version (${error.message})`;
     }
     throw error;
   }
