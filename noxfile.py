@@ -28,8 +28,17 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict over the package and its tests."""
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "chanserv_trio", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "js/test", "noxfile.py")
+    session.run(
+        "ruff",
+        "format",
+        "--check",
+        "chanserv_trio",
+        "tests",
+        "benchmarks",
+        "js/test",
+        "noxfile.py",
+    )
     session.run("mypy", "--strict", "chanserv_trio", "tests")
 
 

@@ -59,7 +59,17 @@ class Peer:
 #: Over WebSocket links only flood and heavy are measured, as the issue asks.
 _OVER_WEBSOCKET = frozenset({"flood", "heavy"})
 #: Every peer's name, in the order of the table's columns when all run.
-PEER_NAMES = ("ours", "base", "ceiling", "grpc", "zmq", "ours-ws", "base-ws", "ceiling-ws")
+PEER_NAMES = (
+    "ours",
+    "base",
+    "ceiling",
+    "grpc",
+    "zmq",
+    "ours-ws",
+    "base-ws",
+    "ceiling-ws",
+    "js-node",
+)
 #: The peers that run the ``--baseline`` tree, by the peer of this tree they stand beside.
 BASELINE_OF = {"ours": "base", "ours-ws": "base-ws"}
 
@@ -73,6 +83,7 @@ def peer_table(baseline: Path | None = None) -> dict[str, Peer]:
         Peer("zmq", "zmq", skips=(("slow", NO_SLOW),)),
         Peer("ours-ws", "ours", ("--scheme", "ws"), _OVER_WEBSOCKET),
         Peer("ceiling-ws", "ceiling_ws", (), _OVER_WEBSOCKET),
+        Peer("js-node", "js_node", (), _OVER_WEBSOCKET),
     ]
     if baseline is not None:
         # The same as ours and ours-ws, run on the other tree's package.

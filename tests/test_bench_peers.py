@@ -13,7 +13,7 @@ import pytest
 from benchmarks import _trees as trees
 from benchmarks._runner import choose_peers, package_mismatch, peer_table
 
-ALL_OF_THIS_TREE = ["ours", "ceiling", "grpc", "zmq", "ours-ws", "ceiling-ws"]
+ALL_OF_THIS_TREE = ["ours", "ceiling", "grpc", "zmq", "ours-ws", "ceiling-ws", "js-node"]
 
 
 def test_without_a_baseline_there_are_no_base_peers() -> None:
@@ -34,6 +34,7 @@ def test_a_baseline_puts_base_beside_ours(tmp_path: Path) -> None:
         "ours-ws",
         "base-ws",
         "ceiling-ws",
+        "js-node",
     ]
     assert choose_peers(None, baseline=True) == list(table)
     # Added right after the peer they stand beside, unless named already, each once.

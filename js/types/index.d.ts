@@ -1,0 +1,12 @@
+export type NodeOptions = import("./node.js").NodeOptions;
+export type PostOptions = import("./node.js").PostOptions;
+export type SourceMeta = import("./node.js").SourceMeta;
+export type ServedSource = import("./node.js").ServedSource;
+export type RequestContext = import("./node.js").RequestContext;
+export type SourceFunction = import("./node.js").SourceFunction;
+export type BytesLike = import("./node.js").BytesLike;
+export type Settings = import("./connection.js").Settings;
+export type LinkStatistics = import("./link.js").LinkStatistics;
+export type Transport = import("./link.js").Transport;
+export { ChanservNode, Source, SourceChannel, attach, connect } from "./node.js";
+export { AuthenticationFailed, ChanservError, ConnectionLost, DeadlineExceeded, ErrorCode, LocalProtocolError, MessageTooLarge, PermissionDenied, ProtocolError, RemoteError, RemoteProtocolError, ServerShuttingDown, ServiceNotFound, StreamCancelled, StreamError } from "./errors.js";
