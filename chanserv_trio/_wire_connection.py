@@ -248,12 +248,12 @@ class Connection:
         self._max_message_size = self._local_settings.max_message_size
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
-        self._enter(_HANDSHAKE)
         #: The protocol version spoken, once the peer's HELLO arrived (0 before).
         self.version = 0
         self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
+        self._enter(_HANDSHAKE)
         self._next_local_id = 0  # 1 or 2 once the roles are known
         self._highest_peer_id = 0
         self._local_open_count = 0
