@@ -93,6 +93,7 @@ __all__ = ["ACCEPTING_NONCE", "DIALING_NONCE", "Connection", "Settings", "role_n
 
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
+_pack_header = HEADER.pack
 _HANDSHAKE = int(ConnectionState.HANDSHAKE)
 _CLOSED = int(ConnectionState.CLOSED)
 _GOING_AWAY = (int(ConnectionState.LOCAL_GOAWAY), int(ConnectionState.BOTH_GOAWAY))
@@ -192,7 +193,8 @@ class _Stream:
         #: A :class:`StreamState` value (a plain int for the hot paths).
         self.state = state
         row = STREAM_NEXT[state]
-        #: The table allows SEND_DATA / RECV_DATA now (both leave the state as it is).
+        #: The table allows SEND_DATA / RECV_DATA now (both leave the state as it is);
+        #: the connection clears them when it closes, so they stand for its table too.
         self.may_send = row[_STREAM_SEND_DATA] >= 0
         self.may_receive = row[_STREAM_RECV_DATA] >= 0
         #: The table allows SEND_WINDOW now (after the peer's END it is ignored).
@@ -246,12 +248,12 @@ class Connection:
         self._max_message_size = self._local_settings.max_message_size
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
-        self._enter(_HANDSHAKE)
         #: The protocol version spoken, once the peer's HELLO arrived (0 before).
         self.version = 0
         self.compressing = False
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
+        self._enter(_HANDSHAKE)
         self._next_local_id = 0  # 1 or 2 once the roles are known
         self._highest_peer_id = 0
         self._local_open_count = 0
@@ -354,7 +356,7 @@ class Connection:
         return out
 
     def _queue(self, ftype: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
-        header = HEADER.pack(len(payload), ftype, flags, stream_id)
+        header = _pack_header(len(payload), ftype, flags, stream_id)
         if payload:
             self._outgoing.append(header + payload)
         else:
@@ -392,6 +394,11 @@ class Connection:
         self._may_send = row[_SEND_DATA] >= 0
         self._may_receive = row[_RECV_DATA] >= 0
         self._may_credit = row[_SEND_WINDOW] >= 0
+        if state == _CLOSED:
+            # Every state that has streams allows these inputs but CLOSED, which is
+            # final: so the streams' read-ahead flags stand for both tables.
+            for stream in self._streams.values():
+                stream.may_send = stream.may_receive = stream.may_credit = False
 
     def _check(self, event: ConnectionInput, frame_type: int | None = None) -> int:
         """The state after ``event`` (or IGNORED); raises if the table forbids it now.
@@ -491,9 +498,8 @@ class Connection:
 
         The fast path for small messages; :meth:`send_data` does the general case.
         """
-        # The table, read ahead: SEND_DATA leaves both states as they are.
-        if not self._may_send:
-            return False
+        # The tables, read ahead (SEND_DATA leaves both states as they are). No stream
+        # exists before the handshake, and closing clears every stream's flag.
         stream = self._streams.get(stream_id)
         if stream is None or not stream.may_send:
             return False
@@ -513,10 +519,10 @@ class Connection:
         if self.compressing and size >= MIN_COMPRESS_SIZE:
             self._queue_data(stream_id, data, 0)
         elif size <= 4096:  # one small copy beats one more piece for the writer to join
-            self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id) + data)
+            self._outgoing.append(_pack_header(size, _DATA, 0, stream_id) + data)
             self._outgoing_size += 10 + size
         else:
-            self._outgoing.append(HEADER.pack(size, _DATA, 0, stream_id))
+            self._outgoing.append(_pack_header(size, _DATA, 0, stream_id))
             self._outgoing.append(data)
             self._outgoing_size += 10 + size
         return True
@@ -530,7 +536,7 @@ class Connection:
                 payload = packed
                 flags |= _COMPRESSED
         size = len(payload)
-        self._outgoing.append(HEADER.pack(size, _DATA, flags, stream_id))
+        self._outgoing.append(_pack_header(size, _DATA, flags, stream_id))
         if size:
             self._outgoing.append(payload)
         self._outgoing_size += 10 + size
@@ -561,11 +567,11 @@ class Connection:
 
     def acknowledge(self, stream_id: int, credit: int) -> None:
         """The application consumed ``credit`` bytes of the stream's messages."""
-        if not self._may_credit:
-            return  # nothing to credit yet, or nobody to credit any more
         stream = self._streams.get(stream_id)
         if stream is None or credit <= 0:
-            return
+            return  # (no stream exists before the handshake)
+        if not self._may_credit:
+            return  # nobody to credit any more
         if not stream.may_credit:
             # The peer sends no more: nothing to tell it.
             stream.windows.settle(stream.windows.consumed(credit))
@@ -842,11 +848,14 @@ class Connection:
             raise RemoteProtocolError(
                 "DATA exceeds the connection window", ErrorCode.FLOW_CONTROL_ERROR
             )
-        connection.hand_off(size)
+        # Handed off at once (see Windows): charged, and owed back. Inline, as this runs
+        # for every DATA frame.
+        connection.receive -= size
+        connection.owed += size
         stream = self._streams.get(stream_id)
-        if stream is None and self._lookup(stream_id, "DATA") is None:
+        if stream is None:
+            self._lookup(stream_id, "DATA")  # raises for a stream never opened
             return  # closed or reset on our side: drop it
-        assert stream is not None
         if not stream.may_receive:
             reject_stream_input(stream.state, _STREAM_RECV_DATA, stream_id)
         windows = stream.windows
@@ -869,12 +878,19 @@ class Connection:
             if credit:
                 self._return_credit(stream, credit)
             return
-        if stream.chunks:
-            stream.chunks.append(payload)
-            payload = b"".join(stream.chunks)
-            stream.chunks = []
-        stream.assembling = False
-        total = windows.message(size)
+        if stream.assembling:  # the last chunk of a message
+            if stream.chunks:
+                stream.chunks.append(payload)
+                payload = b"".join(stream.chunks)
+                stream.chunks = []
+            stream.assembling = False
+            total = windows.message(size)
+        else:
+            # A message in one frame: Windows.message with nothing in assembly, inline
+            # (the most frequent frame of all).
+            windows.receive -= size
+            windows.held += size
+            total = size
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
 

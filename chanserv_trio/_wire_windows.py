@@ -18,8 +18,9 @@ How receive credit goes back (``docs/protocol.md``, section 10):
   memory is thus bounded by the window plus one message, whatever the sender does and
   however slowly the application reads.
 - **The connection window, on hand-off.** Connection credit is owed as soon as the
-  bytes reached their stream (:meth:`Windows.hand_off`), so it bounds bytes in
-  transit, and a stream nobody reads stalls only itself.
+  bytes reached their stream (``receive`` goes down and ``owed`` up by the same
+  amount), so it bounds bytes in transit, and a stream nobody reads stalls only
+  itself.
 
 Owed credit is granted in one WINDOW frame once it reaches a quarter of the window
 (:meth:`Windows.due`). A smaller window takes effect as credit comes back: what it
@@ -37,9 +38,10 @@ class Windows:
     """The flow control of one stream, both ways, or of the connection (which holds no
     messages: for it only ``send``, ``receive``, ``size`` and ``owed`` move).
 
-    Every change goes through a method, but one: ``try_send_message``, the hottest path,
-    checks and spends ``send`` itself (a call per message would cost more than the
-    arithmetic).
+    Every change goes through a method, except on the connection's hottest paths, where
+    a call per message would cost more than the arithmetic: ``try_send_message``
+    spends ``send`` itself, and a DATA frame is handed off the connection window (and,
+    when it is a whole message, charged and held) by the receive path itself.
     """
 
     __slots__ = (
@@ -92,12 +94,6 @@ class Windows:
 
     # -------------------------------------------------------------- receiving
     # The caller checks that DATA fits ``receive`` (a flow-control error otherwise).
-
-    def hand_off(self, size: int) -> None:
-        """Connection window: DATA of ``size`` bytes arrived and reached its stream (or
-        was dropped): charged, and owed back at once."""
-        self.receive -= size
-        self.owed += size
 
     def chunk(self, size: int) -> int:
         """A chunk of ``size`` bytes (not a message's last) arrived; returns the credit

@@ -100,6 +100,15 @@ def test_closed_is_final_and_queues_nothing() -> None:
         assert stream_outcome in (None, "forbidden"), stream_event
 
 
+def test_streams_may_use_the_data_inputs_in_every_state_but_handshake_and_closed() -> None:
+    # The connection folds its table into flags on each stream and clears them when it
+    # closes; that is sound only because of this.
+    for state in ConnectionState:
+        for event in (CI.SEND_DATA, CI.RECV_DATA, CI.SEND_WINDOW):
+            allowed = CONNECTION_NEXT[state][event] >= 0
+            assert allowed is (state not in (ConnectionState.HANDSHAKE, ConnectionState.CLOSED))
+
+
 @HYPOTHESIS
 @given(st.sampled_from(list(ConnectionState)), st.lists(st.sampled_from(list(ConnectionInput))))
 def test_connection_inputs_move_between_states_or_raise_the_right_error(

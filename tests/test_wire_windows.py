@@ -42,13 +42,14 @@ def test_chunks_are_credited_on_arrival_only_while_nothing_is_held() -> None:
     assert windows.assembly == windows.assembly_credited == 300
 
 
-def test_the_connection_window_is_owed_as_soon_as_bytes_are_handed_off() -> None:
+def test_owed_credit_is_granted_once_it_reaches_a_quarter_of_the_window() -> None:
     connection = Windows(send=0, receive=1000)
-    connection.hand_off(200)
-    assert connection.receive == 800 and connection.owed == 200
+    connection.receive -= 200  # what the connection does as DATA is handed off
+    connection.owed += 200
     assert connection.due() == 0
-    connection.hand_off(50)
-    assert connection.due() == 250 and connection.receive == 1000
+    connection.receive -= 50
+    connection.owed += 50
+    assert connection.due() == 250 and connection.receive == 1000 and connection.owed == 0
 
 
 def test_a_larger_window_is_granted_at_once_a_smaller_one_withholds_credit() -> None:
