@@ -30,6 +30,7 @@ from ._errors import (
     RemoteProtocolError,
     ServerShuttingDown,
 )
+from ._link_keepalive import STALL, PingRecord
 from ._link_options import LinkOptions
 from ._link_state import LinkState, StreamState
 from ._link_status import error_from_status
@@ -55,6 +56,14 @@ __all__ = ["Link", "LinkStatistics", "LinkStream", "StreamHandler"]
 _RECEIVE_SIZE = 256 * 1024
 #: Queued payloads at least this large are written without being copied into a batch.
 _DIRECT_WRITE = 64 * 1024
+#: With a write timeout, longer writes go to the transport in pieces this large, each
+#: timed on its own: the timeout then means the peer took less than this for that long,
+#: however large the message, and not that a whole write was slow. As large as a DATA
+#: frame of the default ``max_frame_payload``, so the usual writes are not cut.
+_WRITE_SLICE = 1 << 20
+#: Seconds the streams still open get when an idle link is closed: the peer may have
+#: opened some before it read our GOAWAY.
+IDLE_CLOSE_GRACE = 5.0
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -79,6 +88,8 @@ class LinkStatistics:
     window_stalls: int
     #: Last measured round-trip time in seconds, or None before the first ping answer.
     rtt: float | None
+    #: PINGs of ours awaiting an answer: 0 or 1 (only the latest is remembered).
+    pings_outstanding: int = 0
 
 
 class Link:
@@ -122,6 +133,10 @@ class Link:
         self.peer_services: set[str] = set()
         #: Those of ``peer_services`` the peer offers by relaying (it is a router).
         self.peer_relayed: set[str] = set()
+        # UTF-8 bytes of the names in peer_services (held against max_peer_service_bytes).
+        self._peer_service_bytes = 0
+        # Names the peer added, withdrew or re-flagged since take_service_changes().
+        self._service_changes: set[str] = set()
         #: Services we told the peer we offer.
         self.advertised: dict[str, bool] = {}
         #: The URL this link was dialed to, when it was (a stable name for the peer).
@@ -132,7 +147,11 @@ class Link:
         self._nursery: trio.Nursery | None = None
         self._error: ChanservError | None = None
         self._closing = False
-        self._pings: dict[bytes, float] = {}
+        # When the write in progress (or its current piece) began; None: none is.
+        self._write_since: float | None = None
+        # Streams opened on the link so far, by either side (the idle watch's clock).
+        self._streams_started = 0
+        self._pings = PingRecord()
         self.rtt: float | None = None
         self._last_heard = 0.0
 
@@ -159,6 +178,10 @@ class Link:
                     task_status.started(self)
                     if self.options.keepalive_interval:
                         nursery.start_soon(self._keepalive)
+                    if self.options.write_timeout is not None:
+                        nursery.start_soon(self._watch_writes)
+                    if self.options.idle_timeout is not None:
+                        nursery.start_soon(self._close_when_idle)
                     await self._closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -201,6 +224,7 @@ class Link:
             bytes_queued=conn.outgoing_size,
             window_stalls=self._shared.window_stalls,
             rtt=self.rtt,
+            pings_outstanding=self._pings.outstanding,
         )
 
     @property
@@ -264,6 +288,25 @@ class Link:
             self.advertise(name, False)
         self.advertised = dict(names)
 
+    def update_advertised(self, name: str, relayed: bool | None) -> None:
+        """Tell the peer about one service: offered here (``relayed``: by relaying),
+        or, with None, not offered; nothing is sent when it already knows."""
+        if self._error is not None or self.advertised.get(name) == relayed:
+            return
+        if relayed is None:
+            del self.advertised[name]
+            self.advertise(name, False)
+        else:
+            self.advertised[name] = relayed
+            self.advertise(name, True, relayed=relayed)
+
+    def take_service_changes(self) -> set[str]:
+        """The names whose offer by the peer changed (added, withdrawn, relayed or not)
+        since the last call: what ``on_services`` listeners look at, so an update costs
+        what changed, not every name."""
+        changes, self._service_changes = self._service_changes, set()
+        return changes
+
     def advertise(self, name: str, available: bool, *, relayed: bool = False) -> None:
         """Tell the peer a service is offered here, or withdrawn."""
         if self._error is None:
@@ -271,11 +314,14 @@ class Link:
             self._shared.kick_writer()
 
     def ping(self) -> None:
-        """Send a PING; ``rtt`` is updated when its answer arrives."""
+        """Send a PING; ``rtt`` is updated when its answer arrives. Only the latest
+        PING is remembered: its answer answers the earlier ones too."""
         if self._error is None:
+            conn = self.conn
             payload = os.urandom(8)
-            self._pings[payload] = trio.current_time()
-            self.conn.ping(payload)
+            conn.ping(payload)
+            end = conn.bytes_sent + conn.outgoing_size
+            self._pings.queued(payload, end, trio.current_time())
             self._shared.kick_writer()
 
     def _fail(self, error: ChanservError) -> None:
@@ -294,8 +340,10 @@ class Link:
         self._closed.set()
         on_services = self.options.on_services
         if on_services is not None and self.peer_services:
+            self._service_changes |= self.peer_services
             self.peer_services = set()
             self.peer_relayed = set()
+            self._peer_service_bytes = 0
             on_services(self)
 
     # ----------------------------------------------------------------- streams
@@ -353,6 +401,7 @@ class Link:
             route_key,
         )
         self._streams[stream_id] = state
+        self._streams_started += 1
         shared.kick_writer()
         if not local_open and not remote_open:
             shared.release(state)
@@ -367,6 +416,7 @@ class Link:
         transport = self.transport
         shared = self._shared
         write_timeout = self.options.write_timeout
+        pings = self._pings
         try:
             while True:
                 if not conn.outgoing_size:
@@ -376,20 +426,24 @@ class Link:
                     await shared.writer_lot.park()
                     continue
                 self._writing = True
-                for data in _batches(conn.take_outgoing()):
+                chunks = conn.take_outgoing()
+                taken = conn.bytes_sent
+                for data in _batches(chunks):
                     if write_timeout is None:
                         await transport.send_all(data)
-                        continue
-                    with trio.move_on_after(write_timeout) as stuck:
+                    elif len(data) <= _WRITE_SLICE:
+                        # Timed by _watch_writes: a time stamp costs less than a scope.
+                        self._write_since = trio.current_time()
                         await transport.send_all(data)
-                    if stuck.cancelled_caught:
-                        self._fail(
-                            ConnectionLost(
-                                f"peer took no data for write_timeout ({write_timeout} s)"
-                            )
-                        )
-                        return
+                    else:
+                        view = memoryview(data)
+                        for start in range(0, len(view), _WRITE_SLICE):
+                            self._write_since = trio.current_time()
+                            await transport.send_all(view[start : start + _WRITE_SLICE])
+                self._write_since = None
                 self._writing = False
+                if pings.unwritten_end and pings.unwritten_end <= taken:
+                    pings.written(taken, trio.current_time(), conn.bytes_received)
                 if shared.drained_lot:
                     shared.drained_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -485,9 +539,9 @@ class Link:
                 case ServiceAdvertised():
                     self._on_service_advertised(event)
                 case PingAcknowledged():
-                    sent = self._pings.pop(event.payload, None)
-                    if sent is not None:
-                        self.rtt = trio.current_time() - sent
+                    rtt = self._pings.answered(event.payload, trio.current_time())
+                    if rtt is not None:
+                        self.rtt = rtt
                 case HandshakeCompleted():
                     self._handshake.set()
                 case GoAwayReceived():
@@ -519,17 +573,40 @@ class Link:
             stream.peer_reset(event.status, error_from_status(event.status))
 
     def _on_service_advertised(self, event: ServiceAdvertised) -> None:
+        name = event.name
+        services = self.peer_services
         if event.available:
-            self.peer_services.add(event.name)
+            if name not in services:
+                self._count_peer_service(name)
+                services.add(name)
             if event.relayed:
-                self.peer_relayed.add(event.name)
+                self.peer_relayed.add(name)
             else:
-                self.peer_relayed.discard(event.name)
-        else:
-            self.peer_services.discard(event.name)
-            self.peer_relayed.discard(event.name)
-        if self.options.on_services is not None:
-            self.options.on_services(self)
+                self.peer_relayed.discard(name)
+        elif name in services:
+            services.discard(name)
+            self.peer_relayed.discard(name)
+            self._peer_service_bytes -= len(name.encode())
+        on_services = self.options.on_services
+        if on_services is not None:  # (with no one to take them, changes are not kept)
+            self._service_changes.add(name)
+            on_services(self)
+
+    def _count_peer_service(self, name: str) -> None:
+        """Hold one more advertised name against the limits, or close the link."""
+        options = self.options
+        size = len(name.encode())
+        if (
+            len(self.peer_services) >= options.max_peer_services
+            or self._peer_service_bytes + size > options.max_peer_service_bytes
+        ):
+            raise RemoteProtocolError(
+                f"peer advertised more than {options.max_peer_services} service names or "
+                f"{options.max_peer_service_bytes} bytes of names "
+                f"(max_peer_services, max_peer_service_bytes)",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+        self._peer_service_bytes += size
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
@@ -551,6 +628,13 @@ class Link:
                 f"peer reset more than {burst} of its streams (sustained limit {rate:g}/s)",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
+        host_resets = self.options.host_resets
+        if host_resets is not None and not host_resets(self.remote_addr):
+            raise RemoteProtocolError(
+                "peer's address reset more streams, over all its links, than this node "
+                "allows one address",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         state = StreamState(event.stream_id)
@@ -566,6 +650,7 @@ class Link:
             event.route_key,
         )
         self._streams[event.stream_id] = state
+        self._streams_started += 1
         if event.parent:
             parent = self._streams.get(event.parent)
             if parent is None or parent.closed_locally:
@@ -596,16 +681,92 @@ class Link:
     # --------------------------------------------------------------- keepalive
 
     async def _keepalive(self) -> None:
+        """PING every ``keepalive_interval``; the peer is lost when a PING we wrote
+        stays unanswered for ``keepalive_timeout`` (``_link_keepalive`` says how that
+        is judged, and why a stall of our own loop does not count)."""
         interval = self.options.keepalive_interval
         assert interval
         timeout = self.options.keepalive_timeout
+        stall = min(STALL, timeout / 2)
+        conn = self.conn
+        allowance = conn.local_settings.connection_window + (4 << 20)
+        pings = self._pings
+        next_ping = trio.current_time() + interval
         while self._error is None:
-            await trio.sleep(interval)
-            silent = trio.current_time() - self._last_heard
-            if silent >= interval + timeout:
-                self._fail(ConnectionLost(f"peer silent for {silent:.1f} s (keepalive)"))
+            deadline = pings.deadline(timeout, self._last_heard, conn.bytes_received, allowance)
+            wake = next_ping if deadline is None else min(deadline, next_ping)
+            await trio.sleep_until(wake)
+            now = trio.current_time()
+            if now - wake > stall:
+                pings.stalled(now)
+                next_ping = max(next_ping, now)
+                continue
+            deadline = pings.deadline(timeout, self._last_heard, conn.bytes_received, allowance)
+            if deadline is not None and now >= deadline:
+                self._fail(
+                    ConnectionLost(f"peer left a PING unanswered for {timeout:g} s (keepalive)")
+                )
                 return
-            self.ping()
+            if now >= next_ping:
+                if not pings.outstanding:
+                    self.ping()
+                next_ping = now + interval
+
+    async def _watch_writes(self) -> None:
+        """Declare the peer lost when one write (or one ``_WRITE_SLICE`` piece of a
+        longer one) has not been taken for ``write_timeout`` seconds. A stall of our
+        own loop restarts the clock, as for keepalive."""
+        timeout = self.options.write_timeout
+        assert timeout is not None
+        stall = min(STALL, timeout / 2)
+        restarted = 0.0
+        while self._error is None:
+            since = self._write_since
+            if since is None:
+                wake = trio.current_time() + timeout
+            else:
+                wake = max(since, restarted) + timeout
+            await trio.sleep_until(wake)
+            now = trio.current_time()
+            if now - wake > stall:
+                restarted = now
+                continue
+            since = self._write_since
+            if since is not None and now - max(since, restarted) >= timeout:
+                self._fail(
+                    ConnectionLost(
+                        f"peer took less than {_WRITE_SLICE >> 20} MiB of our data "
+                        f"in write_timeout ({timeout:g} s)"
+                    )
+                )
+                return
+
+    async def _close_when_idle(self) -> None:
+        """Close the link with GOAWAY once no stream was open, and none opened by
+        either side, for ``idle_timeout`` seconds (PINGs, WINDOW and SERVICE frames do
+        not count: they keep nothing of the application's alive). Checked every quarter
+        of the timeout while streams are open, so the link closes between one and one
+        and a quarter timeouts after its last stream."""
+        timeout = self.options.idle_timeout
+        assert timeout is not None
+        check_at = trio.current_time() + timeout
+        quiet_since: float | None = check_at - timeout
+        seen = self._streams_started
+        while self._error is None:
+            await trio.sleep_until(check_at)
+            now = trio.current_time()
+            if self._streams:
+                quiet_since = None
+                check_at = now + timeout / 4
+            elif quiet_since is None or self._streams_started != seen:
+                seen = self._streams_started
+                quiet_since = now
+                check_at = now + timeout
+            else:
+                await self.shutdown(
+                    IDLE_CLOSE_GRACE, f"link idle for {timeout:g} s (idle_timeout)"
+                )
+                return
 
 
 def _batches(chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:

@@ -20,7 +20,33 @@ if TYPE_CHECKING:
     from ._driver import Link
     from ._link_stream import StreamHandler
 
-__all__ = ["LinkOptions"]
+__all__ = [
+    "KEEPALIVE_INTERVAL",
+    "KEEPALIVE_TIMEOUT",
+    "MAX_PEER_SERVICES",
+    "MAX_PEER_SERVICE_BYTES",
+    "WRITE_TIMEOUT",
+    "LinkOptions",
+]
+
+# Safe defaults: every link detects a dead peer without being configured to
+# (docs/index.md, "Timeouts and limits", says why these values).
+#: A PING every 30 s costs 36 bytes a round trip: nothing, next to finding a dead peer.
+KEEPALIVE_INTERVAL = 30.0
+#: 20 s for an answer: far beyond any round trip, with room for the bytes of a busy
+#: slow link arriving ahead of it (see ``_link_keepalive``). A dead peer is found within
+#: 50 s.
+KEEPALIVE_TIMEOUT = 20.0
+#: 60 s to take 1 MiB (the longest piece the writer times): a peer slower than about
+#: 17 KiB/s is treated as gone, and a 50 MiB message over a 1 Mbit/s link (7 minutes)
+#: still gets through.
+WRITE_TIMEOUT = 60.0
+#: Names one peer may advertise: far more services than one node serves, or than a
+#: router relays in most deployments (raise it on the peers of a larger one), while the
+#: names a peer can make us hold, and relay, stay small.
+MAX_PEER_SERVICES = 1000
+#: ... and their bytes: 64 bytes a name on average for 1,000 names.
+MAX_PEER_SERVICE_BYTES = 64 << 10
 
 
 @attrs.frozen
@@ -33,15 +59,30 @@ class LinkOptions:
     #: Seconds the peer has to complete the handshake before the link is lost.
     handshake_timeout: float = 10.0
     #: Seconds between PINGs to the peer (None: no keepalive).
-    keepalive_interval: float | None = None
-    #: A peer silent for ``keepalive_interval + keepalive_timeout`` seconds is lost.
-    keepalive_timeout: float = 20.0
-    #: A peer that takes none of our bytes for this many seconds is lost (None: off).
-    write_timeout: float | None = None
+    keepalive_interval: float | None = KEEPALIVE_INTERVAL
+    #: A peer that leaves a PING unanswered this many seconds after it was written is
+    #: lost (see ``_link_keepalive`` for the allowances: bytes still arriving ahead of
+    #: the answer, and stalls of our own event loop).
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    #: A peer that takes less than 1 MiB of our bytes in this many seconds is lost
+    #: (None: off). Longer writes go out in 1 MiB pieces, each timed on its own.
+    write_timeout: float | None = WRITE_TIMEOUT
+    #: A link with no stream open, and none opened by either side, for this many
+    #: seconds is closed with GOAWAY (None: kept however long it idles).
+    idle_timeout: float | None = None
     #: How many of its streams the peer may reset at once ...
     reset_burst: int = 1000
     #: ... and per second, before the link is closed with ``ENHANCE_YOUR_CALM``.
     reset_rate: float = 100.0
+    #: Service names the peer may advertise at once, and their total UTF-8 bytes;
+    #: one more closes the link with ``ENHANCE_YOUR_CALM``.
+    max_peer_services: int = MAX_PEER_SERVICES
+    max_peer_service_bytes: int = MAX_PEER_SERVICE_BYTES
+    #: Consulted with the link's remote address each time its peer resets a stream it
+    #: opened (after the link's own budget): False closes the link with
+    #: ``ENHANCE_YOUR_CALM``. A node shares one across its links, so that reconnecting
+    #: does not refill it (None: no such budget).
+    host_resets: Callable[[str], bool] | None = None
     #: Bytes of frames we owe the peer (WINDOW, PING answers, RESET) past which the
     #: reader stops reading until the writer caught up; None: the connection window
     #: plus 4 MiB.

@@ -21,9 +21,19 @@ import attrs
 import trio
 
 from ._driver import Link, LinkStream, StreamHandler
-from ._errors import ChanservError, ConnectionLost, ServiceNotFound
-from ._link_options import LinkOptions
+from ._errors import ChanservError, ConnectionLost, ProtocolError, ServiceNotFound
+from ._link_options import (
+    KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT,
+    MAX_PEER_SERVICE_BYTES,
+    MAX_PEER_SERVICES,
+    WRITE_TIMEOUT,
+    LinkOptions,
+)
+from ._link_refusal import refuse_link
+from ._node_advertising import Advertising
 from ._node_backoff import Backoff
+from ._node_budgets import HostResetBudget
 from ._registry import Registry, RegistryNode
 from ._router import relay
 from ._transport import dial, reads_whole_messages, serve
@@ -35,12 +45,11 @@ __all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key
 
 
 def message_limit(settings: Settings) -> int:
-    """The largest transport message (WebSocket) a node with ``settings`` accepts.
-
-    A peer's writer sends whatever it has queued as one write: DATA bounded by the
-    connection window we announce, plus OPEN and control frames. The protocol's own
-    limits do the real policing; this cap only stops something that is not a
-    chanserv_trio peer from making the transport buffer without end.
+    """The most a peer with ``settings``'s limits can put in one write, which bounds a
+    transport message: DATA bounded by the connection window we announce, plus OPEN and
+    control frames. A transport that cuts every write into messages of its own size
+    takes less per message (WebSocket: ``MAX_RECEIVED_MESSAGE``, 512 KiB); the
+    protocol's own limits do the real policing.
     """
     return settings.max_message_size + settings.connection_window + (16 << 20)
 
@@ -55,6 +64,21 @@ def pick_by_key(links: list[Link], key: str | bytes) -> Link:
     """The link whose node scores highest for ``key`` (rendezvous hashing; a ``str``
     key counts as its UTF-8 bytes)."""
     return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
+
+
+#: Links one listener carries at once by default. Each costs a socket, two tasks and a
+#: few KiB when idle; 10,000 is far beyond what one node usually serves, and keeps a
+#: flood of connections from exhausting file descriptors and memory.
+MAX_LINKS = 10_000
+
+
+@attrs.define
+class _ListenerBudget:
+    """How many links one listener carries, against its cap."""
+
+    url: str
+    max_links: int | None
+    links: int = 0
 
 
 class _Lifetime(enum.Enum):
@@ -90,6 +114,12 @@ class MultiplexerStatistics:
     window_stalls: int
     #: The largest last-measured round-trip time over the links (None: none measured).
     rtt: float | None
+    #: Connections refused since the node started because their listener carried
+    #: ``max_links`` links already.
+    links_refused: int = 0
+    #: Peer resets refused by the per-host budget since the node started (each closed
+    #: its link with ENHANCE_YOUR_CALM).
+    resets_refused: int = 0
 
 
 class Multiplexer:
@@ -101,14 +131,24 @@ class Multiplexer:
             address = await mpx.listen("tcp://127.0.0.1:0")
 
     ``settings`` are the wire limits and windows this node announces on each link.
-    ``keepalive_interval`` (seconds, None for off) pings idle peers; a peer silent for
-    ``keepalive_interval + keepalive_timeout`` is declared lost; ``write_timeout``
-    (seconds, None for off) declares lost a peer that stops taking our bytes.
+    ``keepalive_interval`` (seconds, None for off) pings peers; a peer that leaves a
+    PING unanswered for ``keepalive_timeout`` seconds after it was written is declared
+    lost; ``write_timeout`` (seconds, None for off) declares lost a peer that stops
+    taking our bytes. ``idle_timeout`` (seconds, None to keep idle links) closes, with
+    GOAWAY, a link on which no stream was open or opened for that long.
     Leaving the ``async with`` block normally shuts down gracefully: peers are told to
     start nothing new, streams still open get ``shutdown_grace`` seconds to finish,
     then the rest are reset with :class:`~chanserv_trio.ServerShuttingDown`.
     ``reset_burst`` and ``reset_rate`` bound how fast a peer may open and reset its
-    streams before its link is closed with ``ENHANCE_YOUR_CALM``.
+    streams before its link is closed with ``ENHANCE_YOUR_CALM``; ``host_reset_burst``
+    and ``host_reset_rate`` do the same over all the links from one host (an IP
+    address; None for the rate: no such budget), so that reconnecting does not buy a
+    fresh budget. ``max_links`` caps
+    the links each listener carries at once (see :meth:`listen`; None: no cap).
+    ``max_peer_services`` and ``max_peer_service_bytes`` bound the service names one
+    peer may advertise (their number and their UTF-8 bytes); one more closes its link
+    with ``ENHANCE_YOUR_CALM``. The peers of a router hear every name its other peers
+    serve: raise these on them when a router relays more.
     """
 
     def __init__(
@@ -116,12 +156,18 @@ class Multiplexer:
         *,
         settings: Settings | None = None,
         handshake_timeout: float = 10.0,
-        keepalive_interval: float | None = None,
-        keepalive_timeout: float = 20.0,
-        write_timeout: float | None = None,
+        keepalive_interval: float | None = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        write_timeout: float | None = WRITE_TIMEOUT,
+        idle_timeout: float | None = None,
         shutdown_grace: float = 5.0,
         reset_burst: int = 1000,
         reset_rate: float = 100.0,
+        host_reset_burst: int = 2000,
+        host_reset_rate: float | None = 200.0,
+        max_links: int | None = MAX_LINKS,
+        max_peer_services: int = MAX_PEER_SERVICES,
+        max_peer_service_bytes: int = MAX_PEER_SERVICE_BYTES,
         redial_backoff: tuple[float, float, float] = (0.5, 1.5, 60.0),
         router: bool = False,
         registry: Registry | None = None,
@@ -148,8 +194,17 @@ class Multiplexer:
                 "pip install 'chanserv-trio[lz4]'"
             )
         self.shutdown_grace = shutdown_grace
+        if max_links is not None and max_links < 1:
+            raise ValueError(f"max_links must be at least 1, not {max_links}")
+        #: The most links each listener carries at once, unless ``listen`` says (None: no cap).
+        self.max_links = max_links
+        self._links_refused = 0
         self._lifetime = _Lifetime.NEW
         self._on_error = on_error if callable(on_error) else None
+        # One reset budget per remote host over all its links, past and present.
+        self._host_resets = (
+            None if host_reset_rate is None else HostResetBudget(host_reset_burst, host_reset_rate)
+        )
         # Everything that is the same for every link of this node, built once.
         self._link_options = LinkOptions(
             settings=settings,
@@ -157,14 +212,19 @@ class Multiplexer:
             keepalive_interval=keepalive_interval,
             keepalive_timeout=keepalive_timeout,
             write_timeout=write_timeout,
+            idle_timeout=idle_timeout,
             reset_burst=reset_burst,
             reset_rate=reset_rate,
+            host_resets=self._host_resets,
+            max_peer_services=max_peer_services,
+            max_peer_service_bytes=max_peer_service_bytes,
             handler_for=self._handler_for,
             on_services=self._services_changed,
             on_error=self._on_error,
         )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
+        self._advertising = Advertising(self._services, lambda: self._links, router=router)
         self._services_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: trio.Nursery | None = None
@@ -286,14 +346,14 @@ class Multiplexer:
         self, link: Link, *, task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._links.append(link)
-        link.set_advertised(self._advertisable(link))
+        link.set_advertised(self._advertising.initial(link))
         try:
             await link.run(task_status=task_status)
         finally:
             self._links.remove(link)
             self._services_changed(link)
 
-    async def listen(self, url: str, **options: Any) -> str:
+    async def listen(self, url: str, *, max_links: int | None = None, **options: Any) -> str:
         """Accept links on ``url``: ``tcp://host:port``, ``tls://host:port``,
         ``ws://host:port/path``, ``wss://host:port/path`` or ``unix:///path`` (port 0
         picks a free one). Call it again to listen on more URLs; every one serves the
@@ -302,31 +362,57 @@ class Multiplexer:
         ``options``: ``ssl_context=`` (an ``ssl.SSLContext`` holding the server's
         certificate) for ``tls://`` and ``wss://``, where it is required.
 
+        ``max_links`` caps the links this listener carries at once (None: the node's
+        ``max_links``). A connection over the cap is accepted and closed at once with
+        GOAWAY ``ENHANCE_YOUR_CALM`` "too many links" (the dialer's ``join`` raises
+        :class:`~chanserv_trio.ProtocolError`), reported to ``on_error`` and counted in
+        ``statistics().links_refused``.
+
         Returns the bound URL with the real port. Links are served until the
         multiplexer closes; a connection that fails its TLS, WebSocket or protocol
         handshake is reported to ``on_error`` and dropped without disturbing anything
         else. Raises ``ValueError`` for a bad URL and ``OSError`` if it cannot bind.
         """
         nursery = self._require_nursery()
+        if max_links is not None and max_links < 1:
+            raise ValueError(f"max_links must be at least 1, not {max_links}")
+        budget = _ListenerBudget(url, self.max_links if max_links is None else max_links)
         bound: str = await nursery.start(
             partial(
                 serve,
                 url,
-                self._accept,
+                partial(self._accept, budget),
                 on_error=self._on_error,
                 max_message_size=message_limit(self.settings),
                 handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )
+        budget.url = bound
         self._listening.append(bound)
         self._local_changed()
         return bound
 
-    async def _accept(self, transport: trio.abc.Stream, local: str, remote: str) -> None:
+    async def _accept(
+        self, budget: _ListenerBudget, transport: trio.abc.Stream, local: str, remote: str
+    ) -> None:
         if self._lifetime is not _Lifetime.RUNNING:
             await trio.aclose_forcefully(transport)
             return
+        if budget.max_links is not None and budget.links >= budget.max_links:
+            self._links_refused += 1
+            self.report_error(
+                ProtocolError(
+                    f"refused a link from {remote}: {budget.url} already carries "
+                    f"{budget.links} links (max_links)",
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                )
+            )
+            await refuse_link(
+                transport, self.settings, ErrorCode.ENHANCE_YOUR_CALM, "too many links"
+            )
+            return
+        budget.links += 1
         link = self._new_link(transport, initiator=False, local=local, remote=remote)
         try:
             await self._run_link(link)
@@ -334,6 +420,8 @@ class Multiplexer:
             # One bad connection must never take the listener (and everyone else) down.
             if self._on_error is not None:
                 self._on_error(exc)
+        finally:
+            budget.links -= 1
 
     async def join(self, url: str, *, redial: bool = True, **options: Any) -> Link:
         """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns
@@ -437,13 +525,13 @@ class Multiplexer:
         if name in self._services:
             raise ValueError(f"service {name!r} is already registered")
         self._services[name] = handler
-        self._readvertise()
+        self._advertising.local_changed(name)
         self._local_changed()
 
     def unhandle(self, name: str) -> None:
         """Stop serving ``name`` (streams already open carry on)."""
         if self._services.pop(name, None) is not None:
-            self._readvertise()
+            self._advertising.local_changed(name)
             self._local_changed()
 
     @property
@@ -501,27 +589,8 @@ class Multiplexer:
         self._local_lot.unpark_all()
 
     def _services_changed(self, link: Link) -> None:
-        if self.router:
-            self._readvertise()
+        self._advertising.peer_changed(link, link.take_service_changes())
         self._services_lot.unpark_all()
-
-    def _advertisable(self, link: Link) -> dict[str, bool]:
-        """What ``link``'s peer should hear we offer (name -> offered by relaying): our
-        services, and for a router what the other peers serve themselves. Names a peer
-        offers by relaying are never offered further, so routes are one hop and
-        routers linked to each other cannot advertise in a loop."""
-        names = dict.fromkeys(self._services, False)
-        if self.router:
-            for other in self._links:
-                if other is not link and other.is_alive and not other.going_away:
-                    for name in other.peer_services - other.peer_relayed:
-                        names.setdefault(name, True)
-        return names
-
-    def _readvertise(self) -> None:
-        for link in self._links:
-            if link.is_alive:
-                link.set_advertised(self._advertisable(link))
 
     def links_offering(self, name: str) -> list[Link]:
         """Live links whose peer currently offers ``name``."""
@@ -589,4 +658,6 @@ class Multiplexer:
             bytes_queued=sum(s.bytes_queued for s in stats),
             window_stalls=sum(s.window_stalls for s in stats),
             rtt=max((s.rtt for s in stats if s.rtt is not None), default=None),
+            links_refused=self._links_refused,
+            resets_refused=0 if self._host_resets is None else self._host_resets.refused,
         )

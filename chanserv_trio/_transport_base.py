@@ -72,7 +72,8 @@ class TransportOptions:
     #: trust when dialing (None: the system's).
     ssl_context: ssl.SSLContext | None = None
     #: The largest message a message-based transport (WebSocket) takes from the peer;
-    #: the caller derives it from its protocol's limits.
+    #: the caller derives it from its protocol's limits. A transport that cuts every
+    #: write into messages of its own size may take less (WebSocket: 512 KiB).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
 

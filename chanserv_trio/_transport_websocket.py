@@ -36,7 +36,7 @@ from ._transport_errors import (
 )
 from ._transport_socket import listen_tcp, open_tcp, tls_accept
 
-__all__ = ["WebSocketStream", "WebSocketTransport"]
+__all__ = ["MAX_RECEIVED_MESSAGE", "WebSocketStream", "WebSocketTransport"]
 
 #: Bytes trio-websocket asks the socket for at a time (its default, 4 KiB, would read
 #: a large message in thousands of small pieces).
@@ -50,6 +50,12 @@ _NORMAL_CLOSE = (1000, 1001)
 _FIRST_BYTES = 32
 #: Writes longer than this go out as several binary messages.
 _MAX_MESSAGE = 256 * 1024
+#: The longest message taken from a peer: twice the longest we send (every
+#: chanserv_trio peer, the JavaScript one too, cuts its writes at 256 KiB), for a peer
+#: that cuts a little differently. trio-websocket buffers a message whole before the
+#: link sees a byte of it; past this it closes the WebSocket with 1009 (message too
+#: big) as the message arrives, so a hostile peer cannot make it hold 100 MiB.
+MAX_RECEIVED_MESSAGE = 2 * _MAX_MESSAGE
 
 
 class WebSocketStream(trio.abc.Stream):
@@ -325,7 +331,7 @@ class _UpgradeWatch(trio.abc.Stream):
 def _limits(options: TransportOptions) -> dict[str, Any]:
     return {
         "message_queue_size": MESSAGE_QUEUE,
-        "max_message_size": options.max_message_size,
+        "max_message_size": min(options.max_message_size, MAX_RECEIVED_MESSAGE),
         "receive_buffer_size": RECEIVE_BUFFER,
     }
 
