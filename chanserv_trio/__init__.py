@@ -7,9 +7,6 @@ control and cancellation over a single link.
 
 from __future__ import annotations
 
-from ._chanserv_client import Client, RemoteSource, SourceChannel, SourceMeta
-from ._chanserv_server import FrameLike, Server, Source, SourceFunction
-from ._driver import Link, LinkStatistics, LinkStream
 from ._errors import (
     ChanservError,
     ConnectionLost,
@@ -24,11 +21,14 @@ from ._errors import (
     StreamCancelled,
     StreamError,
 )
-from ._multiplexer import Multiplexer, MultiplexerStatistics
-from ._registry import Registry
-from ._registry_etcd import EtcdRegistry, RegistryError
-from ._wire_codec import ErrorCode, Status
-from ._wire_connection import Settings
+from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
+from .chanserv._server import FrameLike, Server, Source, SourceFunction
+from .link._link import Link, LinkStatistics, LinkStream
+from .node._multiplexer import Multiplexer, MultiplexerStatistics
+from .node._registry import Registry
+from .node._registry_etcd import EtcdRegistry, RegistryError
+from .wire._codec import ErrorCode, Status
+from .wire._connection import Settings
 
 __version__ = "0.1.0"
 

@@ -25,13 +25,13 @@ from typing import Any, TextIO, cast
 
 import trio
 
-from ._chanserv_client import Client, RemoteSource
-from ._chanserv_server import Server, Source, SourceFunction
 from ._errors import ChanservError, ConnectionLost
-from ._multiplexer import Multiplexer
-from ._node_backoff import Backoff
-from ._registry import Registry
-from ._transport import parse_url
+from .chanserv._client import Client, RemoteSource
+from .chanserv._server import Server, Source, SourceFunction
+from .node._backoff import Backoff
+from .node._multiplexer import Multiplexer
+from .node._registry import Registry
+from .transports._schemes import parse_url
 
 __all__ = ["demo_source_fn", "main"]
 
@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 def _registry(url: str | None, prefix: str) -> Registry | None:
     if url is None:
         return None
-    from ._registry_etcd import EtcdRegistry
+    from .node._registry_etcd import EtcdRegistry
 
     return EtcdRegistry(url, prefix=prefix)
 

@@ -20,7 +20,7 @@ from functools import partial
 import attrs
 import trio
 
-from chanserv_trio._wire_codec import HEADER, HEADER_SIZE, FrameType
+from chanserv_trio.wire._codec import HEADER, HEADER_SIZE, FrameType
 
 __all__ = ["Direction", "Fault", "FaultPlan", "FaultProxy", "FieldHit"]
 

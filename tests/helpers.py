@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 import chanserv_trio as cs
-from chanserv_trio._driver import StreamHandler
-from chanserv_trio._link_options import LinkOptions
+from chanserv_trio.link._link import StreamHandler
+from chanserv_trio.link._options import LinkOptions
 
 
 @attrs.define

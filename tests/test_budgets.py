@@ -23,14 +23,14 @@ import wsproto.events as wsevents
 from helpers import wait_until
 
 import chanserv_trio as cs
-from chanserv_trio._link_keepalive import PingRecord
-from chanserv_trio._link_options import LinkOptions
-from chanserv_trio._link_stream import StreamHandler
-from chanserv_trio._node_budgets import HostResetBudget, host_of
-from chanserv_trio._transport_websocket import MAX_RECEIVED_MESSAGE
-from chanserv_trio._wire_codec import ErrorCode, Status
-from chanserv_trio._wire_connection import Connection
-from chanserv_trio._wire_events import (
+from chanserv_trio.link._keepalive import PingRecord
+from chanserv_trio.link._options import LinkOptions
+from chanserv_trio.link._stream import StreamHandler
+from chanserv_trio.node._budgets import HostResetBudget, host_of
+from chanserv_trio.transports._websocket import MAX_RECEIVED_MESSAGE
+from chanserv_trio.wire._codec import ErrorCode, Status
+from chanserv_trio.wire._connection import Connection
+from chanserv_trio.wire._events import (
     ConnectionTerminated,
     Event,
     GoAwayReceived,

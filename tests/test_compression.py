@@ -10,17 +10,18 @@ import pytest
 import trio
 
 import chanserv_trio as cs
-from chanserv_trio import _multiplexer, _wire_compression
 from chanserv_trio._errors import RemoteProtocolError
-from chanserv_trio._wire_codec import (
+from chanserv_trio.node import _multiplexer
+from chanserv_trio.wire import _compression as _wire_compression
+from chanserv_trio.wire._codec import (
     HEADER,
     DataFlags,
     ErrorCode,
     FrameDecoder,
     FrameType,
 )
-from chanserv_trio._wire_connection import Connection, Settings
-from chanserv_trio._wire_events import MessageReceived
+from chanserv_trio.wire._connection import Connection, Settings
+from chanserv_trio.wire._events import MessageReceived
 
 pytest.importorskip("lz4.block")
 

@@ -24,8 +24,8 @@ from helpers import drain, wait_quiet, wait_until
 
 import chanserv_trio as cs
 from chanserv_trio import _cli as cli
-from chanserv_trio._driver import StreamHandler
-from chanserv_trio._multiplexer import _score
+from chanserv_trio.link._link import StreamHandler
+from chanserv_trio.node._multiplexer import _score
 
 SERVICE = "svc"
 FAST_REDIAL = (0.05, 1.5, 0.5)
@@ -795,7 +795,7 @@ async def test_a_router_picks_the_backend_by_the_route_key_in_the_open_frame() -
 
 def test_the_node_layer_imports_nothing_of_chanserv() -> None:
     package = Path(cs.__file__).resolve().parent
-    for name in ("_multiplexer.py", "_router.py"):
+    for name in ("node/_multiplexer.py", "node/_router.py"):
         tree = ast.parse((package / name).read_text(encoding="utf-8"))
         modules = [
             node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)

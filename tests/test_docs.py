@@ -2,7 +2,7 @@
 
 - ``docs/protocol.md``: its tables (frame types, flags, error codes, settings, HELLO
   fields, the connection and stream state tables) are parsed and compared with the
-  enums, ``Settings`` defaults and ``_wire_state``, and its worked example is replayed
+  enums, ``Settings`` defaults and ``wire._state``, and its worked example is replayed
   byte for byte through two sans-IO ``Connection`` objects.
 - ``README.md`` and ``docs/index.md``: every python block that is a complete program
   (it ends in ``trio.run(main)``) runs in-process under ``trio.fail_after``; the README
@@ -26,10 +26,11 @@ import pytest
 import trio
 import trio.testing
 
-from chanserv_trio import _errors, _link_status
-from chanserv_trio._chanserv_protocol import NO_DEADLINE, Request, decode_request, encode_request
+from chanserv_trio import _errors
 from chanserv_trio._errors import RemoteProtocolError
-from chanserv_trio._wire_codec import (
+from chanserv_trio.chanserv._envelope import NO_DEADLINE, Request, decode_request, encode_request
+from chanserv_trio.link import _status as _link_status
+from chanserv_trio.wire._codec import (
     FLAGS,
     HEADER_SIZE,
     MAGIC,
@@ -44,9 +45,9 @@ from chanserv_trio._wire_codec import (
     Status,
     encode_frame,
 )
-from chanserv_trio._wire_connection import Connection, Settings
-from chanserv_trio._wire_events import MessageReceived, StreamOpened
-from chanserv_trio._wire_state import (
+from chanserv_trio.wire._connection import Connection, Settings
+from chanserv_trio.wire._events import MessageReceived, StreamOpened
+from chanserv_trio.wire._state import (
     CONNECTION_TRANSITIONS,
     STREAM_TRANSITIONS,
     ConnectionInput,

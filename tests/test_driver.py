@@ -12,16 +12,16 @@ import trio.testing
 from helpers import drain, link_pair, wait_until
 
 import chanserv_trio as cs
-from chanserv_trio._link_options import LinkOptions
-from chanserv_trio._wire_codec import (
+from chanserv_trio.link._options import LinkOptions
+from chanserv_trio.wire._codec import (
     HEADER,
     ErrorCode,
     FrameType,
     Status,
     encode_frame,
 )
-from chanserv_trio._wire_connection import Connection
-from chanserv_trio._wire_events import ConnectionTerminated
+from chanserv_trio.wire._connection import Connection
+from chanserv_trio.wire._events import ConnectionTerminated
 
 SMALL = cs.Settings(initial_stream_window=4096, max_frame_payload=1024)
 
@@ -775,15 +775,15 @@ async def test_two_ends_that_force_the_same_role_fail_the_handshake(role: bool) 
 
 
 def test_link_and_streams_touch_no_private_member_of_each_other() -> None:
-    """The link and its streams share state objects (``_link_state``); none of the
+    """The link and its streams share state objects (``link._state``); none of the
     link modules reads or writes ``other._name`` of another object."""
     package = Path(cs.__file__).parent
     modules = [
-        "_driver.py",
-        "_link_options.py",
-        "_link_state.py",
-        "_link_stream.py",
-        "_link_status.py",
+        "link/_link.py",
+        "link/_options.py",
+        "link/_state.py",
+        "link/_stream.py",
+        "link/_status.py",
     ]
     foreign: list[str] = []
     for name in modules:

@@ -13,10 +13,10 @@ from helpers import chanserv_nodes, wait_until
 
 import chanserv_trio as cs
 from chanserv_trio import _errors
-from chanserv_trio._chanserv_protocol import SOURCE_WINDOW_TAG, Request, encode_request
-from chanserv_trio._link_options import LinkOptions
-from chanserv_trio._wire_codec import ErrorCode, FrameType, encode_frame
-from chanserv_trio._wire_connection import Connection
+from chanserv_trio.chanserv._envelope import SOURCE_WINDOW_TAG, Request, encode_request
+from chanserv_trio.link._options import LinkOptions
+from chanserv_trio.wire._codec import ErrorCode, FrameType, encode_frame
+from chanserv_trio.wire._connection import Connection
 
 PACKAGE = Path(cs.__file__).resolve().parent
 

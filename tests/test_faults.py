@@ -26,7 +26,7 @@ import trio
 from faultproxy import Direction, Fault, FaultPlan, FaultProxy, FieldHit
 
 import chanserv_trio as cs
-from chanserv_trio._wire_codec import FrameType
+from chanserv_trio.wire._codec import FrameType
 
 SERVICE = "faults"
 SEED = 20240611

@@ -11,9 +11,8 @@
   ``_cli``, ``__init__`` and ``__main__`` sit on top and may import anything.
 
 Every module is read with ``ast`` (imports under ``TYPE_CHECKING`` and inside functions
-count too) and its layer looked up in one table, which knows both the flat file names of
-today (``_wire_codec.py``) and the folders of the layout to come (``wire/codec.py``), so
-moving the files needs no edit here.
+count too) and its layer is the package folder it sits in (``wire/_codec.py`` is in
+``wire``).
 """
 
 from __future__ import annotations
@@ -27,21 +26,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chanserv_trio"
 
-#: A module's layer after the move: the package folder it sits in under chanserv_trio/.
+#: A module's layer: the package folder it sits in under chanserv_trio/.
 FOLDERS = {name: name for name in ("wire", "link", "transports", "node", "chanserv")}
-#: Before the move: how the file name of a module at the top of the package begins.
-PREFIXES = {
-    "_wire_": "wire",
-    "_driver": "link",
-    "_link_": "link",
-    "_transport": "transports",
-    "_multiplexer": "node",
-    "_router": "node",
-    "_registry": "node",
-    "_node_": "node",
-    "_chanserv_": "chanserv",
-    "_errors": "errors",
-}
+#: Modules at the top of the package that belong to a layer (the rest are entry points).
+TOP_LEVEL = {"_errors": "errors"}
 #: What else each layer may import of the package (its own layer it always may).
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "errors": frozenset(),
@@ -69,10 +57,7 @@ def layer_of(module: str) -> str:
     first = module.split(".")[0]
     if first in FOLDERS:
         return FOLDERS[first]
-    for prefix, layer in PREFIXES.items():
-        if first.startswith(prefix):
-            return layer
-    return "top"
+    return TOP_LEVEL.get(first, "top")
 
 
 def module_name(path: Path) -> str:
@@ -198,56 +183,50 @@ def test_the_allow_list_holds_only_imports_that_still_break_the_rules() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flat", "folder", "layer"),
+    ("module", "layer"),
     [
-        ("_wire_codec", "wire.codec", "wire"),
-        ("_wire_connection", "wire.connection", "wire"),
-        ("_driver", "link.link", "link"),
-        ("_link_options", "link.options", "link"),
-        ("_transport", "transports", "transports"),
-        ("_transport_websocket", "transports.websocket", "transports"),
-        ("_multiplexer", "node.multiplexer", "node"),
-        ("_registry_etcd", "node.etcd", "node"),
-        ("_node_backoff", "node.backoff", "node"),
-        ("_chanserv_protocol", "chanserv.envelope", "chanserv"),
-        ("_errors", "_errors", "errors"),
-        ("_cli", "_cli", "top"),
-        ("", "", "top"),
+        ("wire._codec", "wire"),
+        ("wire", "wire"),
+        ("link._link", "link"),
+        ("transports._schemes", "transports"),
+        ("node._registry_etcd", "node"),
+        ("chanserv._envelope", "chanserv"),
+        ("_errors", "errors"),
+        ("_cli", "top"),
+        ("", "top"),
     ],
 )
-def test_one_table_classifies_the_flat_files_and_the_folders_alike(
-    flat: str, folder: str, layer: str
-) -> None:
-    assert layer_of(flat) == layer_of(folder) == layer
+def test_a_module_s_folder_is_its_layer(module: str, layer: str) -> None:
+    assert layer_of(module) == layer
 
 
 def test_the_checker_catches_what_each_layer_may_not_import() -> None:
-    wire = "import trio\nimport attrs\nfrom ._driver import Link\nfrom ._errors import Status\n"
-    assert violations(wire, "_wire_codec") == [
+    wire = "import trio\nimport attrs\nfrom ..link._link import Link\nfrom .._errors import E\n"
+    assert violations(wire, "wire._codec") == [
         (1, "trio", "wire imports no trio"),
-        (3, "_driver", "wire may not import link"),
+        (3, "link._link", "wire may not import link"),
     ]
     lazy = "def f():\n    from trio_websocket import open_websocket_url\n"
-    assert violations(lazy, "_wire_events") == [
+    assert violations(lazy, "wire._events") == [
         (2, "trio_websocket", "wire imports no trio_websocket")
     ]
-    transports = "from ._wire_connection import Settings\nfrom ._driver import Link\n"
-    assert [rule for _, _, rule in violations(transports, "_transport_socket")] == [
+    transports = "from ..wire._connection import Settings\nfrom ..link._link import Link\n"
+    assert [rule for _, _, rule in violations(transports, "transports._socket")] == [
         "transports may not import wire",
         "transports may not import link",
     ]
     node = (
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n"
-        "    from ._chanserv_server import Server\n"
-        "from . import Multiplexer\n"
+        "    from ..chanserv._server import Server\n"
+        "from .. import Multiplexer\n"
     )
-    assert violations(node, "_registry") == [
-        (3, "_chanserv_server", "node may not import chanserv"),
+    assert violations(node, "node._registry") == [
+        (3, "chanserv._server", "node may not import chanserv"),
         (4, "chanserv_trio", "node may not import top"),
     ]
-    errors = "from ._wire_codec import ErrorCode\n"
-    assert violations(errors, "_errors") == [(1, "_wire_codec", "errors may not import wire")]
+    errors = "from .wire._codec import ErrorCode\n"
+    assert violations(errors, "_errors") == [(1, "wire._codec", "errors may not import wire")]
 
 
 def test_the_checker_reads_the_folder_layout_too() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chanserv_trio._node_backoff import Backoff
+from chanserv_trio.node._backoff import Backoff
 
 
 @st.composite

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import chanserv_trio as cs
-from chanserv_trio._registry import Registry, RegistryNode
+from chanserv_trio.node._registry import Registry, RegistryNode
 
 
 class ListRegistry:

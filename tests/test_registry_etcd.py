@@ -24,8 +24,8 @@ from etcd_fixture import etcd_endpoint, free_port, have_etcd, own_etcd
 from helpers import wait_until
 
 import chanserv_trio as cs
-from chanserv_trio._multiplexer import _score
-from chanserv_trio._registry_etcd import RegistryError, _EtcdClient, _prefix_end
+from chanserv_trio.node._multiplexer import _score
+from chanserv_trio.node._registry_etcd import RegistryError, _EtcdClient, _prefix_end
 
 __all__ = ["etcd_endpoint"]  # the fixture, used by name
 

@@ -12,9 +12,9 @@ import trio.testing
 from helpers import wait_until
 
 import chanserv_trio as cs
-from chanserv_trio._link_options import LinkOptions
-from chanserv_trio._wire_codec import ErrorCode, FrameType, Status, encode_frame
-from chanserv_trio._wire_connection import Connection
+from chanserv_trio.link._options import LinkOptions
+from chanserv_trio.wire._codec import ErrorCode, FrameType, Status, encode_frame
+from chanserv_trio.wire._connection import Connection
 
 
 class Valve(trio.abc.Stream):
@@ -219,7 +219,7 @@ async def _frames(*items: bytes) -> AsyncIterator[bytes]:
 
 
 def _request() -> bytes:
-    from chanserv_trio._chanserv_protocol import Request, encode_request
+    from chanserv_trio.chanserv._envelope import Request, encode_request
 
     return encode_request(Request(b""))
 

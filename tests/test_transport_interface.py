@@ -17,8 +17,7 @@ import trio.testing
 import trustme
 
 import chanserv_trio as cs
-from chanserv_trio._transport import parse_url, reads_whole_messages
-from chanserv_trio._transport_base import (
+from chanserv_trio.transports._base import (
     Bound,
     Endpoint,
     Transport,
@@ -28,6 +27,7 @@ from chanserv_trio._transport_base import (
     transport_for,
     unregister_transport,
 )
+from chanserv_trio.transports._schemes import parse_url, reads_whole_messages
 
 
 @attrs.frozen

@@ -24,10 +24,10 @@ import trustme
 import chanserv_trio as cs
 from chanserv_trio import _cli as cli
 from chanserv_trio._cli import run_demo
-from chanserv_trio._multiplexer import message_limit
-from chanserv_trio._transport import parse_url, reads_whole_messages
-from chanserv_trio._transport_websocket import WebSocketStream
-from chanserv_trio._wire_codec import ErrorCode, FrameType, encode_frame, encode_hello
+from chanserv_trio.node._multiplexer import message_limit
+from chanserv_trio.transports._schemes import parse_url, reads_whole_messages
+from chanserv_trio.transports._websocket import WebSocketStream
+from chanserv_trio.wire._codec import ErrorCode, FrameType, encode_frame, encode_hello
 
 SERVICE = "chanserv"
 BIG = 3 * 1024 * 1024 + 7  # over the link reader's 256 KiB reads and the frame payload cap

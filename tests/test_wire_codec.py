@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chanserv_trio._errors import RemoteProtocolError
-from chanserv_trio._wire_codec import (
+from chanserv_trio.wire._codec import (
     FLAGS,
     HEADER,
     HEADER_SIZE,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chanserv_trio._errors import LocalProtocolError, RemoteProtocolError
-from chanserv_trio._wire_codec import (
+from chanserv_trio.wire._codec import (
     HEADER,
     HEADER_SIZE,
     MAX_HELLO_SIZE,
@@ -33,8 +33,8 @@ from chanserv_trio._wire_codec import (
     encode_open,
     encode_status,
 )
-from chanserv_trio._wire_connection import Connection, Settings
-from chanserv_trio._wire_events import (
+from chanserv_trio.wire._connection import Connection, Settings
+from chanserv_trio.wire._events import (
     ConnectionTerminated,
     Event,
     GoAwayReceived,

@@ -1,6 +1,6 @@
 """The state table: every (state, input) pair, on the table and on real Connections.
 
-The table in ``_wire_state`` says, for each pair, the next state, "ignored" or
+The table in ``wire._state`` says, for each pair, the next state, "ignored" or
 "forbidden". These tests check the table's own promises (every pair is decided, the
 flat copies agree, CLOSED is final) and then that a :class:`Connection` does exactly
 what the table says, for every pair of the connection table and of the stream table:
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import chanserv_trio as cs
 from chanserv_trio._errors import LocalProtocolError, RemoteProtocolError
-from chanserv_trio._wire_codec import (
+from chanserv_trio.wire._codec import (
     ErrorCode,
     FrameDecoder,
     FrameType,
@@ -33,9 +33,9 @@ from chanserv_trio._wire_codec import (
     encode_open,
     encode_status,
 )
-from chanserv_trio._wire_connection import DIALING_NONCE, Connection, Settings
-from chanserv_trio._wire_events import Event
-from chanserv_trio._wire_state import (
+from chanserv_trio.wire._connection import DIALING_NONCE, Connection, Settings
+from chanserv_trio.wire._events import Event
+from chanserv_trio.wire._state import (
     CONNECTION_NEXT,
     CONNECTION_TRANSITIONS,
     FORBIDDEN,

@@ -7,8 +7,8 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chanserv_trio._wire_settings import MAX_WINDOW
-from chanserv_trio._wire_windows import Windows
+from chanserv_trio.wire._settings import MAX_WINDOW
+from chanserv_trio.wire._windows import Windows
 
 HYPOTHESIS = settings(max_examples=300, deadline=None)
 

@@ -1,5 +1,5 @@
 // The frame codec of the chanserv_trio wire protocol, version 2 (sans-IO: no sockets,
-// no timers). docs/protocol.md is the specification; chanserv_trio/_wire_codec.py is
+// no timers). docs/protocol.md is the specification; chanserv_trio/wire/_codec.py is
 // the reference this follows byte for byte.
 //
 // Every frame is a 10-byte header followed by `length` payload bytes:

@@ -1,5 +1,5 @@
 // The connection state machine of the chanserv_trio wire protocol, version 2 (sans-IO:
-// no sockets, no timers, no promises). A port of chanserv_trio/_wire_connection.py.
+// no sockets, no timers, no promises). A port of chanserv_trio/wire/_connection.py.
 //
 // Feed received bytes to receiveData() and act on the events it returns; call
 // openStream / sendData / endStream / resetStream to act, then write out what

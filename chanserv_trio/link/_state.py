@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from ._errors import ChanservError
-    from ._link_stream import LinkStream
-    from ._wire_codec import Status
-    from ._wire_connection import Connection
+    from .._errors import ChanservError
+    from ..wire._codec import Status
+    from ..wire._connection import Connection
+    from ._stream import LinkStream
 
 __all__ = ["QUEUE_LIMIT", "LinkState", "StreamState"]
 

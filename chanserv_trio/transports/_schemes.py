@@ -8,14 +8,14 @@
 ``unix:///path``          Unix domain socket
 ========================  ====================================================
 
-Each scheme is served by a :class:`~chanserv_trio._transport_base.Transport`
+Each scheme is served by a :class:`~chanserv_trio.transports._base.Transport`
 registered below, one line each; a new transport is one new file and one line here.
 
 :func:`serve` listens and runs a handler per accepted connection; :func:`dial`
 connects and runs a handler over the one connection. Both own the connection (and
 any task its transport needs, such as a WebSocket's reader) for as long as the handler
 runs, then close it. Every transport failure reaches the caller as
-:class:`~chanserv_trio.ConnectionLost` (see ``_transport_errors``); a malformed URL or
+:class:`~chanserv_trio.ConnectionLost` (see ``transports._errors``); a malformed URL or
 option is a ``ValueError``.
 """
 
@@ -27,8 +27,8 @@ from typing import TypeAlias, TypeVar
 
 import trio
 
-from ._errors import ConnectionLost
-from ._transport_base import (
+from .._errors import ConnectionLost
+from ._base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Endpoint,
     Transport,
@@ -39,9 +39,9 @@ from ._transport_base import (
     registered_schemes,
     transport_for,
 )
-from ._transport_errors import failures_as_connection_lost
-from ._transport_socket import SocketTransport, UnixTransport
-from ._transport_websocket import WebSocketStream, WebSocketTransport
+from ._errors import failures_as_connection_lost
+from ._socket import SocketTransport, UnixTransport
+from ._websocket import WebSocketStream, WebSocketTransport
 
 __all__ = [
     "ConnectionHandler",

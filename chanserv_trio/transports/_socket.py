@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from ._transport_base import (
+from ._base import (
     Bound,
     Endpoint,
     Transport,
@@ -24,7 +24,7 @@ from ._transport_base import (
     parse_host_url,
     stream_addresses,
 )
-from ._transport_errors import failures_as_connection_lost
+from ._errors import failures_as_connection_lost
 
 __all__ = [
     "SocketTransport",

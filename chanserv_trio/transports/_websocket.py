@@ -1,6 +1,6 @@
 """WebSocket links (``ws://`` and ``wss://``): protocol frames as binary messages.
 
-The WebSocket runs over a TCP or TLS stream from ``_transport_socket``; trio-websocket
+The WebSocket runs over a TCP or TLS stream from ``transports._socket``; trio-websocket
 does the HTTP upgrade, framing, pings and the close handshake. The link sees a
 :class:`WebSocketStream`, a ``trio.abc.Stream`` whose ``send_all`` sends binary
 messages and whose ``receive_some`` returns one message's bytes: the wire decoder takes
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from ._errors import ConnectionLost
-from ._transport_base import (
+from .._errors import ConnectionLost
+from ._base import (
     Bound,
     Endpoint,
     Transport,
@@ -28,13 +28,13 @@ from ._transport_base import (
     parse_host_url,
     stream_addresses,
 )
-from ._transport_errors import (
+from ._errors import (
     TRANSPORT_ERRORS,
     describe_close,
     failures_as_connection_lost,
     transport_failure,
 )
-from ._transport_socket import listen_tcp, open_tcp, tls_accept
+from ._socket import listen_tcp, open_tcp, tls_accept
 
 __all__ = ["MAX_RECEIVED_MESSAGE", "WebSocketStream", "WebSocketTransport"]
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._errors import ChanservError
-from ._node_backoff import Backoff
+from .._errors import ChanservError
+from ._backoff import Backoff
 from ._registry import RegistryNode
 
 if TYPE_CHECKING:

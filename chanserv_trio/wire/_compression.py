@@ -10,8 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-from ._errors import RemoteProtocolError
-from ._wire_codec import ErrorCode
+from .._errors import RemoteProtocolError
+from ._codec import ErrorCode
 
 __all__ = ["MIN_COMPRESS_SIZE", "compress", "decompress", "lz4_available"]
 

@@ -11,9 +11,9 @@ from typing import Any, Final
 
 import attrs
 
-from ._errors import RemoteProtocolError
-from ._wire_codec import ErrorCode, Setting
-from ._wire_compression import lz4_available
+from .._errors import RemoteProtocolError
+from ._codec import ErrorCode, Setting
+from ._compression import lz4_available
 
 __all__ = ["MAX_WINDOW", "MIN_FRAME_PAYLOAD", "Settings"]
 

@@ -1,7 +1,7 @@
 """The state table of the chanserv_trio wire protocol (sans-IO: no trio).
 
 Every rule about *when* something may happen lives here, in two tables: one for the
-connection, one for each stream. A :class:`~chanserv_trio._wire_connection.Connection`
+connection, one for each stream. A :class:`~chanserv_trio.wire._connection.Connection`
 passes every local action and every received frame through :func:`connection_input`,
 and every action or frame about a stream through :func:`stream_input` as well. Each
 ``(state, input)`` pair has one of three outcomes:
@@ -32,8 +32,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Final, NoReturn
 
-from ._errors import LocalProtocolError, RemoteProtocolError
-from ._wire_codec import ErrorCode
+from .._errors import LocalProtocolError, RemoteProtocolError
+from ._codec import ErrorCode
 
 __all__ = [
     "CONNECTION_NEXT",

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import trio
 
-from ._driver import LinkStream
-from ._errors import ChanservError
-from ._wire_codec import ErrorCode
+from .._errors import ChanservError
+from ..link._link import LinkStream
+from ..wire._codec import ErrorCode
 
 __all__ = ["relay"]
 

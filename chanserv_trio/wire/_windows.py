@@ -29,7 +29,7 @@ shrank by is withheld first (``debt``).
 
 from __future__ import annotations
 
-from ._wire_settings import MAX_WINDOW
+from ._settings import MAX_WINDOW
 
 __all__ = ["Windows"]
 

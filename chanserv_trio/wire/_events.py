@@ -1,4 +1,4 @@
-"""Events that :class:`~chanserv_trio._wire_connection.Connection` returns from received bytes.
+"""Events that :class:`~chanserv_trio.wire._connection.Connection` returns from received bytes.
 
 Each is a small frozen record (sans-IO: no trio). A driver reads them in order and
 acts: wake a reader, start a handler, cancel a task.
@@ -10,7 +10,7 @@ from typing import TypeAlias
 
 import attrs
 
-from ._wire_codec import Status
+from ._codec import Status
 
 __all__ = [
     "ConnectionTerminated",

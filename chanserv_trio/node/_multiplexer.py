@@ -20,9 +20,9 @@ from typing import Any, Self
 import attrs
 import trio
 
-from ._driver import Link, LinkStream, StreamHandler
-from ._errors import ChanservError, ConnectionLost, ProtocolError, ServiceNotFound
-from ._link_options import (
+from .._errors import ChanservError, ConnectionLost, ProtocolError, ServiceNotFound
+from ..link._link import Link, LinkStream, StreamHandler
+from ..link._options import (
     KEEPALIVE_INTERVAL,
     KEEPALIVE_TIMEOUT,
     MAX_PEER_SERVICE_BYTES,
@@ -30,16 +30,16 @@ from ._link_options import (
     WRITE_TIMEOUT,
     LinkOptions,
 )
-from ._link_refusal import refuse_link
-from ._node_advertising import Advertising
-from ._node_backoff import Backoff
-from ._node_budgets import HostResetBudget
+from ..link._refusal import refuse_link
+from ..transports._schemes import dial, reads_whole_messages, serve
+from ..wire._codec import ErrorCode
+from ..wire._compression import lz4_available
+from ..wire._connection import Settings
+from ._advertising import Advertising
+from ._backoff import Backoff
+from ._budgets import HostResetBudget
 from ._registry import Registry, RegistryNode
 from ._router import relay
-from ._transport import dial, reads_whole_messages, serve
-from ._wire_codec import ErrorCode
-from ._wire_compression import lz4_available
-from ._wire_connection import Settings
 
 __all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key"]
 

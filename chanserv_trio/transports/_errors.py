@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import trio
 import trio_websocket
 
-from ._errors import ConnectionLost
+from .._errors import ConnectionLost
 
 __all__ = [
     "TRANSPORT_ERRORS",

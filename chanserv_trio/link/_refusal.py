@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from ._wire_connection import Connection, Settings
+from ..wire._connection import Connection, Settings
 
 __all__ = ["refuse_link"]
 

@@ -6,7 +6,7 @@ methods to act, then write out what :meth:`Connection.take_outgoing` returns. Th
 class never blocks and never does I/O, so every rule of the protocol can be tested by
 pushing bytes through two instances.
 
-When things may happen is decided by the state table in :mod:`._wire_state`: every
+When things may happen is decided by the state table in :mod:`~chanserv_trio.wire._state`: every
 action and every received frame passes it first (a forbidden action raises
 :class:`~chanserv_trio.LocalProtocolError`, a forbidden frame
 :class:`~chanserv_trio.RemoteProtocolError`); once the connection is closed no action
@@ -23,7 +23,7 @@ thus bounded by the window plus one message (``max_message_size``), whatever the
 does and however slowly the application reads.
 The connection window bounds bytes in transit: its credit is returned as soon as the
 bytes are handed to a stream, so a stream nobody reads stalls only itself.
-The counting lives in :class:`~._wire_windows.Windows`, one per stream and one for the
+The counting lives in :class:`~chanserv_trio.wire._windows.Windows`, one per stream and one for the
 connection.
 """
 
@@ -33,8 +33,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Final
 
-from ._errors import LocalProtocolError, RemoteProtocolError
-from ._wire_codec import (
+from .._errors import LocalProtocolError, RemoteProtocolError
+from ._codec import (
     HEADER,
     MAX_HELLO_SIZE,
     OPEN_OVERHEAD,
@@ -58,8 +58,8 @@ from ._wire_codec import (
     encode_open,
     encode_status,
 )
-from ._wire_compression import MIN_COMPRESS_SIZE, compress, decompress, lz4_available
-from ._wire_events import (
+from ._compression import MIN_COMPRESS_SIZE, compress, decompress, lz4_available
+from ._events import (
     ConnectionTerminated,
     Event,
     GoAwayReceived,
@@ -72,8 +72,8 @@ from ._wire_events import (
     StreamReset,
     WindowOpened,
 )
-from ._wire_settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
-from ._wire_state import (
+from ._settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
+from ._state import (
     CONNECTION_NEXT,
     FORBIDDEN,
     IGNORED,
@@ -87,7 +87,7 @@ from ._wire_state import (
     reject_connection_input,
     reject_stream_input,
 )
-from ._wire_windows import Windows
+from ._windows import Windows
 
 __all__ = ["ACCEPTING_NONCE", "DIALING_NONCE", "Connection", "Settings", "role_nonce"]
 

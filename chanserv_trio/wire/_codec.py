@@ -21,7 +21,7 @@ from typing import Final
 
 import attrs
 
-from ._errors import RemoteProtocolError
+from .._errors import RemoteProtocolError
 
 __all__ = [
     "FLAGS",

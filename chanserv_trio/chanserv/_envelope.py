@@ -15,8 +15,8 @@ from typing import Final
 
 import attrs
 
-from ._errors import RemoteProtocolError
-from ._wire_codec import ErrorCode
+from .._errors import RemoteProtocolError
+from ..wire._codec import ErrorCode
 
 __all__ = [
     "SOURCE_WINDOW_TAG",

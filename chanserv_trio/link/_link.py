@@ -6,8 +6,8 @@ go into per-stream buffers bounded by the flow-control window, a new stream star
 handler with ``start_soon``. Its writer task sends whatever frames accumulated since
 it last ran in one ``send_all``, so small frames from many streams coalesce.
 
-A :class:`LinkStream` (``_link_stream``) is one multiplexed stream of messages in both
-directions. The link and its streams share state objects (``_link_state``) and never
+A :class:`LinkStream` (``link._stream``) is one multiplexed stream of messages in both
+directions. The link and its streams share state objects (``link._state``) and never
 reach into each other. Handlers of streams the peer opened run in the link's nursery,
 each inside its own cancel scope, which a RESET from the peer (or the link dying)
 cancels. What is the same for every link of a node comes in one ``LinkOptions``.
@@ -22,7 +22,7 @@ from typing import assert_never
 import attrs
 import trio
 
-from ._errors import (
+from .._errors import (
     ChanservError,
     ConnectionLost,
     MessageTooLarge,
@@ -30,14 +30,9 @@ from ._errors import (
     RemoteProtocolError,
     ServerShuttingDown,
 )
-from ._link_keepalive import STALL, PingRecord
-from ._link_options import LinkOptions
-from ._link_state import LinkState, StreamState
-from ._link_status import error_from_status
-from ._link_stream import LinkStream, StreamHandler
-from ._wire_codec import ErrorCode, Status
-from ._wire_connection import Connection
-from ._wire_events import (
+from ..wire._codec import ErrorCode, Status
+from ..wire._connection import Connection
+from ..wire._events import (
     ConnectionTerminated,
     Event,
     GoAwayReceived,
@@ -50,6 +45,11 @@ from ._wire_events import (
     StreamReset,
     WindowOpened,
 )
+from ._keepalive import STALL, PingRecord
+from ._options import LinkOptions
+from ._state import LinkState, StreamState
+from ._status import error_from_status
+from ._stream import LinkStream, StreamHandler
 
 __all__ = ["Link", "LinkStatistics", "LinkStream", "StreamHandler"]
 
@@ -682,7 +682,7 @@ class Link:
 
     async def _keepalive(self) -> None:
         """PING every ``keepalive_interval``; the peer is lost when a PING we wrote
-        stays unanswered for ``keepalive_timeout`` (``_link_keepalive`` says how that
+        stays unanswered for ``keepalive_timeout`` (``link._keepalive`` says how that
         is judged, and why a stall of our own loop does not count)."""
         interval = self.options.keepalive_interval
         assert interval

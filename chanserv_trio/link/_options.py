@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._wire_connection import Settings
+from ..wire._connection import Settings
 
 if TYPE_CHECKING:
-    from ._driver import Link
-    from ._link_stream import StreamHandler
+    from ._link import Link
+    from ._stream import StreamHandler
 
 __all__ = [
     "KEEPALIVE_INTERVAL",
@@ -34,7 +34,7 @@ __all__ = [
 #: A PING every 30 s costs 36 bytes a round trip: nothing, next to finding a dead peer.
 KEEPALIVE_INTERVAL = 30.0
 #: 20 s for an answer: far beyond any round trip, with room for the bytes of a busy
-#: slow link arriving ahead of it (see ``_link_keepalive``). A dead peer is found within
+#: slow link arriving ahead of it (see ``link._keepalive``). A dead peer is found within
 #: 50 s.
 KEEPALIVE_TIMEOUT = 20.0
 #: 60 s to take 1 MiB (the longest piece the writer times): a peer slower than about
@@ -61,7 +61,7 @@ class LinkOptions:
     #: Seconds between PINGs to the peer (None: no keepalive).
     keepalive_interval: float | None = KEEPALIVE_INTERVAL
     #: A peer that leaves a PING unanswered this many seconds after it was written is
-    #: lost (see ``_link_keepalive`` for the allowances: bytes still arriving ahead of
+    #: lost (see ``link._keepalive`` for the allowances: bytes still arriving ahead of
     #: the answer, and stalls of our own event loop).
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     #: A peer that takes less than 1 MiB of our bytes in this many seconds is lost

@@ -15,11 +15,11 @@ from typing import Protocol, SupportsBytes, TypeVar
 import attrs
 import trio
 
-from ._chanserv_protocol import decode_credit, decode_request, source_window_of
-from ._driver import LinkStream
-from ._errors import ChanservError, RemoteProtocolError
-from ._multiplexer import Multiplexer
-from ._wire_codec import ErrorCode, Status
+from .._errors import ChanservError, RemoteProtocolError
+from ..link._link import LinkStream
+from ..node._multiplexer import Multiplexer
+from ..wire._codec import ErrorCode, Status
+from ._envelope import decode_credit, decode_request, source_window_of
 
 T = TypeVar("T")
 

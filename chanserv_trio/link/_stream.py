@@ -1,9 +1,9 @@
 """One multiplexed stream of whole messages on a link, in both directions.
 
 A :class:`LinkStream` sends and receives whole messages, ends our half with a status
-and resets both halves. It shares one :class:`~chanserv_trio._link_state.StreamState`
+and resets both halves. It shares one :class:`~chanserv_trio.link._state.StreamState`
 with its link's reader (which fills its inbox) and the link's
-:class:`~chanserv_trio._link_state.LinkState` with every other stream of the link
+:class:`~chanserv_trio.link._state.LinkState` with every other stream of the link
 (the writer's wake-up, the connection window, the scheduling budget).
 """
 
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import MessageTooLarge
-from ._link_state import QUEUE_LIMIT, LinkState, StreamState
-from ._link_status import error_from_status
-from ._wire_codec import ErrorCode, Status
+from .._errors import MessageTooLarge
+from ..wire._codec import ErrorCode, Status
+from ._state import QUEUE_LIMIT, LinkState, StreamState
+from ._status import error_from_status
 
 if TYPE_CHECKING:
-    from ._driver import Link
+    from ._link import Link
 
 __all__ = ["LinkStream", "StreamHandler"]
 

@@ -6,7 +6,7 @@ The link layer turns a non-OK END or RESET status (wire codes) into the matching
 
 from __future__ import annotations
 
-from ._errors import (
+from .._errors import (
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
@@ -16,7 +16,7 @@ from ._errors import (
     StreamCancelled,
     StreamError,
 )
-from ._wire_codec import ErrorCode, Status
+from ..wire._codec import ErrorCode, Status
 
 __all__ = ["error_from_status"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 
-from ._driver import Link
+from ..link._link import Link
 
 __all__ = ["Advertising"]
 

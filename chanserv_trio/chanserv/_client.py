@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ._chanserv_protocol import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
-from ._driver import LinkStream
-from ._errors import ChanservError, DeadlineExceeded
-from ._multiplexer import Multiplexer
-from ._wire_codec import ErrorCode
+from .._errors import ChanservError, DeadlineExceeded
+from ..link._link import LinkStream
+from ..node._multiplexer import Multiplexer
+from ..wire._codec import ErrorCode
+from ._envelope import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
 
 __all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
 
