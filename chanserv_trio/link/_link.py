@@ -628,10 +628,10 @@ class Link:
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
-            # OK: the peer said GOAWAY; CONNECTION_LOST: it hung up without a word.
+            # Clean when the peer said GOAWAY first, not when it hung up without a word.
             self._fail(
                 ConnectionLost(f"connection closed by peer: {event.message}"),
-                clean=event.code == ErrorCode.OK,
+                clean=event.code == ErrorCode.OK or self.conn.peer_goaway is not None,
             )
         else:
             error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
@@ -826,6 +826,6 @@ def _why(error: ChanservError | None) -> str:
 
 
 def _lost(what: str, exc: BaseException) -> ConnectionLost:
-    error = ConnectionLost(f"{what}: {exc or type(exc).__name__}")
+    error = ConnectionLost(f"{what}: {str(exc) or type(exc).__name__}")
     error.__cause__ = exc
     return error
