@@ -547,7 +547,7 @@ def _add_demo(commands: Any) -> None:
         help="link over tcp (default), tls, ws, wss or unix (tls, wss: the demo extra)",
     )
     demo.add_argument("--listen", help="where the demo listens (default: per --transport)")
-    demo.set_defaults(command=_demo, subparser=demo)
+    demo.set_defaults(command=_demo, subparser=demo, default_log_level="error")
 
 
 async def _demo(args: argparse.Namespace, run: Run) -> int:
@@ -688,7 +688,7 @@ def _add_post(commands: Any) -> None:
     post.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
-    post.set_defaults(command=_post_command, subparser=post)
+    post.set_defaults(command=_post_command, subparser=post, default_log_level="error")
 
 
 async def _post_command(args: argparse.Namespace, run: Run) -> int:
@@ -776,11 +776,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def _log_level(args: argparse.Namespace) -> int:
+    """``--log-level``, else the command's default (serve: info; post, demo: error)
+    made more verbose by each ``-v`` (the first reaches info at least) and less by
+    each ``-q``."""
     named: str | None = getattr(args, "log_level", None)
     if named is None:
-        start = LEVELS.index(getattr(args, "default_log_level", "warning"))
-        step = getattr(args, "quiet", 0) - getattr(args, "verbose", 0)
-        named = LEVELS[max(0, min(len(LEVELS) - 1, start + step))]
+        index = LEVELS.index(getattr(args, "default_log_level", "warning"))
+        verbose = getattr(args, "verbose", 0)
+        if verbose:
+            index = min(index - verbose, LEVELS.index("info") - verbose + 1)
+        index += getattr(args, "quiet", 0)
+        named = LEVELS[max(0, min(len(LEVELS) - 1, index))]
     return cast(int, getattr(logging, named.upper()))
 
 
@@ -792,15 +798,21 @@ def _logging(args: argparse.Namespace) -> Iterator[None]:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package = logging.getLogger("chanserv_trio")
-    previous = package.level
-    package.setLevel(_log_level(args))
+    package, own = logging.getLogger("chanserv_trio"), logger
+    previous = package.level, own.level
+    level = _log_level(args)
+    package.setLevel(level)
+    if not any(hasattr(args, name) for name in ("log_level", "verbose", "quiet")):
+        # By default the command's own warnings show (a node post skipped) even where
+        # the library's do not: a failure is then the one line saying so.
+        own.setLevel(min(level, logging.WARNING))
     package.addHandler(handler)
     try:
         yield
     finally:
         package.removeHandler(handler)
-        package.setLevel(previous)
+        package.setLevel(previous[0])
+        own.setLevel(previous[1])
 
 
 # ---------------------------------------------------------------------- main

@@ -345,7 +345,10 @@ class Link:
         if self._error is not None:
             return
         self._error = error
-        self._clean_end = clean
+        # Planned: our own close, or a peer that said GOAWAY before it hung up.
+        self._clean_end = clean or (
+            self.conn.peer_goaway is not None and not isinstance(error, ProtocolError)
+        )
         self._handshake.set()  # wake run() if it still waits for the handshake
         for stream in list(self._streams.values()):
             stream.broken(error)
@@ -628,10 +631,9 @@ class Link:
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
-            # Clean when the peer said GOAWAY first, not when it hung up without a word.
             self._fail(
                 ConnectionLost(f"connection closed by peer: {event.message}"),
-                clean=event.code == ErrorCode.OK or self.conn.peer_goaway is not None,
+                clean=event.code == ErrorCode.OK,
             )
         else:
             error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
