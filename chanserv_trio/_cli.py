@@ -244,7 +244,7 @@ async def _run_demo(
     url: str, out: TextIO, listen_options: dict[str, Any], join_options: dict[str, Any]
 ) -> None:
     async with Multiplexer() as server_mpx:
-        address = await server_mpx.listen(url, **listen_options)
+        address = await _listen(server_mpx, url, listen_options)
         _emit(out, f"server listening on {address}")
         await Server(server_mpx).listen_and_serve("chanserv", demo_source_fn)
         async with Multiplexer() as client_mpx:
@@ -358,7 +358,7 @@ async def run_serve(
     ):
         if shutdown is not None:
             shutdown._now = lambda: outer.start_soon(mpx.shutdown, 0.0)
-        bound = [await mpx.listen(url, **_tls_options(url, ssl_context)) for url in urls]
+        bound = [await _listen(mpx, url, _tls_options(url, ssl_context)) for url in urls]
         if source_fn is not None:
             await Server(mpx).listen_and_serve(name, source_fn)
             for address in bound:
@@ -433,6 +433,13 @@ async def run_post(
 
 
 # ------------------------------------------------------------ shared helpers
+
+
+async def _listen(mpx: Multiplexer, url: str, options: dict[str, Any]) -> str:
+    try:
+        return await mpx.listen(url, **options)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {url}: {_reason(exc)}") from exc
 
 
 def _tls_options(url: str, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
@@ -856,10 +863,14 @@ def _failed(exc: BaseException, args: argparse.Namespace, run: Run) -> int:
             args.subparser.print_usage(sys.stderr)
             print(f"{args.subparser.prog}: error: {leaf}", file=sys.stderr)
             return 2
+    for leaf in leaves:
+        if isinstance(leaf, SystemExit):
+            return leaf.code if isinstance(leaf.code, int) else 1
     unexpected = [leaf for leaf in leaves if not isinstance(leaf, EXPECTED)]
-    if unexpected:
-        traceback.print_exception(unexpected[0])
-        print(f"{PROG}: error: unexpected {_describe(unexpected[0])}", file=sys.stderr)
+    if unexpected:  # a bug: the whole story
+        first = unexpected[0]
+        traceback.print_exception(first)
+        print(f"{PROG}: error: unexpected {type(first).__name__}: {first}", file=sys.stderr)
         return 1
     if getattr(args, "traceback", False) or getattr(args, "verbose", 0):
         traceback.print_exception(leaves[0])

@@ -252,7 +252,7 @@ async def test_failures_print_one_line_and_exit_1(tmp_path: Path) -> None:
     assert results["version"].returncode == 0
     assert results["version"].stdout.decode() == f"chanserv-trio {cs.__version__}\n"
     assert_one_line_error(results["missing certificate"], "missing.pem", "No such file")
-    assert_one_line_error(results["port in use"], "in use")
+    assert_one_line_error(results["port in use"], f"cannot listen on {busy}", "in use")
     assert_one_line_error(results["nobody there"], "cannot join", dead)
     assert_one_line_error(results["no body file"], "body", "No such file")
     traced = results["traceback asked"]
