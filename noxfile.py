@@ -7,10 +7,13 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
+#: The Pythons the package supports (pyproject's classifiers say the same): ``tests``
+#: runs on each one found on the machine; the other sessions on the oldest.
 PYTHON = ["3.11", "3.12", "3.13"]
+PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
-@nox.session
+@nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the whole test suite with branch coverage."""
     session.install("-e", ".[test]")
@@ -24,10 +27,10 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "report", "--skip-covered", "--show-missing", "--fail-under=0")
 
 
-@nox.session
+@nox.session(python=PYTHON[0])
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict over the package and its tests."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "js/test", "noxfile.py")
     session.run(
         "ruff",
@@ -42,16 +45,16 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "--strict", "chanserv_trio", "tests")
 
 
-@nox.session
+@nox.session(python=PYTHON[0])
 def docs(session: nox.Session) -> None:
     """Check that the documentation's code examples run against the package."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", "tests/test_docs.py")
 
 
-@nox.session
+@nox.session(python=PYTHON[0])
 def bench(session: nox.Session) -> None:
     """The benchmark suite: ours beside the trio ceiling, gRPC and pyzmq (benchmarks/README.md)."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.memory")

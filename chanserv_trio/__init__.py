@@ -7,6 +7,8 @@ control and cancellation over a single link.
 
 from __future__ import annotations
 
+import logging
+
 from ._errors import (
     ChanservError,
     ConnectionLost,
@@ -30,7 +32,12 @@ from .node._registry_etcd import EtcdRegistry, RegistryError
 from .wire._codec import ErrorCode, Status
 from .wire._connection import Settings
 
+#: The package's version, in this one place (pyproject.toml reads it from here).
 __version__ = "0.1.0"
+
+# The library logs under "chanserv_trio.*" and prints nothing unless the application
+# configures logging (without this, Python's last-resort handler would print warnings).
+logging.getLogger("chanserv_trio").addHandler(logging.NullHandler())
 
 __all__ = [
     "ChanservError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -17,6 +18,10 @@ from ..wire._codec import ErrorCode
 from ._envelope import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
 
 __all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
+
+#: Requests and sources that ended in an error (DEBUG: the error is raised to the
+#: application too, which decides what it is worth).
+logger = logging.getLogger("chanserv_trio.client")
 
 
 @attrs.frozen
@@ -213,6 +218,7 @@ class Client:
         self.source_buffer_size = source_buffer_size
 
     def _report(self, exc: BaseException) -> None:
+        logger.debug("request failed: %r", exc)
         if self.on_error is not None:
             self.on_error(exc)
 

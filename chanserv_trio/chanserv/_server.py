@@ -8,6 +8,7 @@ source's ``frames`` by its own task in the request's nursery.
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol, SupportsBytes, TypeVar
@@ -24,6 +25,10 @@ from ._envelope import decode_credit, decode_request, source_window_of
 T = TypeVar("T")
 
 __all__ = ["FrameLike", "Server", "Source", "SourceFunction"]
+
+#: Source functions and frame producers that raised (ERROR, with the traceback); bad
+#: requests, the server's own timeouts, error masses (WARNING).
+logger = logging.getLogger("chanserv_trio.server")
 
 #: Anything that can be sent as a frame.
 FrameLike = bytes | bytearray | memoryview | SupportsBytes
@@ -218,8 +223,15 @@ class Server:
             self._error_mass += 1
             if self._error_mass >= self.max_error_mass:
                 count, self._error_mass = self._error_mass, 0
+                logger.warning("%d errors without a success in between (max_error_mass)", count)
                 if self.on_max_error_mass is not None:
                     self.on_max_error_mass(count, exc)
+
+    def _refuse(self, master: LinkStream, exc: RemoteProtocolError) -> None:
+        """A malformed request: reset its stream."""
+        logger.warning("bad request to %r from %s: %s", master.service, master.remote_addr, exc)
+        self._report(exc)
+        master.reset(exc.code, exc.message)
 
     def _succeeded(self) -> None:
         self._error_mass = 0
@@ -230,8 +242,7 @@ class Server:
         try:
             request = decode_request(master.header)
         except RemoteProtocolError as exc:
-            self._report(exc)
-            master.reset(exc.code, exc.message)
+            self._refuse(master, exc)
             return
         now = trio.current_time()
         deadline = float("inf")
@@ -242,8 +253,7 @@ class Server:
         try:
             window = source_window_of(request)
         except RemoteProtocolError as exc:
-            self._report(exc)
-            master.reset(exc.code, exc.message)
+            self._refuse(master, exc)
             return
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
@@ -306,6 +316,7 @@ class Server:
                 )
                 nursery.start_soon(self._pump, child, source, deadline)
         except _TimedOut as exc:
+            logger.warning("request to %r from %s: %s", master.service, master.remote_addr, exc)
             self._report(exc.error)
             master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
             return False
@@ -316,6 +327,12 @@ class Server:
                 return False
             # Anything else, chanserv errors included (a source function relaying another
             # service, a header over the client's limit), is the request's failure.
+            logger.error(
+                "source function of %r raised (request from %s)",
+                master.service,
+                master.remote_addr,
+                exc_info=exc,
+            )
             self._report(exc)
             master.end(_error_status(exc))
             return False
@@ -361,6 +378,7 @@ class Server:
                 child.reset(ErrorCode.CANCEL, "cancelled on the server")
             raise
         except _TimedOut as exc:
+            logger.warning("source on %s: %s", child.remote_addr, exc)
             self._report(exc.error)
             child.reset(ErrorCode.TIMEOUT, str(exc))
         except Exception as exc:
@@ -368,5 +386,11 @@ class Server:
                 return  # the stream broke under us: the client already knows
             # The frames iterable raised, or a frame was refused (over the client's
             # message limit) while the stream is fine: fail this source, on the wire.
+            logger.error(
+                "frames of source %r raised (request from %s)",
+                source.header,
+                child.remote_addr,
+                exc_info=exc,
+            )
             self._report(exc)
             child.end(_error_status(exc))

@@ -15,6 +15,7 @@ cancels. What is the same for every link of a node comes in one ``LinkOptions``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from typing import assert_never
@@ -64,6 +65,9 @@ _WRITE_SLICE = 1 << 20
 #: Seconds the streams still open get when an idle link is closed: the peer may have
 #: opened some before it read our GOAWAY.
 IDLE_CLOSE_GRACE = 5.0
+#: Links up and down (INFO, WARNING when lost or the peer broke the protocol or a
+#: limit), handlers that raised (ERROR), streams cut off by a shutdown (WARNING).
+logger = logging.getLogger("chanserv_trio.link")
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -146,6 +150,8 @@ class Link:
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._error: ChanservError | None = None
+        # Whether the link ended as planned (a GOAWAY OK, our own close): logged as INFO.
+        self._clean_end = False
         self._closing = False
         # When the write in progress (or its current piece) began; None: none is.
         self._write_since: float | None = None
@@ -175,6 +181,7 @@ class Link:
                     self._fail(ConnectionLost("handshake timed out"))
                 if self._error is None:
                     started = True
+                    logger.info("link up: %s (local %s)", self.remote_addr, self.local_addr)
                     task_status.started(self)
                     if self.options.keepalive_interval:
                         nursery.start_soon(self._keepalive)
@@ -185,7 +192,10 @@ class Link:
                     await self._closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            self._fail(ConnectionLost("link closed"))
+            self._fail(ConnectionLost("link closed"), clean=True)
+            if started:
+                level = logging.INFO if self._clean_end else logging.WARNING
+                logger.log(level, "link down: %s: %s", self.remote_addr, _why(self._error))
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await trio.aclose_forcefully(self.transport)
         if not started:
@@ -246,6 +256,13 @@ class Link:
         with trio.move_on_after(grace):
             while self._streams and self._error is None:
                 await shared.released_lot.park()
+        if self._error is None and self._streams:
+            logger.warning(
+                "%d streams on the link to %s still open after %g s of grace: reset (SHUTDOWN)",
+                len(self._streams),
+                self.remote_addr,
+                grace,
+            )
         if self._error is None:
             error = ServerShuttingDown(message, ErrorCode.SHUTDOWN)
             status = Status(ErrorCode.SHUTDOWN, "", message)
@@ -262,7 +279,7 @@ class Link:
             self._closing = True
             self._shared.kick_writer()
             await self._drain(1.0)
-            self._fail(ConnectionLost(message))
+            self._fail(ConnectionLost(message), clean=code == ErrorCode.OK)
         await self._closed.wait()
 
     @property
@@ -324,10 +341,14 @@ class Link:
             self._pings.queued(payload, end, trio.current_time())
             self._shared.kick_writer()
 
-    def _fail(self, error: ChanservError) -> None:
+    def _fail(self, error: ChanservError, *, clean: bool = False) -> None:
         if self._error is not None:
             return
         self._error = error
+        # Planned: our own close, or a peer that said GOAWAY before it hung up.
+        self._clean_end = clean or (
+            self.conn.peer_goaway is not None and not isinstance(error, ProtocolError)
+        )
         self._handshake.set()  # wake run() if it still waits for the handshake
         for stream in list(self._streams.values()):
             stream.broken(error)
@@ -610,7 +631,10 @@ class Link:
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
-            self._fail(ConnectionLost(f"connection closed by peer: {event.message}"))
+            self._fail(
+                ConnectionLost(f"connection closed by peer: {event.message}"),
+                clean=event.code == ErrorCode.OK,
+            )
         else:
             error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
             self._fail(error)
@@ -670,6 +694,12 @@ class Link:
             with stream.cancel_on_reset():
                 await handler(stream)
         except Exception as exc:
+            logger.error(
+                "handler of %r raised (stream from %s)",
+                stream.service,
+                self.remote_addr,
+                exc_info=exc,
+            )
             self._report(exc)
             stream.reset(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
@@ -789,7 +819,15 @@ def _batches(chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:
     return out
 
 
+def _why(error: ChanservError | None) -> str:
+    """A link's end in words, with the error code when the protocol was broken."""
+    if isinstance(error, ProtocolError):
+        code = ErrorCode.coerce(error.code)
+        return f"{error} ({code.name if isinstance(code, ErrorCode) else code})"
+    return str(error)
+
+
 def _lost(what: str, exc: BaseException) -> ConnectionLost:
-    error = ConnectionLost(f"{what}: {exc or type(exc).__name__}")
+    error = ConnectionLost(f"{what}: {str(exc) or type(exc).__name__}")
     error.__cause__ = exc
     return error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import random
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,11 @@ from ._registry import Registry, RegistryNode
 from ._router import relay
 
 __all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key"]
+
+#: Listening and shutting down (INFO); connections that failed their handshake, links
+#: refused over ``max_links``, failed redials (WARNING). Links up and down are logged by
+#: ``chanserv_trio.link``.
+logger = logging.getLogger("chanserv_trio.node")
 
 
 def message_limit(settings: Settings) -> int:
@@ -278,6 +284,8 @@ class Multiplexer:
         """Close gracefully: accept no new links or streams, tell every peer so, give
         open streams ``grace`` seconds to finish, then reset the rest with
         ``SHUTDOWN`` and close the links. Safe to call more than once."""
+        if self._lifetime is _Lifetime.RUNNING and self._links:
+            logger.info("shutting down: %d links, %g s of grace", len(self._links), grace)
         if self._lifetime is not _Lifetime.CLOSED:
             self._lifetime = _Lifetime.CLOSING
         with trio.CancelScope(shield=True), trio.move_on_after(grace + 2.0):
@@ -382,13 +390,14 @@ class Multiplexer:
                 serve,
                 url,
                 partial(self._accept, budget),
-                on_error=self._on_error,
+                on_error=self._handshake_failed,
                 max_message_size=message_limit(self.settings),
                 handshake_timeout=self._link_options.handshake_timeout,
                 **options,
             )
         )
         budget.url = bound
+        logger.info("listening on %s", bound)
         self._listening.append(bound)
         self._local_changed()
         return bound
@@ -401,13 +410,13 @@ class Multiplexer:
             return
         if budget.max_links is not None and budget.links >= budget.max_links:
             self._links_refused += 1
-            self.report_error(
-                ProtocolError(
-                    f"refused a link from {remote}: {budget.url} already carries "
-                    f"{budget.links} links (max_links)",
-                    ErrorCode.ENHANCE_YOUR_CALM,
-                )
+            refusal = ProtocolError(
+                f"refused a link from {remote}: {budget.url} already carries "
+                f"{budget.links} links (max_links)",
+                ErrorCode.ENHANCE_YOUR_CALM,
             )
+            logger.warning("%s", refusal)
+            self.report_error(refusal)
             await refuse_link(
                 transport, self.settings, ErrorCode.ENHANCE_YOUR_CALM, "too many links"
             )
@@ -418,10 +427,15 @@ class Multiplexer:
             await self._run_link(link)
         except Exception as exc:
             # One bad connection must never take the listener (and everyone else) down.
-            if self._on_error is not None:
-                self._on_error(exc)
+            self._handshake_failed(exc)
         finally:
             budget.links -= 1
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        """A connection to one of our listeners failed its transport or link handshake."""
+        logger.warning("handshake failed: %s", exc)
+        if self._on_error is not None:
+            self._on_error(exc)
 
     async def join(self, url: str, *, redial: bool = True, **options: Any) -> Link:
         """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns
@@ -480,6 +494,9 @@ class Multiplexer:
         with scope:
             while True:
                 await link.wait_closed()
+                if self.closing:
+                    return
+                logger.info("redialing %s (%s)", url, link.error)
                 for delay in self._redial.delays():
                     await trio.sleep(delay)
                     if self.closing:
@@ -488,6 +505,7 @@ class Multiplexer:
                         link = await self._dial(url, options)
                         break
                     except (ConnectionLost, OSError) as exc:
+                        logger.warning("redial of %s failed: %s", url, exc)
                         self.report_error(exc)
 
     def leave(self, url: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["EtcdRegistry", "RegistryError"]
+
+#: What the registry meets while running (unreachable etcd, failed joins): WARNING.
+logger = logging.getLogger("chanserv_trio.registry")
 
 #: Delays between retries of failed etcd requests (renewals: at most ``ttl / 3``).
 _RETRY = Backoff(0.1, 2.0, 5.0)
@@ -326,7 +330,12 @@ class EtcdRegistry:
         """
         import httpx
 
-        report = self.on_error or node.report_error
+        hook = self.on_error or node.report_error
+
+        def report(exc: BaseException) -> None:
+            logger.warning("registry %s: %s", self.endpoint, exc)
+            hook(exc)
+
         # Straight to etcd: proxy settings from the environment are not for it.
         async with httpx.AsyncClient(
             base_url=self.endpoint, timeout=self._request_timeout(), trust_env=False
