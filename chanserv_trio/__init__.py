@@ -23,8 +23,11 @@ from ._errors import (
 )
 from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
 from .chanserv._server import FrameLike, Server, Source, SourceFunction
+from .chanserv._statistics import ClientStatistics, ServerStatistics, ServiceStatistics
+from .chanserv._stats import fetch_stats, open_stats, serve_stats
+from .chanserv._stats import snapshot as stats_snapshot
 from .link._link import Link, LinkStatistics, LinkStream
-from .node._multiplexer import Multiplexer, MultiplexerStatistics
+from .node._multiplexer import Multiplexer, MultiplexerStatistics, MultiplexerTotals
 from .node._registry import Registry
 from .node._registry_etcd import EtcdRegistry, RegistryError
 from .wire._codec import ErrorCode, Status
@@ -35,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChanservError",
     "Client",
+    "ClientStatistics",
     "ConnectionLost",
     "DeadlineExceeded",
     "ErrorCode",
@@ -47,6 +51,7 @@ __all__ = [
     "MessageTooLarge",
     "Multiplexer",
     "MultiplexerStatistics",
+    "MultiplexerTotals",
     "ProtocolError",
     "Registry",
     "RegistryError",
@@ -55,7 +60,9 @@ __all__ = [
     "RemoteSource",
     "Server",
     "ServerShuttingDown",
+    "ServerStatistics",
     "ServiceNotFound",
+    "ServiceStatistics",
     "Settings",
     "Source",
     "SourceChannel",
@@ -64,4 +71,8 @@ __all__ = [
     "Status",
     "StreamCancelled",
     "StreamError",
+    "fetch_stats",
+    "open_stats",
+    "serve_stats",
+    "stats_snapshot",
 ]

@@ -376,8 +376,9 @@ def complete_programs(path: Path) -> list[tuple[str, str | None]]:
 
 
 GUIDE_PROGRAMS = [
-    pytest.param(program, output, id=f"index-{index}")
-    for index, (program, output) in enumerate(complete_programs(ROOT / "docs" / "index.md"))
+    pytest.param(program, output, id=f"{page}-{index}")
+    for page in ("index", "operations")
+    for index, (program, output) in enumerate(complete_programs(ROOT / "docs" / f"{page}.md"))
 ]
 
 

@@ -15,6 +15,7 @@ from ..link._link import LinkStream
 from ..node._multiplexer import Multiplexer
 from ..wire._codec import ErrorCode
 from ._envelope import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
+from ._statistics import ClientStatistics, ServiceCounters, outcome_of
 
 __all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
 
@@ -40,9 +41,12 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
     source on the server without touching its siblings.
     """
 
-    def __init__(self, stream: LinkStream, meta: SourceMeta, client: Client) -> None:
+    def __init__(
+        self, stream: LinkStream, meta: SourceMeta, client: Client, request: _Request
+    ) -> None:
         self._stream = stream
         self._client = client
+        self._request = request
         #: The header the server announced the source with.
         self.header: bytes = stream.header
         #: Where it came from.
@@ -56,24 +60,36 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         """The next frame; raises ``trio.EndOfChannel`` after the last one."""
         self._check_open()
         timeout = self._client.frame_read_timeout
+        counters = self._request.counters
         try:
             if timeout is None:
-                return await self._stream.receive()
+                frame = await self._stream.receive()
+                counters.frames += 1
+                counters.bytes += len(frame)
+                return frame
             with trio.move_on_after(timeout) as scope:
-                return await self._stream.receive()
+                frame = await self._stream.receive()
+                counters.frames += 1
+                counters.bytes += len(frame)
+                return frame
             if scope.cancelled_caught:  # pragma: no branch
                 message = f"no frame within frame_read_timeout ({timeout} s)"
                 self._stream.reset(ErrorCode.TIMEOUT, message)
                 raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
             raise AssertionError("unreachable")  # pragma: no cover
         except ChanservError as exc:
-            self._client._report(exc)
+            self._request.fail(exc)
+            self._client._report(exc, counters)
             raise
 
     def receive_nowait(self) -> bytes:
         """The next frame if one is already buffered, else ``trio.WouldBlock``."""
         self._check_open()
-        return self._stream.receive_nowait()
+        frame = self._stream.receive_nowait()
+        counters = self._request.counters
+        counters.frames += 1
+        counters.bytes += len(frame)
+        return frame
 
     def receive_buffered(self, max_frames: int = 2**31) -> list[bytes]:
         """Every frame already buffered (up to ``max_frames``), without waiting.
@@ -82,7 +98,11 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         frame; an empty list means nothing is buffered right now.
         """
         self._check_open()
-        return self._stream.receive_buffered(max_frames)
+        frames = self._stream.receive_buffered(max_frames)
+        counters = self._request.counters
+        counters.frames += len(frames)
+        counters.bytes += sum(map(len, frames))
+        return frames
 
     def _check_open(self) -> None:
         # Frames still buffered belong to a source the caller closed: not handed out.
@@ -99,10 +119,13 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
 class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
     """The sources of one request, as they are announced."""
 
-    def __init__(self, master: LinkStream, client: Client, service: str) -> None:
+    def __init__(
+        self, master: LinkStream, client: Client, service: str, request: _Request | None = None
+    ) -> None:
         self._master = master
         self._client = client
         self._service = service
+        self._request = request or _Request(client._counters_for(service))
         self._sources: list[RemoteSource] = []
         window = client.source_buffer_size
         #: Credits for accepted sources go back in batches of this many (0: not asked).
@@ -122,9 +145,11 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
                 self._abort(ErrorCode.TIMEOUT, message)
                 raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
         except ChanservError as exc:
-            self._client._report(exc)
+            self._request.fail(exc)
+            self._client._report(exc, self._request.counters)
             raise
         except trio.EndOfChannel:
+            self._request.announced = True
             self._master.end()  # no credits are needed any more
             raise
         if self._credit_batch:
@@ -140,7 +165,8 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
-        source = RemoteSource(child, meta, self._client)
+        source = RemoteSource(child, meta, self._client, self._request)
+        self._request.counters.sources += 1
         self._sources = [s for s in self._sources if not s._stream.is_finished]
         self._sources.append(source)
         return source
@@ -211,8 +237,24 @@ class Client:
         if source_buffer_size is not None and not 0 < source_buffer_size < 2**31:
             raise ValueError("source_buffer_size must be between 1 and 2**31 - 1")
         self.source_buffer_size = source_buffer_size
+        self._counters: dict[str, ServiceCounters] = {}
 
-    def _report(self, exc: BaseException) -> None:
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of what this client counted since it was made: requests by
+        service and outcome, sources and frames received with their bytes, errors."""
+        return ClientStatistics.of(
+            {name: counters.snapshot() for name, counters in self._counters.items()}
+        )
+
+    def _counters_for(self, service: str) -> ServiceCounters:
+        counters = self._counters.get(service)
+        if counters is None:
+            counters = self._counters[service] = ServiceCounters()
+        return counters
+
+    def _report(self, exc: BaseException, counters: ServiceCounters | None = None) -> None:
+        if counters is not None:
+            counters.errors += 1
         if self.on_error is not None:
             self.on_error(exc)
 
@@ -242,22 +284,56 @@ class Client:
             timeout = None if math.isinf(deadline) else max(0.0, remaining)
             return encode_request(Request(payload, timeout, request_tags))
 
+        counters = self._counters_for(name)
+        counters.requests += 1
+        counters.active += 1
+        request = _Request(counters)
         try:
-            master = await self.mpx.open_stream(
-                name,
-                header,
-                dial_timeout=self.dial_timeout,
-                local_open=self.source_buffer_size is not None,
-                route_key=_route_key(tags),
-            )
-        except ChanservError as exc:
-            self._report(exc)
+            try:
+                master = await self.mpx.open_stream(
+                    name,
+                    header,
+                    dial_timeout=self.dial_timeout,
+                    local_open=self.source_buffer_size is not None,
+                    route_key=_route_key(tags),
+                )
+            except ChanservError as exc:
+                request.fail(exc)
+                self._report(exc, counters)
+                raise
+            channel = SourceChannel(master, self, name, request)
+            try:
+                yield channel
+            finally:
+                channel._abort()
+        except BaseException as exc:
+            request.fail(exc)
             raise
-        channel = SourceChannel(master, self, name)
-        try:
-            yield channel
         finally:
-            channel._abort()
+            counters.finished(request.outcome())
+
+
+class _Request:
+    """How one request is going on the client: its service's counters, whether every
+    source was announced, and the first error met."""
+
+    __slots__ = ("announced", "counters", "error")
+
+    def __init__(self, counters: ServiceCounters) -> None:
+        self.counters = counters
+        self.announced = False
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def outcome(self) -> str:
+        """``ok`` when every source was announced and nothing failed; the first
+        error's outcome otherwise; ``cancelled`` for a request left before its end."""
+        if self.error is not None:
+            return outcome_of(self.error)
+        return "ok" if self.announced else "cancelled"
 
 
 def _route_key(tags: Mapping[str, str] | None) -> bytes:

@@ -228,6 +228,11 @@ class Link:
         )
 
     @property
+    def streams_started(self) -> int:
+        """Streams opened on the link so far, by either side."""
+        return self._streams_started
+
+    @property
     def going_away(self) -> bool:
         """True once either side said GOAWAY: no new streams start on this link."""
         return self.conn.peer_goaway is not None or self.conn.local_goaway

@@ -41,7 +41,13 @@ from ._budgets import HostResetBudget
 from ._registry import Registry, RegistryNode
 from ._router import relay
 
-__all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key"]
+__all__ = [
+    "Multiplexer",
+    "MultiplexerStatistics",
+    "MultiplexerTotals",
+    "message_limit",
+    "pick_by_key",
+]
 
 
 def message_limit(settings: Settings) -> int:
@@ -120,6 +126,27 @@ class MultiplexerStatistics:
     #: Peer resets refused by the per-host budget since the node started (each closed
     #: its link with ENHANCE_YOUR_CALM).
     resets_refused: int = 0
+
+
+@attrs.frozen
+class MultiplexerTotals:
+    """A node's cumulative counters since it started, over every link it ever had,
+    closed ones included: they only go up (unlike :class:`MultiplexerStatistics`,
+    which sums the links up now), so they suit rates and monitoring counters."""
+
+    #: Links that completed their handshake, and those of them that have closed since.
+    links_opened: int
+    links_closed: int
+    #: Streams opened on them, by either side.
+    streams_opened: int
+    #: Bytes received from / sent to the transports.
+    bytes_in: int
+    bytes_out: int
+    #: Whole messages received / sent.
+    messages_in: int
+    messages_out: int
+    #: Times a sender waited for flow-control credit.
+    window_stalls: int
 
 
 class Multiplexer:
@@ -224,6 +251,10 @@ class Multiplexer:
         )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
+        # Links closed so far, and what they counted, in MultiplexerTotals' order
+        # (streams_opened, bytes_in, bytes_out, messages_in, messages_out, window_stalls).
+        self._links_closed = 0
+        self._closed_totals = [0] * 6
         self._advertising = Advertising(self._services, lambda: self._links, router=router)
         self._services_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -351,6 +382,11 @@ class Multiplexer:
             await link.run(task_status=task_status)
         finally:
             self._links.remove(link)
+            if link.conn.handshake_done:
+                self._links_closed += 1
+                totals = self._closed_totals
+                for index, value in enumerate(_counted(link)):
+                    totals[index] += value
             self._services_changed(link)
 
     async def listen(self, url: str, *, max_links: int | None = None, **options: Any) -> str:
@@ -644,6 +680,18 @@ class Multiplexer:
                 await self._services_lot.park()
         raise ServiceNotFound(f"no linked node offers {service!r} (waited {dial_timeout} s)")
 
+    def totals(self) -> MultiplexerTotals:
+        """Cumulative counters since the node started, closed links included."""
+        totals = list(self._closed_totals)
+        up = 0
+        for link in self._links:
+            if link.conn.handshake_done:
+                up += 1
+                for index, value in enumerate(_counted(link)):
+                    totals[index] += value
+        closed = self._links_closed
+        return MultiplexerTotals(closed + up, closed, *totals)
+
     def statistics(self) -> MultiplexerStatistics:
         """Counters summed over the live links."""
         stats = [link.statistics() for link in self.links]
@@ -661,3 +709,16 @@ class Multiplexer:
             links_refused=self._links_refused,
             resets_refused=0 if self._host_resets is None else self._host_resets.refused,
         )
+
+
+def _counted(link: Link) -> tuple[int, ...]:
+    """What a link adds to :class:`MultiplexerTotals` past its link counts."""
+    stats = link.statistics()
+    return (
+        link.streams_started,
+        stats.bytes_in,
+        stats.bytes_out,
+        stats.messages_in,
+        stats.messages_out,
+        stats.window_stalls,
+    )
