@@ -192,6 +192,13 @@ class Client:
 
     - ``dial_timeout``: seconds to wait for a node offering the service before
       :class:`~chanserv_trio.ServiceNotFound`.
+    - ``fast_not_found``: raise :class:`~chanserv_trio.ServiceNotFound` at once, rather
+      than after ``dial_timeout``, when no peer offers the service and the node knows
+      every offer (:attr:`Multiplexer.offers_known
+      <chanserv_trio.Multiplexer.offers_known>`: every link up, no dial, redial or
+      registry pending, each peer's advertisement complete). Off by default: a server
+      that starts listening before it registers its services, or re-registers one,
+      would then be reported as not offering it for that moment.
     - ``on_error(exc)``: called with every error that ends a request or a source on
       this client, besides raising it to the consumer (for logging).
     - ``frame_read_timeout``: longest gap, in seconds, between two frames of a source;
@@ -214,6 +221,7 @@ class Client:
         mpx: Multiplexer,
         *,
         dial_timeout: float = 10.0,
+        fast_not_found: bool = False,
         on_error: Callable[[BaseException], object] | None = None,
         frame_read_timeout: float | None = None,
         master_read_timeout: float | None = None,
@@ -229,6 +237,7 @@ class Client:
         self.master_read_timeout = master_read_timeout
         self.mpx = mpx
         self.dial_timeout = dial_timeout
+        self.fast_not_found = fast_not_found
         self.on_error = on_error
         self.frame_read_timeout = frame_read_timeout
         if frame_buffer_size is not None and not 0 < frame_buffer_size < 2**31:
@@ -268,9 +277,10 @@ class Client:
         cancels whatever is still running for the request on the server. The caller's
         effective deadline travels with the request, so the server stops in time too.
         Raises :class:`~chanserv_trio.ServiceNotFound` if no node offers ``name``
-        within ``dial_timeout``. Among several nodes offering ``name`` one is picked at
-        random; ``tags={"bucket": key}`` picks by consistent hashing of ``key``
-        instead, so the same key reaches the same node from every client.
+        within ``dial_timeout`` (or at once, with ``fast_not_found``, once nobody can).
+        Among several nodes offering ``name`` one is picked at random;
+        ``tags={"bucket": key}`` picks by consistent hashing of ``key`` instead, so the
+        same key reaches the same node from every client.
         """
         deadline = trio.current_effective_deadline()
         request_tags = dict(tags or {})
@@ -296,6 +306,7 @@ class Client:
                     dial_timeout=self.dial_timeout,
                     local_open=self.source_buffer_size is not None,
                     route_key=_route_key(tags),
+                    fast_not_found=self.fast_not_found,
                 )
             except ChanservError as exc:
                 request.fail(exc)

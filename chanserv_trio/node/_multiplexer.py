@@ -261,6 +261,8 @@ class Multiplexer:
         self._nursery_manager: trio.Nursery | None = None
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._listening: list[str] = []
+        # Dials under way (join, redial): until they end, a lookup cannot know all offers.
+        self._dialing = 0
 
     # ---------------------------------------------------------------- lifetime
 
@@ -378,6 +380,10 @@ class Multiplexer:
     ) -> None:
         self._links.append(link)
         link.set_advertised(self._advertising.initial(link))
+        if not self.router:
+            # What a router offers depends on its other links, which come and go: it
+            # never says its advertisement is complete (protocol.md section 13).
+            link.advertise_complete()
         try:
             await link.run(task_status=task_status)
         finally:
@@ -490,6 +496,14 @@ class Multiplexer:
 
     async def _dial(self, url: str, options: dict[str, Any]) -> Link:
         nursery = self._require_nursery()
+        self._dialing += 1
+        try:
+            return await self._dial_once(url, options, nursery)
+        finally:
+            self._dialing -= 1
+            self._services_lot.unpark_all()
+
+    async def _dial_once(self, url: str, options: dict[str, Any], nursery: trio.Nursery) -> Link:
 
         async def run(
             transport: trio.abc.Stream, local: str, remote: str, task_status: trio.TaskStatus[Link]
@@ -531,6 +545,7 @@ class Multiplexer:
         scope = self._joined.pop(url, None)
         if scope is not None:
             scope.cancel()
+            self._services_lot.unpark_all()
         for link in list(self._links):
             if link.joined_url == url and self._nursery is not None:
                 self._nursery.start_soon(link.aclose)
@@ -628,6 +643,22 @@ class Multiplexer:
         self._advertising.peer_changed(link, link.take_service_changes())
         self._services_lot.unpark_all()
 
+    @property
+    def offers_known(self) -> bool:
+        """True when every service reachable from this node is known to be advertised
+        to it: it has a registry, no dial or redial is under way, each URL it keeps
+        joined has its link up, at least one link is up, and the peer of every link
+        has said its advertisement is complete (the ``COMPLETE`` marker, which routers
+        never send). A name no linked peer offers then has nobody to offer it, and
+        ``open_stream(..., fast_not_found=True)`` fails at once."""
+        if self.registry is not None or self._dialing:
+            return False
+        links = self._links
+        if not links or not all(link.is_alive and link.peer_advertised_all for link in links):
+            return False
+        joined = {link.joined_url for link in links}
+        return all(url in joined for url in self._joined)
+
     def links_offering(self, name: str) -> list[Link]:
         """Live links whose peer currently offers ``name``."""
         return [
@@ -645,9 +676,11 @@ class Multiplexer:
         local_open: bool = True,
         remote_open: bool = True,
         route_key: bytes | str | None = None,
+        fast_not_found: bool = False,
     ) -> LinkStream:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
-        seconds for one to appear. Raises :class:`ServiceNotFound`.
+        seconds for one to appear. Raises :class:`ServiceNotFound`; with
+        ``fast_not_found``, at once when no peer offers it while :attr:`offers_known`.
 
         ``header`` may be a function, called once a peer is found (so a deadline it
         carries counts the time spent waiting). Among several peers offering it, one
@@ -677,6 +710,10 @@ class Multiplexer:
                         if link.is_alive:
                             raise
                         continue  # that link died in between: try another
+                elif fast_not_found and self.offers_known:
+                    raise ServiceNotFound(
+                        f"no linked node offers {service!r} (each has advertised all it offers)"
+                    )
                 await self._services_lot.park()
         raise ServiceNotFound(f"no linked node offers {service!r} (waited {dial_timeout} s)")
 
