@@ -22,6 +22,7 @@ from ._errors import (
     StreamError,
 )
 from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
+from .chanserv._metrics import StatisticsCollector, serve_metrics
 from .chanserv._server import FrameLike, Server, Source, SourceFunction
 from .chanserv._statistics import ClientStatistics, ServerStatistics, ServiceStatistics
 from .chanserv._stats import fetch_stats, open_stats, serve_stats
@@ -68,11 +69,13 @@ __all__ = [
     "SourceChannel",
     "SourceFunction",
     "SourceMeta",
+    "StatisticsCollector",
     "Status",
     "StreamCancelled",
     "StreamError",
     "fetch_stats",
     "open_stats",
+    "serve_metrics",
     "serve_stats",
     "stats_snapshot",
 ]
