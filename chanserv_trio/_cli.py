@@ -27,7 +27,9 @@ import trio
 
 from ._errors import ChanservError, ConnectionLost
 from .chanserv._client import Client, RemoteSource
+from .chanserv._operations import serve_operations
 from .chanserv._server import Server, Source, SourceFunction
+from .chanserv._stats import print_stats
 from .node._backoff import Backoff
 from .node._multiplexer import Multiplexer
 from .node._registry import Registry
@@ -160,9 +162,11 @@ async def run_serve(
     join_ssl_context: ssl.SSLContext | None = None,
     router: bool = False,
     registry: Registry | None = None,
+    metrics: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled;
+    """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled, with the
+    stats service, and Prometheus metrics at ``metrics`` if given;
     ``ssl_context`` serves the ``tls://`` and ``wss://`` ones.
 
     The node also joins every URL in ``joins`` (``join_ssl_context`` for the TLS ones),
@@ -184,6 +188,9 @@ async def run_serve(
         if router:
             for address in bound:
                 print(f"routing on {address}", file=out, flush=True)
+        await n.start(
+            partial(serve_operations, mpx, server if source_fn else None, metrics=metrics, out=out)
+        )
         for url in joins:
             n.start_soon(_join_eventually, mpx, url, _tls_options(url, join_ssl_context), out)
         task_status.started(bound)
@@ -312,6 +319,12 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
+    serve.add_argument("--metrics", help="serve Prometheus metrics, e.g. http://127.0.0.1:9100")
+    stats = commands.add_parser("stats", help="print a node's statistics (--watch: refresh)")
+    stats.add_argument("url", metavar="URL", help="the node to join and ask")
+    stats.add_argument("--watch", action="store_true", help="refresh every --interval seconds")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
+    stats.add_argument("--json", action="store_true", help="one JSON object per snapshot")
     return parser
 
 
@@ -354,6 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     join_ssl_context=join_context,
                     router=args.router,
                     registry=_registry(args.registry, args.registry_prefix),
+                    metrics=args.metrics,
+                )
+            )
+        elif args.command == "stats":
+            trio.run(
+                partial(
+                    print_stats,
+                    args.url,
+                    watch=args.watch,
+                    interval=args.interval,
+                    as_json=args.json,
                 )
             )
         else:
