@@ -27,9 +27,13 @@ import trio
 
 from ._errors import ChanservError, ConnectionLost
 from .chanserv._client import Client, RemoteSource
-from .chanserv._operations import serve_operations
+from .chanserv._operations import (
+    add_metrics_option,
+    add_stats_parser,
+    serve_operations,
+    stats_command,
+)
 from .chanserv._server import Server, Source, SourceFunction
-from .chanserv._stats import print_stats
 from .node._backoff import Backoff
 from .node._multiplexer import Multiplexer
 from .node._registry import Registry
@@ -319,12 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
-    serve.add_argument("--metrics", help="serve Prometheus metrics, e.g. http://127.0.0.1:9100")
-    stats = commands.add_parser("stats", help="print a node's statistics (--watch: refresh)")
-    stats.add_argument("url", metavar="URL", help="the node to join and ask")
-    stats.add_argument("--watch", action="store_true", help="refresh every --interval seconds")
-    stats.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
-    stats.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+    add_metrics_option(serve)
+    add_stats_parser(commands)
     return parser
 
 
@@ -371,15 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         elif args.command == "stats":
-            trio.run(
-                partial(
-                    print_stats,
-                    args.url,
-                    watch=args.watch,
-                    interval=args.interval,
-                    as_json=args.json,
-                )
-            )
+            trio.run(stats_command, args)
         else:
             context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
             url, name, text = _post_words(args.words, args.registry)

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 import chanserv_trio as cs
@@ -108,3 +109,8 @@ async def test_stats_watch_redraws_until_interrupted() -> None:
             finally:
                 process.kill()
                 await process.wait()
+
+
+def test_stats_refuses_an_interval_not_above_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stats", "tcp://127.0.0.1:1", "--watch", "--interval", "0"]) == 1
+    assert "--interval must be a number of seconds above 0" in capsys.readouterr().err
