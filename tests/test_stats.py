@@ -202,3 +202,22 @@ async def test_print_stats_once_and_watching() -> None:
             lines = out.getvalue().splitlines()
             assert len(lines) == 2
             assert all(json.loads(line)["format"] == STATS_FORMAT for line in lines)
+
+
+async def test_a_shutdown_counts_as_shutting_down_on_both_sides(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(30):
+        async with chanserv_nodes(memory=True) as (server_mpx, client_mpx):
+            server = cs.Server(server_mpx)
+            await server.listen_and_serve("forever", forever)
+            client = cs.Client(client_mpx)
+            with pytest.raises(cs.ServerShuttingDown):
+                async with client.lookup_and_post("forever") as sources:
+                    source = await sources.receive()
+                    assert await source.receive() == b"x"
+                    await server_mpx.shutdown(grace=1.0)
+                    await source.receive()
+            await wait_until(lambda: server.statistics().active_requests == 0)
+            assert server.statistics().outcomes == outcomes(shutting_down=1)
+            assert client.statistics().outcomes == outcomes(shutting_down=1)
