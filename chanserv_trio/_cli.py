@@ -244,7 +244,8 @@ async def run_post(
         for failure in failures:
             print(f"chanserv-trio: {failure}", file=sys.stderr)
         tags = None if bucket is None else {"bucket": bucket}
-        await _post(Client(mpx, dial_timeout=dial_timeout), name, body, out, tags)
+        client = Client(mpx, dial_timeout=dial_timeout, fast_not_found=True)
+        await _post(client, name, body, out, tags)
 
 
 def _tls_options(url: str, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:

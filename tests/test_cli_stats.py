@@ -114,3 +114,13 @@ async def test_stats_watch_redraws_until_interrupted() -> None:
 def test_stats_refuses_an_interval_not_above_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["stats", "tcp://127.0.0.1:1", "--watch", "--interval", "0"]) == 1
     assert "--interval must be a number of seconds above 0" in capsys.readouterr().err
+
+
+async def test_post_says_at_once_that_nobody_offers_a_name() -> None:
+    # The joined node sent its whole advertisement: no need to wait dial_timeout.
+    with trio.fail_after(10):
+        async with cs.Multiplexer() as mpx:
+            address = await mpx.listen("tcp://127.0.0.1:0")
+            await cs.Server(mpx).listen_and_serve("hello", hello)
+            with pytest.raises(cs.ServiceNotFound, match="advertised all it offers"):
+                await cli.run_post(address, "nobody", b"", 600.0, io.StringIO())
