@@ -47,9 +47,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON[0])
 def docs(session: nox.Session) -> None:
-    """Check that the documentation's code examples run against the package."""
+    """Check that the documentation's code examples run against the package, then build
+    the Sphinx site (guide pages and API reference) with warnings as errors."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "-q", "tests/test_docs.py")
+    session.run("python", "-m", "pytest", "-q", "tests/test_docs.py", "tests/test_sphinx.py")
+    session.run("sphinx-build", "-W", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session(python=PYTHON[0])

@@ -24,9 +24,13 @@ from ._errors import (
     StreamError,
 )
 from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
+from .chanserv._metrics import StatisticsCollector, serve_metrics
 from .chanserv._server import FrameLike, Server, Source, SourceFunction
+from .chanserv._statistics import ClientStatistics, ServerStatistics, ServiceStatistics
+from .chanserv._stats import fetch_stats, open_stats, serve_stats
+from .chanserv._stats import snapshot as stats_snapshot
 from .link._link import Link, LinkStatistics, LinkStream
-from .node._multiplexer import Multiplexer, MultiplexerStatistics
+from .node._multiplexer import Multiplexer, MultiplexerStatistics, MultiplexerTotals
 from .node._registry import Registry
 from .node._registry_etcd import EtcdRegistry, RegistryError
 from .wire._codec import ErrorCode, Status
@@ -42,6 +46,7 @@ logging.getLogger("chanserv_trio").addHandler(logging.NullHandler())
 __all__ = [
     "ChanservError",
     "Client",
+    "ClientStatistics",
     "ConnectionLost",
     "DeadlineExceeded",
     "ErrorCode",
@@ -54,6 +59,7 @@ __all__ = [
     "MessageTooLarge",
     "Multiplexer",
     "MultiplexerStatistics",
+    "MultiplexerTotals",
     "ProtocolError",
     "Registry",
     "RegistryError",
@@ -62,13 +68,21 @@ __all__ = [
     "RemoteSource",
     "Server",
     "ServerShuttingDown",
+    "ServerStatistics",
     "ServiceNotFound",
+    "ServiceStatistics",
     "Settings",
     "Source",
     "SourceChannel",
     "SourceFunction",
     "SourceMeta",
+    "StatisticsCollector",
     "Status",
     "StreamCancelled",
     "StreamError",
+    "fetch_stats",
+    "open_stats",
+    "serve_metrics",
+    "serve_stats",
+    "stats_snapshot",
 ]

@@ -35,6 +35,7 @@ import tempfile
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TextIO, cast
 
 import attrs
@@ -43,6 +44,12 @@ import trio
 from . import __version__
 from ._errors import ChanservError, ConnectionLost, RemoteError
 from .chanserv._client import Client, RemoteSource
+from .chanserv._operations import (
+    add_metrics_option,
+    add_stats_parser,
+    serve_operations,
+    stats_command,
+)
 from .chanserv._server import Server, Source, SourceFunction
 from .node._backoff import Backoff
 from .node._multiplexer import Multiplexer
@@ -334,10 +341,12 @@ async def run_serve(
     registry: Registry | None = None,
     grace: float = 10.0,
     shutdown: Shutdown | None = None,
+    metrics: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled, or until
-    ``shutdown`` is requested; ``ssl_context`` serves the ``tls://`` and ``wss://`` ones.
+    ``shutdown`` is requested, with the stats service, and Prometheus metrics at
+    ``metrics`` if given; ``ssl_context`` serves the ``tls://`` and ``wss://`` ones.
 
     The node also joins every URL in ``joins`` (``join_ssl_context`` for the TLS ones),
     retrying in the background with the multiplexer's redial backoff until the node
@@ -359,13 +368,16 @@ async def run_serve(
         if shutdown is not None:
             shutdown._now = lambda: outer.start_soon(mpx.shutdown, 0.0)
         bound = [await _listen(mpx, url, _tls_options(url, ssl_context)) for url in urls]
+        server: Server | None = None
         if source_fn is not None:
-            await Server(mpx).listen_and_serve(name, source_fn)
+            server = Server(mpx)
+            await server.listen_and_serve(name, source_fn)
             for address in bound:
                 _emit(out, f"serving {name!r} on {address}")
         if router:
             for address in bound:
                 _emit(out, f"routing on {address}")
+        await nursery.start(partial(serve_operations, mpx, server, metrics=metrics, out=out))
         for url in joins:
             options = _tls_options(url, join_ssl_context)
             nursery.start_soon(_join_eventually, mpx, url, options, out)
@@ -429,7 +441,8 @@ async def run_post(
         for failure in failures:
             logger.warning("%s", failure)
         tags = None if bucket is None else {"bucket": bucket}
-        await _post(Client(mpx, dial_timeout=dial_timeout), name, body, printer, tags)
+        client = Client(mpx, dial_timeout=dial_timeout, fast_not_found=True)
+        await _post(client, name, body, printer, tags)
 
 
 # ------------------------------------------------------------ shared helpers
@@ -607,6 +620,7 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
+    add_metrics_option(serve)
     serve.set_defaults(command=_serve, subparser=serve, default_log_level="info")
 
 
@@ -658,6 +672,7 @@ async def _serve(args: argparse.Namespace, run: Run) -> int:
         registry=_registry(args.registry, args.registry_prefix),
         grace=args.grace,
         shutdown=shutdown,
+        metrics=args.metrics,
     )
     logger.info("stopped")
     return 128 + forced[0] if forced else 0
@@ -720,7 +735,12 @@ async def _post_command(args: argparse.Namespace, run: Run) -> int:
 
 #: Each registers one subcommand on the subparsers; its parser's ``command`` default is
 #: the ``async def (args, run) -> exit status`` that runs it.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_serve, _add_post]
+def _add_stats(commands: Any) -> None:
+    stats = add_stats_parser(commands, parents=[_common()])
+    stats.set_defaults(command=stats_command, subparser=stats, default_log_level="error")
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_serve, _add_post, _add_stats]
 
 
 # ---------------------------------------------------------------- the parser

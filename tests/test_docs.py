@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +26,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from etcd_fixture import etcd_endpoint
 
+import chanserv_trio as cs
 from chanserv_trio import _errors
 from chanserv_trio._errors import RemoteProtocolError
 from chanserv_trio.chanserv._envelope import NO_DEADLINE, Request, decode_request, encode_request
@@ -55,6 +58,8 @@ from chanserv_trio.wire._state import (
     StreamInput,
     StreamState,
 )
+
+__all__ = ["etcd_endpoint"]  # the fixture, used by name
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -376,8 +381,9 @@ def complete_programs(path: Path) -> list[tuple[str, str | None]]:
 
 
 GUIDE_PROGRAMS = [
-    pytest.param(program, output, id=f"index-{index}")
-    for index, (program, output) in enumerate(complete_programs(ROOT / "docs" / "index.md"))
+    pytest.param(program, output, id=f"{page}-{index}")
+    for page in ("index", "operations")
+    for index, (program, output) in enumerate(complete_programs(ROOT / "docs" / f"{page}.md"))
 ]
 
 
@@ -593,3 +599,70 @@ async def test_small_frame_then_frame_larger_than_the_window(
                 async for frame in await sources.receive():
                     received.append(frame)
         assert received == [b"small", big]
+
+
+# ------------------------------------------------- the registry page, the signatures
+
+
+async def test_registry_page_example_runs_against_etcd(etcd_endpoint: str) -> None:
+    """docs/registry.md's server and client, on loopback and a prefix of their own."""
+    text = (ROOT / "docs" / "registry.md").read_text(encoding="utf-8")
+    (program,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+        if "EtcdRegistry" in block
+    ]
+    assert 'ETCD = "http://127.0.0.1:2379"' in program
+    assert '"tcp://10.0.0.5:7000"' in program
+    program = program.replace('"http://127.0.0.1:2379"', repr(etcd_endpoint))
+    program = program.replace('"tcp://10.0.0.5:7000"', '"tcp://127.0.0.1:0"')
+    program = program.replace('"/myapp/"', repr(f"/docs-{trio.current_time()}/"))
+    namespace, printed = run_program(program + "\ntrio.run(main)")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(namespace["server"])
+            await namespace["client"]()
+            nursery.cancel_scope.cancel()
+    assert printed == [(b"hello from a server",)]
+
+
+def documented_signature(page: str, call: str) -> list[tuple[str, str | None]]:
+    """``(name, default text or None)`` per line of the ``cs.X(...)`` block on a page."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    match = re.search(rf"```python\n{re.escape(call)}\(\n(.*?)\n\)\n```", text, flags=re.S)
+    assert match, f"{page} has no {call}(...) block"
+    params: list[tuple[str, str | None]] = []
+    for line in match.group(1).splitlines():
+        code = line.split("#", 1)[0].strip().rstrip(",")
+        if code == "*":
+            params.append(("*", None))
+            continue
+        name, _, default = code.partition("=")
+        params.append((name.strip(), default.strip() or None))
+    return params
+
+
+@pytest.mark.parametrize(
+    ("call", "obj"),
+    [("cs.Multiplexer", cs.Multiplexer), ("cs.Server", cs.Server), ("cs.Client", cs.Client)],
+)
+def test_documented_signatures_match_the_code(call: str, obj: type) -> None:
+    expected: list[tuple[str, object]] = []
+    for parameter in inspect.signature(obj).parameters.values():
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and ("*", None) not in expected:
+            expected.append(("*", None))
+        default = parameter.default
+        expected.append((parameter.name, None if default is inspect.Parameter.empty else default))
+    documented = [
+        (name, None if default is None else eval(default, {"cs": cs}))
+        for name, default in documented_signature("index.md", call)
+    ]
+    assert [name for name, _ in documented] == [name for name, _ in expected]
+    assert documented == expected
+
+
+def test_api_reference_documents_every_exported_name() -> None:
+    text = (ROOT / "docs" / "api.rst").read_text(encoding="utf-8")
+    documented = re.findall(r"^\.\. auto(?:class|function|exception|data):: (\w+)$", text, re.M)
+    assert sorted(documented) == sorted(cs.__all__)
+    assert len(documented) == len(set(documented))

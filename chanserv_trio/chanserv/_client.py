@@ -16,6 +16,7 @@ from ..link._link import LinkStream
 from ..node._multiplexer import Multiplexer
 from ..wire._codec import ErrorCode
 from ._envelope import SOURCE_WINDOW_TAG, Request, encode_credit, encode_request
+from ._statistics import ClientStatistics, ServiceCounters, outcome_of
 
 __all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
 
@@ -45,9 +46,12 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
     source on the server without touching its siblings.
     """
 
-    def __init__(self, stream: LinkStream, meta: SourceMeta, client: Client) -> None:
+    def __init__(
+        self, stream: LinkStream, meta: SourceMeta, client: Client, request: _Request
+    ) -> None:
         self._stream = stream
         self._client = client
+        self._request = request
         #: The header the server announced the source with.
         self.header: bytes = stream.header
         #: Where it came from.
@@ -61,24 +65,36 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         """The next frame; raises ``trio.EndOfChannel`` after the last one."""
         self._check_open()
         timeout = self._client.frame_read_timeout
+        counters = self._request.counters
         try:
             if timeout is None:
-                return await self._stream.receive()
+                frame = await self._stream.receive()
+                counters.frames += 1
+                counters.bytes += len(frame)
+                return frame
             with trio.move_on_after(timeout) as scope:
-                return await self._stream.receive()
+                frame = await self._stream.receive()
+                counters.frames += 1
+                counters.bytes += len(frame)
+                return frame
             if scope.cancelled_caught:  # pragma: no branch
                 message = f"no frame within frame_read_timeout ({timeout} s)"
                 self._stream.reset(ErrorCode.TIMEOUT, message)
                 raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
             raise AssertionError("unreachable")  # pragma: no cover
         except ChanservError as exc:
-            self._client._report(exc)
+            self._request.fail(exc)
+            self._client._report(exc, counters)
             raise
 
     def receive_nowait(self) -> bytes:
         """The next frame if one is already buffered, else ``trio.WouldBlock``."""
         self._check_open()
-        return self._stream.receive_nowait()
+        frame = self._stream.receive_nowait()
+        counters = self._request.counters
+        counters.frames += 1
+        counters.bytes += len(frame)
+        return frame
 
     def receive_buffered(self, max_frames: int = 2**31) -> list[bytes]:
         """Every frame already buffered (up to ``max_frames``), without waiting.
@@ -87,7 +103,11 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
         frame; an empty list means nothing is buffered right now.
         """
         self._check_open()
-        return self._stream.receive_buffered(max_frames)
+        frames = self._stream.receive_buffered(max_frames)
+        counters = self._request.counters
+        counters.frames += len(frames)
+        counters.bytes += sum(map(len, frames))
+        return frames
 
     def _check_open(self) -> None:
         # Frames still buffered belong to a source the caller closed: not handed out.
@@ -104,10 +124,13 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
 class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
     """The sources of one request, as they are announced."""
 
-    def __init__(self, master: LinkStream, client: Client, service: str) -> None:
+    def __init__(
+        self, master: LinkStream, client: Client, service: str, request: _Request | None = None
+    ) -> None:
         self._master = master
         self._client = client
         self._service = service
+        self._request = request or _Request(client._counters_for(service))
         self._sources: list[RemoteSource] = []
         window = client.source_buffer_size
         #: Credits for accepted sources go back in batches of this many (0: not asked).
@@ -127,9 +150,11 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
                 self._abort(ErrorCode.TIMEOUT, message)
                 raise DeadlineExceeded(message, ErrorCode.TIMEOUT)
         except ChanservError as exc:
-            self._client._report(exc)
+            self._request.fail(exc)
+            self._client._report(exc, self._request.counters)
             raise
         except trio.EndOfChannel:
+            self._request.announced = True
             self._master.end()  # no credits are needed any more
             raise
         if self._credit_batch:
@@ -145,7 +170,8 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
-        source = RemoteSource(child, meta, self._client)
+        source = RemoteSource(child, meta, self._client, self._request)
+        self._request.counters.sources += 1
         self._sources = [s for s in self._sources if not s._stream.is_finished]
         self._sources.append(source)
         return source
@@ -171,6 +197,13 @@ class Client:
 
     - ``dial_timeout``: seconds to wait for a node offering the service before
       :class:`~chanserv_trio.ServiceNotFound`.
+    - ``fast_not_found``: raise :class:`~chanserv_trio.ServiceNotFound` at once, rather
+      than after ``dial_timeout``, when no peer offers the service and the node knows
+      every offer (:attr:`Multiplexer.offers_known
+      <chanserv_trio.Multiplexer.offers_known>`: every link up, no dial, redial or
+      registry pending, each peer's advertisement complete). Off by default: a server
+      that starts listening before it registers its services, or re-registers one,
+      would then be reported as not offering it for that moment.
     - ``on_error(exc)``: called with every error that ends a request or a source on
       this client, besides raising it to the consumer (for logging).
     - ``frame_read_timeout``: longest gap, in seconds, between two frames of a source;
@@ -193,6 +226,7 @@ class Client:
         mpx: Multiplexer,
         *,
         dial_timeout: float = 10.0,
+        fast_not_found: bool = False,
         on_error: Callable[[BaseException], object] | None = None,
         frame_read_timeout: float | None = None,
         master_read_timeout: float | None = None,
@@ -208,6 +242,7 @@ class Client:
         self.master_read_timeout = master_read_timeout
         self.mpx = mpx
         self.dial_timeout = dial_timeout
+        self.fast_not_found = fast_not_found
         self.on_error = on_error
         self.frame_read_timeout = frame_read_timeout
         if frame_buffer_size is not None and not 0 < frame_buffer_size < 2**31:
@@ -216,9 +251,25 @@ class Client:
         if source_buffer_size is not None and not 0 < source_buffer_size < 2**31:
             raise ValueError("source_buffer_size must be between 1 and 2**31 - 1")
         self.source_buffer_size = source_buffer_size
+        self._counters: dict[str, ServiceCounters] = {}
 
-    def _report(self, exc: BaseException) -> None:
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of what this client counted since it was made: requests by
+        service and outcome, sources and frames received with their bytes, errors."""
+        return ClientStatistics.of(
+            {name: counters.snapshot() for name, counters in self._counters.items()}
+        )
+
+    def _counters_for(self, service: str) -> ServiceCounters:
+        counters = self._counters.get(service)
+        if counters is None:
+            counters = self._counters[service] = ServiceCounters()
+        return counters
+
+    def _report(self, exc: BaseException, counters: ServiceCounters | None = None) -> None:
         logger.debug("request failed: %r", exc)
+        if counters is not None:
+            counters.errors += 1
         if self.on_error is not None:
             self.on_error(exc)
 
@@ -232,9 +283,10 @@ class Client:
         cancels whatever is still running for the request on the server. The caller's
         effective deadline travels with the request, so the server stops in time too.
         Raises :class:`~chanserv_trio.ServiceNotFound` if no node offers ``name``
-        within ``dial_timeout``. Among several nodes offering ``name`` one is picked at
-        random; ``tags={"bucket": key}`` picks by consistent hashing of ``key``
-        instead, so the same key reaches the same node from every client.
+        within ``dial_timeout`` (or at once, with ``fast_not_found``, once nobody can).
+        Among several nodes offering ``name`` one is picked at random;
+        ``tags={"bucket": key}`` picks by consistent hashing of ``key`` instead, so the
+        same key reaches the same node from every client.
         """
         deadline = trio.current_effective_deadline()
         request_tags = dict(tags or {})
@@ -248,22 +300,57 @@ class Client:
             timeout = None if math.isinf(deadline) else max(0.0, remaining)
             return encode_request(Request(payload, timeout, request_tags))
 
+        counters = self._counters_for(name)
+        counters.requests += 1
+        counters.active += 1
+        request = _Request(counters)
         try:
-            master = await self.mpx.open_stream(
-                name,
-                header,
-                dial_timeout=self.dial_timeout,
-                local_open=self.source_buffer_size is not None,
-                route_key=_route_key(tags),
-            )
-        except ChanservError as exc:
-            self._report(exc)
+            try:
+                master = await self.mpx.open_stream(
+                    name,
+                    header,
+                    dial_timeout=self.dial_timeout,
+                    local_open=self.source_buffer_size is not None,
+                    route_key=_route_key(tags),
+                    fast_not_found=self.fast_not_found,
+                )
+            except ChanservError as exc:
+                request.fail(exc)
+                self._report(exc, counters)
+                raise
+            channel = SourceChannel(master, self, name, request)
+            try:
+                yield channel
+            finally:
+                channel._abort()
+        except BaseException as exc:
+            request.fail(exc)
             raise
-        channel = SourceChannel(master, self, name)
-        try:
-            yield channel
         finally:
-            channel._abort()
+            counters.finished(request.outcome())
+
+
+class _Request:
+    """How one request is going on the client: its service's counters, whether every
+    source was announced, and the first error met."""
+
+    __slots__ = ("announced", "counters", "error")
+
+    def __init__(self, counters: ServiceCounters) -> None:
+        self.counters = counters
+        self.announced = False
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def outcome(self) -> str:
+        """``ok`` when every source was announced and nothing failed; the first
+        error's outcome otherwise; ``cancelled`` for a request left before its end."""
+        if self.error is not None:
+            return outcome_of(self.error)
+        return "ok" if self.announced else "cancelled"
 
 
 def _route_key(tags: Mapping[str, str] | None) -> bytes:

@@ -21,6 +21,7 @@ from ..link._link import LinkStream
 from ..node._multiplexer import Multiplexer
 from ..wire._codec import ErrorCode, Status
 from ._envelope import decode_credit, decode_request, source_window_of
+from ._statistics import ServerStatistics, ServiceCounters, outcome_of
 
 T = TypeVar("T")
 
@@ -106,6 +107,21 @@ async def _within(limit: float | None, message: str, step: Awaitable[T]) -> T:
 async def _aclose_if_generator(iterable: object) -> None:
     if isinstance(iterable, types.AsyncGeneratorType):
         await iterable.aclose()
+
+
+class _Record:
+    """How one request is going: its service's counters, and the first failure."""
+
+    __slots__ = ("counters", "outcome")
+
+    def __init__(self, counters: ServiceCounters) -> None:
+        self.counters = counters
+        self.outcome = "ok"
+
+    def fail(self, outcome: str) -> None:
+        """The request failed with ``outcome``, unless it had failed already."""
+        if self.outcome == "ok":
+            self.outcome = outcome
 
 
 class _SourceCredit:
@@ -196,6 +212,14 @@ class Server:
         self.max_error_mass = max_error_mass
         self.on_max_error_mass = on_max_error_mass
         self._error_mass = 0
+        self._counters: dict[str, ServiceCounters] = {}
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of what this server counted since it was made: requests by
+        service and outcome, sources announced, frames and bytes sent, errors."""
+        return ServerStatistics.of(
+            {name: counters.snapshot() for name, counters in self._counters.items()}
+        )
 
     async def listen_and_serve(self, name: str, source_fn: SourceFunction) -> None:
         """Serve ``source_fn`` as service ``name`` for as long as the multiplexer lives.
@@ -204,8 +228,12 @@ class Server:
         peer, and requests are handled in the multiplexer's tasks.
         """
 
+        counters = self._counters.get(name)
+        if counters is None:
+            counters = self._counters[name] = ServiceCounters()
+
         async def handler(master: LinkStream) -> None:
-            await self._serve_request(master, source_fn)
+            await self._count_request(master, source_fn, counters)
 
         self.mpx.handle(name, handler)
         await trio.lowlevel.checkpoint()
@@ -216,7 +244,9 @@ class Server:
 
     # ----------------------------------------------------------------- errors
 
-    def _report(self, exc: BaseException) -> None:
+    def _report(self, exc: BaseException, counters: ServiceCounters | None = None) -> None:
+        if counters is not None:
+            counters.errors += 1
         if self.on_error is not None:
             self.on_error(exc)
         if self.max_error_mass is not None:
@@ -227,10 +257,11 @@ class Server:
                 if self.on_max_error_mass is not None:
                     self.on_max_error_mass(count, exc)
 
-    def _refuse(self, master: LinkStream, exc: RemoteProtocolError) -> None:
+    def _refuse(self, master: LinkStream, exc: RemoteProtocolError, record: _Record) -> None:
         """A malformed request: reset its stream."""
         logger.warning("bad request to %r from %s: %s", master.service, master.remote_addr, exc)
-        self._report(exc)
+        self._report(exc, record.counters)
+        record.fail("error")
         master.reset(exc.code, exc.message)
 
     def _succeeded(self) -> None:
@@ -238,11 +269,35 @@ class Server:
 
     # --------------------------------------------------------------- requests
 
-    async def _serve_request(self, master: LinkStream, source_fn: SourceFunction) -> None:
+    async def _count_request(
+        self, master: LinkStream, source_fn: SourceFunction, counters: ServiceCounters
+    ) -> None:
+        counters.requests += 1
+        counters.active += 1
+        record = _Record(counters)
+        try:
+            await self._serve_request(master, source_fn, record)
+            if master.error is not None:
+                # The client gave the request up (reset it) while its sources ran.
+                record.fail(outcome_of(master.error))
+        except trio.Cancelled:
+            # The client reset the request, the link died, or the node shut down.
+            error = master.error
+            record.fail("cancelled" if error is None else outcome_of(error))
+            raise
+        except BaseException as exc:  # pragma: no cover - _serve_request handles errors
+            record.fail(outcome_of(exc))
+            raise
+        finally:
+            counters.finished(record.outcome)
+
+    async def _serve_request(
+        self, master: LinkStream, source_fn: SourceFunction, record: _Record
+    ) -> None:
         try:
             request = decode_request(master.header)
         except RemoteProtocolError as exc:
-            self._refuse(master, exc)
+            self._refuse(master, exc, record)
             return
         now = trio.current_time()
         deadline = float("inf")
@@ -253,7 +308,7 @@ class Server:
         try:
             window = source_window_of(request)
         except RemoteProtocolError as exc:
-            self._refuse(master, exc)
+            self._refuse(master, exc, record)
             return
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
@@ -263,7 +318,7 @@ class Server:
                     credit = _SourceCredit(window)
                     nursery.start_soon(credit.collect, master)
                 ok = await self._announce(
-                    master, source_fn, request.body, nursery, deadline, credit
+                    master, source_fn, request.body, nursery, deadline, record, credit
                 )
                 if credit is not None:
                     credit.scope.cancel()
@@ -273,6 +328,7 @@ class Server:
                 await master.wait_remote_end()
         if request_scope.cancelled_caught:
             master.end(Status(ErrorCode.TIMEOUT, "", "request deadline exceeded on the server"))
+            record.fail("deadline_exceeded")
             ok = False
         if ok:
             self._succeeded()
@@ -284,8 +340,10 @@ class Server:
         body: bytes,
         nursery: trio.Nursery,
         deadline: float,
+        record: _Record,
         credit: _SourceCredit | None = None,
     ) -> bool:
+        counters = record.counters
         iterator: AsyncIterator[Source] | None = None
         try:
             sources = source_fn(body)
@@ -314,15 +372,18 @@ class Server:
                     f"({self.master_write_timeout} s): the client holds too many open",
                     self._open_source(master, bytes(source.header), credit),
                 )
-                nursery.start_soon(self._pump, child, source, deadline)
+                counters.sources += 1
+                nursery.start_soon(self._pump, child, source, deadline, record)
         except _TimedOut as exc:
             logger.warning("request to %r from %s: %s", master.service, master.remote_addr, exc)
-            self._report(exc.error)
+            self._report(exc.error, counters)
+            record.fail("deadline_exceeded")
             master.end(Status(ErrorCode.TIMEOUT, "", str(exc)))
             return False
         except Exception as exc:
             if isinstance(exc, ChanservError) and master.is_finished:
                 # The master stream broke (client went away, link lost): nothing to tell.
+                record.fail(outcome_of(master.error or exc))
                 nursery.cancel_scope.cancel()
                 return False
             # Anything else, chanserv errors included (a source function relaying another
@@ -333,7 +394,8 @@ class Server:
                 master.remote_addr,
                 exc_info=exc,
             )
-            self._report(exc)
+            self._report(exc, counters)
+            record.fail("remote_error")
             master.end(_error_status(exc))
             return False
         finally:
@@ -351,26 +413,35 @@ class Server:
             await credit.acquire()
         return await master.open_child(header)
 
-    async def _pump(self, child: LinkStream, source: Source, deadline: float) -> None:
+    async def _pump(
+        self, child: LinkStream, source: Source, deadline: float, record: _Record
+    ) -> None:
         frames = source.frames
         write_timeout = self.frame_write_timeout
+        counters = record.counters
         try:
             with child.cancel_on_reset():
                 try:
                     async for frame in frames:
+                        data = frame_bytes(frame)
                         if write_timeout is None:  # the hot path: no wrapper per frame
-                            await child.send(frame_bytes(frame))
-                            continue
-                        await _within(
-                            write_timeout,
-                            f"frame not taken within frame_write_timeout ({write_timeout} s)",
-                            child.send(frame_bytes(frame)),
-                        )
+                            await child.send(data)
+                        else:
+                            await _within(
+                                write_timeout,
+                                f"frame not taken within frame_write_timeout ({write_timeout} s)",
+                                child.send(data),
+                            )
+                        counters.frames += 1
+                        counters.bytes += len(data)
                 finally:
                     if _unfinished_generator(frames):
                         with trio.CancelScope(shield=True):
                             await _aclose_if_generator(frames)
                 child.end()
+            if child.error is not None:
+                # The client reset the source (closed it, or left the request).
+                record.fail(outcome_of(child.error))
         except trio.Cancelled:
             if trio.current_time() >= deadline:
                 child.reset(ErrorCode.TIMEOUT, "request deadline exceeded on the server")
@@ -379,11 +450,14 @@ class Server:
             raise
         except _TimedOut as exc:
             logger.warning("source on %s: %s", child.remote_addr, exc)
-            self._report(exc.error)
+            self._report(exc.error, counters)
+            record.fail("deadline_exceeded")
             child.reset(ErrorCode.TIMEOUT, str(exc))
         except Exception as exc:
             if isinstance(exc, ChanservError) and child.is_finished:
-                return  # the stream broke under us: the client already knows
+                # The stream broke under us: the client already knows.
+                record.fail(outcome_of(child.error or exc))
+                return
             # The frames iterable raised, or a frame was refused (over the client's
             # message limit) while the stream is fine: fail this source, on the wire.
             logger.error(
@@ -392,5 +466,6 @@ class Server:
                 child.remote_addr,
                 exc_info=exc,
             )
-            self._report(exc)
+            self._report(exc, counters)
+            record.fail("remote_error")
             child.end(_error_status(exc))

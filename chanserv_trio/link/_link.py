@@ -143,6 +143,9 @@ class Link:
         self._service_changes: set[str] = set()
         #: Services we told the peer we offer.
         self.advertised: dict[str, bool] = {}
+        #: True once the peer said it advertised every service it offers (a SERVICE
+        #: with ``COMPLETE``): from then on ``peer_services`` is all it offers.
+        self.peer_advertised_all = False
         #: The URL this link was dialed to, when it was (a stable name for the peer).
         self.joined_url: str | None = None
         self._writing = False
@@ -238,6 +241,11 @@ class Link:
         )
 
     @property
+    def streams_started(self) -> int:
+        """Streams opened on the link so far, by either side."""
+        return self._streams_started
+
+    @property
     def going_away(self) -> bool:
         """True once either side said GOAWAY: no new streams start on this link."""
         return self.conn.peer_goaway is not None or self.conn.local_goaway
@@ -328,6 +336,13 @@ class Link:
         """Tell the peer a service is offered here, or withdrawn."""
         if self._error is None:
             self.conn.advertise(name, available, relayed=relayed)
+            self._shared.kick_writer()
+
+    def advertise_complete(self) -> None:
+        """Tell the peer that every service we offer has been advertised (the
+        end-of-advertisement marker; send it once, after the initial ones)."""
+        if self._error is None:
+            self.conn.advertise_complete()
             self._shared.kick_writer()
 
     def ping(self) -> None:
@@ -594,6 +609,11 @@ class Link:
             stream.peer_reset(event.status, error_from_status(event.status))
 
     def _on_service_advertised(self, event: ServiceAdvertised) -> None:
+        if event.complete:
+            self.peer_advertised_all = True
+            if self.options.on_services is not None:
+                self.options.on_services(self)
+            return
         name = event.name
         services = self.peer_services
         if event.available:

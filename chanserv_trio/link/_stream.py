@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._errors import MessageTooLarge
+from .._errors import ChanservError, MessageTooLarge
 from ..wire._codec import ErrorCode, Status
 from ._state import QUEUE_LIMIT, LinkState, StreamState
 from ._status import error_from_status
@@ -336,6 +336,12 @@ class LinkStream(trio.abc.Channel[bytes]):
     def remote_status(self) -> Status | None:
         """How the peer ended its half, or None while it is still open."""
         return self._state.remote_status
+
+    @property
+    def error(self) -> ChanservError | None:
+        """Why the stream broke (the peer's RESET, the link lost, a shutdown), once it
+        has; None while it works or after it closed normally."""
+        return self._state.error
 
     @property
     def is_finished(self) -> bool:

@@ -42,7 +42,13 @@ from ._budgets import HostResetBudget
 from ._registry import Registry, RegistryNode
 from ._router import relay
 
-__all__ = ["Multiplexer", "MultiplexerStatistics", "message_limit", "pick_by_key"]
+__all__ = [
+    "Multiplexer",
+    "MultiplexerStatistics",
+    "MultiplexerTotals",
+    "message_limit",
+    "pick_by_key",
+]
 
 #: Listening and shutting down (INFO); connections that failed their handshake, links
 #: refused over ``max_links``, failed redials (WARNING). Links up and down are logged by
@@ -126,6 +132,27 @@ class MultiplexerStatistics:
     #: Peer resets refused by the per-host budget since the node started (each closed
     #: its link with ENHANCE_YOUR_CALM).
     resets_refused: int = 0
+
+
+@attrs.frozen
+class MultiplexerTotals:
+    """A node's cumulative counters since it started, over every link it ever had,
+    closed ones included: they only go up (unlike :class:`MultiplexerStatistics`,
+    which sums the links up now), so they suit rates and monitoring counters."""
+
+    #: Links that completed their handshake, and those of them that have closed since.
+    links_opened: int
+    links_closed: int
+    #: Streams opened on them, by either side.
+    streams_opened: int
+    #: Bytes received from / sent to the transports.
+    bytes_in: int
+    bytes_out: int
+    #: Whole messages received / sent.
+    messages_in: int
+    messages_out: int
+    #: Times a sender waited for flow-control credit.
+    window_stalls: int
 
 
 class Multiplexer:
@@ -230,12 +257,18 @@ class Multiplexer:
         )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
+        # Links closed so far, and what they counted, in MultiplexerTotals' order
+        # (streams_opened, bytes_in, bytes_out, messages_in, messages_out, window_stalls).
+        self._links_closed = 0
+        self._closed_totals = [0] * 6
         self._advertising = Advertising(self._services, lambda: self._links, router=router)
         self._services_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: trio.Nursery | None = None
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._listening: list[str] = []
+        # Dials under way (join, redial): until they end, a lookup cannot know all offers.
+        self._dialing = 0
 
     # ---------------------------------------------------------------- lifetime
 
@@ -355,10 +388,19 @@ class Multiplexer:
     ) -> None:
         self._links.append(link)
         link.set_advertised(self._advertising.initial(link))
+        if not self.router:
+            # What a router offers depends on its other links, which come and go: it
+            # never says its advertisement is complete (protocol.md section 13).
+            link.advertise_complete()
         try:
             await link.run(task_status=task_status)
         finally:
             self._links.remove(link)
+            if link.conn.handshake_done:
+                self._links_closed += 1
+                totals = self._closed_totals
+                for index, value in enumerate(_counted(link)):
+                    totals[index] += value
             self._services_changed(link)
 
     async def listen(self, url: str, *, max_links: int | None = None, **options: Any) -> str:
@@ -468,6 +510,14 @@ class Multiplexer:
 
     async def _dial(self, url: str, options: dict[str, Any]) -> Link:
         nursery = self._require_nursery()
+        self._dialing += 1
+        try:
+            return await self._dial_once(url, options, nursery)
+        finally:
+            self._dialing -= 1
+            self._services_lot.unpark_all()
+
+    async def _dial_once(self, url: str, options: dict[str, Any], nursery: trio.Nursery) -> Link:
 
         async def run(
             transport: trio.abc.Stream, local: str, remote: str, task_status: trio.TaskStatus[Link]
@@ -513,6 +563,7 @@ class Multiplexer:
         scope = self._joined.pop(url, None)
         if scope is not None:
             scope.cancel()
+            self._services_lot.unpark_all()
         for link in list(self._links):
             if link.joined_url == url and self._nursery is not None:
                 self._nursery.start_soon(link.aclose)
@@ -610,6 +661,22 @@ class Multiplexer:
         self._advertising.peer_changed(link, link.take_service_changes())
         self._services_lot.unpark_all()
 
+    @property
+    def offers_known(self) -> bool:
+        """True when every service reachable from this node is known to be advertised
+        to it: it has a registry, no dial or redial is under way, each URL it keeps
+        joined has its link up, at least one link is up, and the peer of every link
+        has said its advertisement is complete (the ``COMPLETE`` marker, which routers
+        never send). A name no linked peer offers then has nobody to offer it, and
+        ``open_stream(..., fast_not_found=True)`` fails at once."""
+        if self.registry is not None or self._dialing:
+            return False
+        links = self._links
+        if not links or not all(link.is_alive and link.peer_advertised_all for link in links):
+            return False
+        joined = {link.joined_url for link in links}
+        return all(url in joined for url in self._joined)
+
     def links_offering(self, name: str) -> list[Link]:
         """Live links whose peer currently offers ``name``."""
         return [
@@ -627,9 +694,11 @@ class Multiplexer:
         local_open: bool = True,
         remote_open: bool = True,
         route_key: bytes | str | None = None,
+        fast_not_found: bool = False,
     ) -> LinkStream:
         """Open a stream to a peer offering ``service``, waiting up to ``dial_timeout``
-        seconds for one to appear. Raises :class:`ServiceNotFound`.
+        seconds for one to appear. Raises :class:`ServiceNotFound`; with
+        ``fast_not_found``, at once when no peer offers it while :attr:`offers_known`.
 
         ``header`` may be a function, called once a peer is found (so a deadline it
         carries counts the time spent waiting). Among several peers offering it, one
@@ -659,8 +728,24 @@ class Multiplexer:
                         if link.is_alive:
                             raise
                         continue  # that link died in between: try another
+                elif fast_not_found and self.offers_known:
+                    raise ServiceNotFound(
+                        f"no linked node offers {service!r} (each has advertised all it offers)"
+                    )
                 await self._services_lot.park()
         raise ServiceNotFound(f"no linked node offers {service!r} (waited {dial_timeout} s)")
+
+    def totals(self) -> MultiplexerTotals:
+        """Cumulative counters since the node started, closed links included."""
+        totals = list(self._closed_totals)
+        up = 0
+        for link in self._links:
+            if link.conn.handshake_done:
+                up += 1
+                for index, value in enumerate(_counted(link)):
+                    totals[index] += value
+        closed = self._links_closed
+        return MultiplexerTotals(closed + up, closed, *totals)
 
     def statistics(self) -> MultiplexerStatistics:
         """Counters summed over the live links."""
@@ -679,3 +764,16 @@ class Multiplexer:
             links_refused=self._links_refused,
             resets_refused=0 if self._host_resets is None else self._host_resets.refused,
         )
+
+
+def _counted(link: Link) -> tuple[int, ...]:
+    """What a link adds to :class:`MultiplexerTotals` past its link counts."""
+    stats = link.statistics()
+    return (
+        link.streams_started,
+        stats.bytes_in,
+        stats.bytes_out,
+        stats.messages_in,
+        stats.messages_out,
+        stats.window_stalls,
+    )

@@ -131,6 +131,10 @@ class ServiceFlags(enum.IntFlag):
     #: Offered through the sender, a router that relays to a node serving it; a router
     #: must not offer it further (routes are one hop, so they cannot loop).
     RELAYED = 0x2
+    #: The end-of-advertisement marker: every name the sender offers has been
+    #: advertised before this frame. Sent with an empty name and ``REMOVE``, so that a
+    #: peer that does not know the flag reads a withdrawal of no name, and ignores it.
+    COMPLETE = 0x4
 
 
 #: The flag class of each frame type that has flags (the others send 0 and ignore them).

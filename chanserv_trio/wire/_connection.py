@@ -624,6 +624,12 @@ class Connection:
             )
             self._queue(FrameType.SERVICE, flags, 0, name.encode())
 
+    def advertise_complete(self) -> None:
+        """Tell the peer that every service we offer has been advertised (a SERVICE
+        with ``COMPLETE``, an empty name and ``REMOVE``; protocol.md section 13)."""
+        if self._check(_CI.SEND_SERVICE) != IGNORED:
+            self._queue(FrameType.SERVICE, ServiceFlags.REMOVE | ServiceFlags.COMPLETE, 0)
+
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
         """Refuse new streams from the peer; with an error code, close the connection."""
         graceful = code == ErrorCode.OK
@@ -708,17 +714,21 @@ class Connection:
         elif ftype == FrameType.SERVICE:
             if stream_id:
                 raise RemoteProtocolError("SERVICE on a stream", ErrorCode.PROTOCOL_ERROR)
-            try:
-                name = payload.decode()
-            except UnicodeDecodeError:
-                raise RemoteProtocolError(
-                    "SERVICE name not UTF-8", ErrorCode.PROTOCOL_ERROR
-                ) from None
-            events.append(
-                ServiceAdvertised(
-                    name, not flags & ServiceFlags.REMOVE, bool(flags & ServiceFlags.RELAYED)
+            if flags & ServiceFlags.COMPLETE:
+                # The end-of-advertisement marker: its name (empty) and other bits say nothing.
+                events.append(ServiceAdvertised("", False, complete=True))
+            else:
+                try:
+                    name = payload.decode()
+                except UnicodeDecodeError:
+                    raise RemoteProtocolError(
+                        "SERVICE name not UTF-8", ErrorCode.PROTOCOL_ERROR
+                    ) from None
+                events.append(
+                    ServiceAdvertised(
+                        name, not flags & ServiceFlags.REMOVE, bool(flags & ServiceFlags.RELAYED)
+                    )
                 )
-            )
         self._enter(next_state)
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:

@@ -114,6 +114,10 @@ class ServiceAdvertised:
     available: bool
     #: True when the peer offers it by relaying to another node (it is a router).
     relayed: bool = False
+    #: The end-of-advertisement marker (a SERVICE with the ``COMPLETE`` flag): every
+    #: name the peer offers has been advertised; ``name`` is then empty and means
+    #: nothing, nor do ``available`` and ``relayed``.
+    complete: bool = False
 
 
 @attrs.frozen

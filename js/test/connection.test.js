@@ -329,6 +329,17 @@ describe("connection-wide frames", () => {
     ]);
   });
 
+  test("the end-of-advertisement marker (SERVICE REMOVE|COMPLETE, no name) changes nothing", () => {
+    // Python nodes send it after their initial SERVICE frames (docs/protocol.md section 13).
+    const { client, server } = pair();
+    server.advertise("chanserv");
+    const marker = encodeFrame(FrameType.SERVICE, 0x1 | 0x4, 0, new Uint8Array(0));
+    assert.deepEqual(client.receiveData(concat([out(server), marker])), [
+      { type: "service", name: "chanserv", available: true, relayed: false },
+      { type: "service", name: "", available: false, relayed: false },
+    ]);
+  });
+
   test("a graceful GOAWAY refuses our streams above its last id", () => {
     const { client, server } = pair();
     const seen = client.openStream("svc", bytes(0));
