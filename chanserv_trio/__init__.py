@@ -8,11 +8,13 @@ control and cancellation over a single link.
 from __future__ import annotations
 
 from ._errors import (
+    AuthenticationFailed,
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
     LocalProtocolError,
     MessageTooLarge,
+    PermissionDenied,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -22,7 +24,9 @@ from ._errors import (
     StreamError,
 )
 from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
-from .chanserv._server import FrameLike, Server, Source, SourceFunction
+from .chanserv._context import RequestContext, current_request
+from .chanserv._server import AllowFunction, FrameLike, Server, Source, SourceFunction
+from .link._auth import Authenticator, Identity, PeerInfo
 from .link._link import Link, LinkStatistics, LinkStream
 from .node._multiplexer import Multiplexer, MultiplexerStatistics
 from .node._registry import Registry
@@ -33,6 +37,9 @@ from .wire._connection import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllowFunction",
+    "AuthenticationFailed",
+    "Authenticator",
     "ChanservError",
     "Client",
     "ConnectionLost",
@@ -40,6 +47,7 @@ __all__ = [
     "ErrorCode",
     "EtcdRegistry",
     "FrameLike",
+    "Identity",
     "Link",
     "LinkStatistics",
     "LinkStream",
@@ -47,12 +55,15 @@ __all__ = [
     "MessageTooLarge",
     "Multiplexer",
     "MultiplexerStatistics",
+    "PeerInfo",
+    "PermissionDenied",
     "ProtocolError",
     "Registry",
     "RegistryError",
     "RemoteError",
     "RemoteProtocolError",
     "RemoteSource",
+    "RequestContext",
     "Server",
     "ServerShuttingDown",
     "ServiceNotFound",
@@ -64,4 +75,5 @@ __all__ = [
     "Status",
     "StreamCancelled",
     "StreamError",
+    "current_request",
 ]

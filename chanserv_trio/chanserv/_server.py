@@ -8,6 +8,7 @@ source's ``frames`` by its own task in the request's nursery.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol, SupportsBytes, TypeVar
@@ -16,14 +17,16 @@ import attrs
 import trio
 
 from .._errors import ChanservError, RemoteProtocolError
+from ..link._auth import Identity
 from ..link._link import LinkStream
 from ..node._multiplexer import Multiplexer
 from ..wire._codec import ErrorCode, Status
+from ._context import RequestContext, reset_current, set_current
 from ._envelope import decode_credit, decode_request, source_window_of
 
 T = TypeVar("T")
 
-__all__ = ["FrameLike", "Server", "Source", "SourceFunction"]
+__all__ = ["AllowFunction", "FrameLike", "Server", "Source", "SourceFunction"]
 
 #: Anything that can be sent as a frame.
 FrameLike = bytes | bytearray | memoryview | SupportsBytes
@@ -33,6 +36,11 @@ class SourceFunction(Protocol):
     """``source_fn(request)`` returns the request's sources as an async iterable."""
 
     def __call__(self, request: bytes, /) -> AsyncIterable[Source]: ...
+
+
+#: ``allow(identity)``, plain or async: whether a request from ``identity`` (None: the
+#: link was not authenticated) may be served.
+AllowFunction = Callable[[Identity | None], "bool | Awaitable[bool]"]
 
 
 @attrs.define
@@ -192,15 +200,23 @@ class Server:
         self.on_max_error_mass = on_max_error_mass
         self._error_mass = 0
 
-    async def listen_and_serve(self, name: str, source_fn: SourceFunction) -> None:
+    async def listen_and_serve(
+        self, name: str, source_fn: SourceFunction, allow: AllowFunction | None = None
+    ) -> None:
         """Serve ``source_fn`` as service ``name`` for as long as the multiplexer lives.
 
         Returns at once: the service is registered and advertised to every linked
-        peer, and requests are handled in the multiplexer's tasks.
+        peer, and requests are handled in the multiplexer's tasks. Inside the source
+        function and its frames, :func:`~chanserv_trio.current_request` tells who asked.
+
+        ``allow(identity)`` (plain or async) runs before the source function for each
+        request, with the :class:`~chanserv_trio.Identity` of the link it came on (None
+        when that link was not authenticated); False refuses the request, and the
+        client gets :class:`~chanserv_trio.PermissionDenied`.
         """
 
         async def handler(master: LinkStream) -> None:
-            await self._serve_request(master, source_fn)
+            await self._serve_request(master, source_fn, name, allow)
 
         self.mpx.handle(name, handler)
         await trio.lowlevel.checkpoint()
@@ -226,7 +242,24 @@ class Server:
 
     # --------------------------------------------------------------- requests
 
-    async def _serve_request(self, master: LinkStream, source_fn: SourceFunction) -> None:
+    async def _serve_request(
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        name: str = "",
+        allow: AllowFunction | None = None,
+    ) -> None:
+        if not master.local_open:
+            # Peer input, not our bug: an OPEN with NO_REPLY (with NO_SEND too, the
+            # stream is closed both ways at once) leaves nothing to answer on.
+            self._report(
+                RemoteProtocolError(
+                    f"a request to {name!r} was opened with NO_REPLY: it cannot be answered",
+                    ErrorCode.PROTOCOL_ERROR,
+                )
+            )
+            master.reset(ErrorCode.PROTOCOL_ERROR, "a request needs a reply half (no NO_REPLY)")
+            return
         try:
             request = decode_request(master.header)
         except RemoteProtocolError as exc:
@@ -245,6 +278,37 @@ class Server:
             self._report(exc)
             master.reset(exc.code, exc.message)
             return
+        identity = master.link.identity
+        if allow is not None:
+            verdict = allow(identity)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if not verdict:
+                who = "an unauthenticated peer" if identity is None else repr(identity.name)
+                master.end(Status(ErrorCode.PERMISSION_DENIED, "", f"{who} may not use {name!r}"))
+                return
+        token = set_current(
+            RequestContext(
+                service=name or master.service,
+                identity=identity,
+                remote_addr=master.link.remote_addr,
+                tags=types.MappingProxyType(dict(request.tags)),
+                deadline=None if deadline == float("inf") else deadline,
+            )
+        )
+        try:
+            await self._serve_decoded(master, source_fn, request.body, deadline, window)
+        finally:
+            reset_current(token)
+
+    async def _serve_decoded(
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        body: bytes,
+        deadline: float,
+        window: int | None,
+    ) -> None:
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
             async with trio.open_nursery() as nursery:
@@ -252,9 +316,7 @@ class Server:
                 if window is not None:
                     credit = _SourceCredit(window)
                     nursery.start_soon(credit.collect, master)
-                ok = await self._announce(
-                    master, source_fn, request.body, nursery, deadline, credit
-                )
+                ok = await self._announce(master, source_fn, body, nursery, deadline, credit)
                 if credit is not None:
                     credit.scope.cancel()
             if credit is not None:

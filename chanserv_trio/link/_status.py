@@ -10,6 +10,7 @@ from .._errors import (
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
+    PermissionDenied,
     RemoteError,
     ServerShuttingDown,
     ServiceNotFound,
@@ -40,4 +41,6 @@ def error_from_status(status: Status, where: str = "") -> ChanservError:
         return ServiceNotFound(text)
     if code == ErrorCode.CONNECTION_LOST:
         return ConnectionLost(text)
+    if code == ErrorCode.PERMISSION_DENIED:
+        return PermissionDenied(text, code, status.kind)
     return StreamError(text, code, status.kind)
