@@ -5,7 +5,9 @@
 - ``serve [MODULE:FUNCTION] --listen URL --join URL --name NAME [--router]``: serve a
   source function, link to other nodes (both repeatable), and with ``--router`` relay
   requests to the services of the nodes linked to this one (``--certfile``/``--keyfile``
-  for ``tls://`` and ``wss://`` listeners, ``--cafile`` for joins).
+  for ``tls://`` and ``wss://`` listeners, ``--cafile`` for joins). A router's
+  listeners accept the services the nodes that join it offer (``accept_offers=True``:
+  relaying them is its job); ``--accept-offers`` does the same for a plain node.
 - ``post URL NAME [BODY] [--join URL] [--bucket KEY]``: join one or more nodes, post a
   request and print what comes back (``--cafile`` to trust a private certificate
   authority).
@@ -160,6 +162,7 @@ async def run_serve(
     join_ssl_context: ssl.SSLContext | None = None,
     router: bool = False,
     registry: Registry | None = None,
+    accept_offers: bool | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled;
@@ -168,14 +171,21 @@ async def run_serve(
     The node also joins every URL in ``joins`` (``join_ssl_context`` for the TLS ones),
     retrying in the background with the multiplexer's redial backoff until the node
     there is up, so nodes may start in any order. ``router`` makes it a router node.
-    ``registry`` is handed to the multiplexer (a fleet's registry).
+    ``registry`` is handed to the multiplexer (a fleet's registry). ``accept_offers``
+    (None: the same as ``router``) lets the peers that join the listeners offer
+    services: a router relays what the nodes that join it serve.
     """
+    if accept_offers is None:
+        accept_offers = router
     if source_fn is None and not router:
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
     if not urls and not joins and registry is None:
         raise ValueError("serve needs at least one --listen or --join URL (or --registry)")
     async with Multiplexer(router=router, registry=registry) as mpx, trio.open_nursery() as n:
-        bound = [await mpx.listen(url, **_tls_options(url, ssl_context)) for url in urls]
+        bound = [
+            await mpx.listen(url, accept_offers=accept_offers, **_tls_options(url, ssl_context))
+            for url in urls
+        ]
         if source_fn is not None:
             server = Server(mpx, on_error=lambda exc: print(f"error: {exc!r}", file=sys.stderr))
             await server.listen_and_serve(name, source_fn)
@@ -279,6 +289,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="relay requests to the services of the nodes linked to this one",
     )
+    serve.add_argument(
+        "--accept-offers",
+        action="store_true",
+        default=None,
+        help="use the services the nodes that join this one offer (always on with --router)",
+    )
     serve.add_argument("--cafile", help="trust this PEM certificate authority for --join")
     serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
     serve.add_argument("--certfile", help="PEM certificate chain for tls:// and wss:// URLs")
@@ -354,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     join_ssl_context=join_context,
                     router=args.router,
                     registry=_registry(args.registry, args.registry_prefix),
+                    accept_offers=True if args.accept_offers or args.router else None,
                 )
             )
         else:

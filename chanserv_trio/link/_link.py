@@ -28,7 +28,6 @@ from .._errors import (
     ChanservError,
     ConnectionLost,
     MessageTooLarge,
-    ProtocolError,
     RemoteProtocolError,
     ServerShuttingDown,
 )
@@ -52,7 +51,7 @@ from ._auth import Identity, PeerInfo
 from ._keepalive import STALL, PingRecord
 from ._options import LinkOptions
 from ._state import LinkState, StreamState
-from ._status import error_from_status
+from ._status import error_from_goaway, error_from_status
 from ._stream import LinkStream, StreamHandler
 
 __all__ = ["Link", "LinkStatistics", "LinkStream", "StreamHandler"]
@@ -696,18 +695,8 @@ class Link:
         self._peer_service_bytes += size
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
-        if event.code == ErrorCode.AUTHENTICATION_FAILED:
-            where = self.joined_url or self.remote_addr or "the node"
-            self._fail(
-                AuthenticationFailed(
-                    f"{where} refused our credential: {event.message}", event.message
-                )
-            )
-        elif event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
-            self._fail(ConnectionLost(f"connection closed by peer: {event.message}"))
-        else:
-            error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
-            self._fail(error)
+        where = self.joined_url or self.remote_addr or "the node"
+        self._fail(error_from_goaway(event.code, event.message, where))
 
     def _count_peer_reset(self) -> None:
         """A token bucket against a peer that opens and resets streams to burn our CPU."""
