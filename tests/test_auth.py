@@ -277,7 +277,8 @@ async def test_a_raw_peer_gets_nothing_before_or_without_credentials() -> None:
 # ------------------------------------------------------------- mutual TLS
 
 
-async def test_mutual_tls_gives_authenticate_the_client_certificate() -> None:
+@pytest.mark.parametrize("url", ["tls://127.0.0.1:0", "wss://127.0.0.1:0/cs"])
+async def test_mutual_tls_gives_authenticate_the_client_certificate(url: str) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
@@ -296,7 +297,7 @@ async def test_mutual_tls_gives_authenticate_the_client_certificate() -> None:
 
     async with cs.Multiplexer(authenticate=by_certificate) as server:
         server.handle("echo", _echo)
-        address = await server.listen("tls://127.0.0.1:0", ssl_context=server_ctx)
+        address = await server.listen(url, ssl_context=server_ctx)
         with trio.fail_after(10):
             async with cs.Multiplexer() as client:
                 await client.join(address, redial=False, ssl_context=client_ctx)
@@ -304,9 +305,10 @@ async def test_mutual_tls_gives_authenticate_the_client_certificate() -> None:
                 [link] = server.links
                 assert link.identity == cs.Identity("client.example")
     [peer] = peers
-    assert peer.scheme == "tls"
+    scheme = url.split(":", 1)[0]
+    assert peer.scheme == scheme
     assert peer.certificate_der and peer.remote_addr
-    assert peer.remote_addr.startswith("tls://127.0.0.1:")
+    assert peer.remote_addr.startswith(f"{scheme}://127.0.0.1:")
 
 
 # ------------------------------------------------------------- whose offers

@@ -38,8 +38,8 @@ class Identity:
 class PeerInfo:
     """What is known of a peer before it is let in, for ``authenticate(credential, peer)``."""
 
-    #: The peer's address as the transport reports it (``host:port``, a socket path, or
-    #: ``"attached"`` for :meth:`~chanserv_trio.Multiplexer.attach`).
+    #: The peer's address as a URL (``tcp://10.0.0.5:51234``; a socket path for
+    #: ``unix``), or ``"attached"`` for :meth:`~chanserv_trio.Multiplexer.attach`.
     remote_addr: str
     #: The URL scheme of the listener the peer came in on (``tcp``, ``tls``, ``ws``,
     #: ``wss``, ``unix``), or ``""`` for an attached stream.
