@@ -8,6 +8,9 @@
   for ``tls://`` and ``wss://`` listeners, ``--cafile`` for joins). A router's
   listeners accept the services the nodes that join it offer (``accept_offers=True``:
   relaying them is its job); ``--accept-offers`` does the same for a plain node.
+  ``--authenticate MODULE:FUNCTION`` judges the credentials of the nodes that join it
+  (``authenticate(credential, peer)``), ``--credential-file PATH`` presents the bytes of
+  a file to the nodes it joins (``post`` takes it too).
 - ``post URL NAME [BODY] [--join URL] [--bucket KEY]``: join one or more nodes, post a
   request and print what comes back (``--cafile`` to trust a private certificate
   authority).
@@ -30,6 +33,7 @@ import trio
 from ._errors import ChanservError, ConnectionLost
 from .chanserv._client import Client, RemoteSource
 from .chanserv._server import Server, Source, SourceFunction
+from .link._auth import Authenticator
 from .node._backoff import Backoff
 from .node._multiplexer import Multiplexer
 from .node._registry import Registry
@@ -139,6 +143,11 @@ async def _run_demo(
 
 def load_source_fn(spec: str) -> SourceFunction:
     """Import ``MODULE:FUNCTION``."""
+    return cast(SourceFunction, _load_function(spec))
+
+
+def _load_function(spec: str) -> object:
+    """Import ``MODULE:FUNCTION`` (any callable)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected MODULE:FUNCTION, got {spec!r}")
@@ -148,7 +157,7 @@ def load_source_fn(spec: str) -> SourceFunction:
         fn = getattr(fn, part)
     if not callable(fn):
         raise ValueError(f"{spec} is not callable")
-    return cast(SourceFunction, fn)
+    return fn
 
 
 async def run_serve(
@@ -163,6 +172,8 @@ async def run_serve(
     router: bool = False,
     registry: Registry | None = None,
     accept_offers: bool | None = None,
+    credential: bytes | None = None,
+    authenticate: Authenticator | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled;
@@ -173,7 +184,8 @@ async def run_serve(
     there is up, so nodes may start in any order. ``router`` makes it a router node.
     ``registry`` is handed to the multiplexer (a fleet's registry). ``accept_offers``
     (None: the same as ``router``) lets the peers that join the listeners offer
-    services: a router relays what the nodes that join it serve.
+    services: a router relays what the nodes that join it serve. ``credential`` and
+    ``authenticate`` are the multiplexer's.
     """
     if accept_offers is None:
         accept_offers = router
@@ -181,7 +193,10 @@ async def run_serve(
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
     if not urls and not joins and registry is None:
         raise ValueError("serve needs at least one --listen or --join URL (or --registry)")
-    async with Multiplexer(router=router, registry=registry) as mpx, trio.open_nursery() as n:
+    node = Multiplexer(
+        router=router, registry=registry, credential=credential, authenticate=authenticate
+    )
+    async with node as mpx, trio.open_nursery() as n:
         bound = [
             await mpx.listen(url, accept_offers=accept_offers, **_tls_options(url, ssl_context))
             for url in urls
@@ -226,12 +241,13 @@ async def run_post(
     joins: Sequence[str] = (),
     bucket: str | None = None,
     registry: Registry | None = None,
+    credential: bytes | None = None,
 ) -> None:
     """Join ``url`` and every URL in ``joins``, post ``body`` to ``name`` and print the
     sources and frames. Among several nodes offering ``name`` one is picked at random,
     or by ``bucket`` (the same key reaches the same node). A node that cannot be joined
     is reported and skipped, as long as one can."""
-    async with Multiplexer(registry=registry) as mpx:
+    async with Multiplexer(registry=registry, credential=credential) as mpx:
         failures: list[str] = []
         for each in (*([url] if url else []), *joins):
             try:
@@ -295,6 +311,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="use the services the nodes that join this one offer (always on with --router)",
     )
+    serve.add_argument(
+        "--authenticate",
+        metavar="MODULE:FUNCTION",
+        help="judge the credentials of the nodes that join this one: "
+        "FUNCTION(credential, peer) returns a chanserv_trio.Identity, or None to refuse",
+    )
+    serve.add_argument(
+        "--credential-file",
+        metavar="PATH",
+        help="present the bytes of this file (a final newline dropped) to the nodes joined",
+    )
     serve.add_argument("--cafile", help="trust this PEM certificate authority for --join")
     serve.add_argument("--name", default="chanserv", help="service name (default: chanserv)")
     serve.add_argument("--certfile", help="PEM certificate chain for tls:// and wss:// URLs")
@@ -324,11 +351,25 @@ def _parser() -> argparse.ArgumentParser:
     post.add_argument("--bucket", help="route by this key: the same key, the same node")
     post.add_argument("--dial-timeout", type=float, default=10.0)
     post.add_argument("--cafile", help="trust this PEM certificate authority (tls, wss)")
+    post.add_argument(
+        "--credential-file",
+        metavar="PATH",
+        help="present the bytes of this file (a final newline dropped) to the nodes joined",
+    )
     post.add_argument("--registry", help="find the nodes through etcd, e.g. etcd://127.0.0.1:2379")
     post.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
     return parser
+
+
+def read_credential(path: str | None) -> bytes | None:
+    """The credential in the file at ``path`` (one final newline dropped), or None."""
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        data = file.read()
+    return data.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _registry(url: str | None, prefix: str) -> Registry | None:
@@ -371,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     router=args.router,
                     registry=_registry(args.registry, args.registry_prefix),
                     accept_offers=True if args.accept_offers or args.router else None,
+                    credential=read_credential(args.credential_file),
+                    authenticate=cast(Authenticator, _load_function(args.authenticate))
+                    if args.authenticate
+                    else None,
                 )
             )
         else:
@@ -387,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     joins=args.join,
                     bucket=args.bucket,
                     registry=_registry(args.registry, args.registry_prefix),
+                    credential=read_credential(args.credential_file),
                 )
             )
     except KeyboardInterrupt:

@@ -9,9 +9,11 @@ memory streams, with ``fail_after`` around every wait.
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
 import attrs
 import pytest
@@ -21,6 +23,7 @@ import trustme
 from helpers import wait_until
 
 import chanserv_trio as cs
+from chanserv_trio import _cli as cli
 from chanserv_trio.chanserv._envelope import Request, encode_request
 from chanserv_trio.wire._codec import ErrorCode, FrameType, HelloField
 from chanserv_trio.wire._connection import Connection
@@ -561,3 +564,46 @@ async def test_an_open_with_no_send_and_no_reply_is_peer_input_not_our_bug() -> 
     assert all(
         e.code == ErrorCode.PROTOCOL_ERROR for e in errors if isinstance(e, cs.ProtocolError)
     )
+
+
+# ------------------------------------------------------------- command line
+
+
+async def _one_source(body: bytes) -> AsyncIterator[cs.Source]:
+    name = cs.current_request().identity
+    yield cs.Source(b"hello " + (b"-" if name is None else name.name.encode()))
+
+
+def test_cli_parses_the_trust_options(tmp_path: Path) -> None:
+    args = cli._parser().parse_args(
+        ["serve", "--router", "--authenticate", "m:f", "--credential-file", "c", "--listen", "u"]
+    )
+    assert (args.authenticate, args.credential_file) == ("m:f", "c")
+    args = cli._parser().parse_args(["post", "u", "svc", "--credential-file", "c"])
+    assert args.credential_file == "c"
+    path = tmp_path / "token"
+    path.write_bytes(b"alice-token\n")
+    assert cli.read_credential(str(path)) == b"alice-token"
+    assert cli.read_credential(None) is None
+
+
+async def test_cli_nodes_present_and_judge_credentials(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            log = io.StringIO()
+            [url] = await nursery.start(
+                partial(
+                    cli.run_serve,
+                    _one_source,
+                    ["tcp://127.0.0.1:0"],
+                    "hello",
+                    log,
+                    authenticate=by_token,
+                )
+            )
+            out = io.StringIO()
+            await cli.run_post(url, "hello", b"", 2.0, out, credential=b"alice-token")
+            assert "hello alice" in out.getvalue()
+            with pytest.raises(cs.ConnectionLost, match="refused our credential"):
+                await cli.run_post(url, "hello", b"", 2.0, io.StringIO(), credential=b"bad")
+            nursery.cancel_scope.cancel()

@@ -507,9 +507,13 @@ class Multiplexer:
         ``options``: ``ssl_context=`` for ``tls://`` and ``wss://`` (default: the
         system's trusted authorities; the certificate must name the URL's host).
 
+        The node's ``credential`` goes out in the handshake. A redialed link that
+        is refused is reported to ``on_error`` and dialed again with backoff.
+
         Raises :class:`ConnectionLost` if it cannot connect, the TLS or WebSocket
-        handshake fails, or the other end does not speak this protocol; ``ValueError``
-        for a bad URL.
+        handshake fails, or the other end does not speak this protocol;
+        :class:`~chanserv_trio.AuthenticationFailed` (with the other end's reason) if
+        it refused our credential; ``ValueError`` for a bad URL.
         """
         nursery = self._require_nursery()
         link = await self._dial(url, options)
