@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 
 from ._errors import (
+    AuthenticationFailed,
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
     LocalProtocolError,
     MessageTooLarge,
+    PermissionDenied,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -24,11 +26,13 @@ from ._errors import (
     StreamError,
 )
 from .chanserv._client import Client, RemoteSource, SourceChannel, SourceMeta
+from .chanserv._context import RequestContext, current_request
 from .chanserv._metrics import StatisticsCollector, serve_metrics
-from .chanserv._server import FrameLike, Server, Source, SourceFunction
+from .chanserv._server import AllowFunction, FrameLike, Server, Source, SourceFunction
 from .chanserv._statistics import ClientStatistics, ServerStatistics, ServiceStatistics
 from .chanserv._stats import fetch_stats, open_stats, serve_stats
 from .chanserv._stats import snapshot as stats_snapshot
+from .link._auth import Authenticator, Identity, PeerInfo
 from .link._link import Link, LinkStatistics, LinkStream
 from .node._multiplexer import Multiplexer, MultiplexerStatistics, MultiplexerTotals
 from .node._registry import Registry
@@ -44,6 +48,9 @@ __version__ = "0.1.0"
 logging.getLogger("chanserv_trio").addHandler(logging.NullHandler())
 
 __all__ = [
+    "AllowFunction",
+    "AuthenticationFailed",
+    "Authenticator",
     "ChanservError",
     "Client",
     "ClientStatistics",
@@ -52,6 +59,7 @@ __all__ = [
     "ErrorCode",
     "EtcdRegistry",
     "FrameLike",
+    "Identity",
     "Link",
     "LinkStatistics",
     "LinkStream",
@@ -60,12 +68,15 @@ __all__ = [
     "Multiplexer",
     "MultiplexerStatistics",
     "MultiplexerTotals",
+    "PeerInfo",
+    "PermissionDenied",
     "ProtocolError",
     "Registry",
     "RegistryError",
     "RemoteError",
     "RemoteProtocolError",
     "RemoteSource",
+    "RequestContext",
     "Server",
     "ServerShuttingDown",
     "ServerStatistics",
@@ -80,6 +91,7 @@ __all__ = [
     "Status",
     "StreamCancelled",
     "StreamError",
+    "current_request",
     "fetch_stats",
     "open_stats",
     "serve_metrics",

@@ -7,6 +7,11 @@
   requests to the services of the nodes linked to this one (``--certfile``/``--keyfile``
   for ``tls://`` and ``wss://`` listeners, ``--cafile`` for joins). SIGINT or SIGTERM
   stops it gracefully within ``--grace`` seconds; a second signal stops it at once.
+  A router's listeners accept the services the nodes that join it offer
+  (``accept_offers=True``: relaying them is its job); ``--accept-offers`` does the same
+  for a plain node. ``--authenticate MODULE:FUNCTION`` judges the credentials of the
+  nodes that join it (``authenticate(credential, peer)``), ``--credential-file PATH``
+  presents the bytes of a file to the nodes it joins (``post`` takes it too).
 - ``post URL NAME [BODY|-|@PATH] [--join URL] [--bucket KEY] [--output text|raw|json]``:
   join one or more nodes, post a request and print what comes back.
 
@@ -51,6 +56,7 @@ from .chanserv._operations import (
     stats_command,
 )
 from .chanserv._server import Server, Source, SourceFunction
+from .link._auth import Authenticator
 from .node._backoff import Backoff
 from .node._multiplexer import Multiplexer
 from .node._registry import Registry
@@ -269,6 +275,14 @@ def load_source_fn(spec: str) -> SourceFunction:
     """Import ``MODULE:FUNCTION`` and check it can be a source function: a callable
     taking one argument (the request body), not a coroutine function. ``UsageError``
     for a spec of the wrong shape, ``ValueError`` saying what is wrong otherwise."""
+    fn = load_function(spec)
+    check_source_fn(fn, spec)
+    return cast(SourceFunction, fn)
+
+
+def load_function(spec: str) -> object:
+    """Import ``MODULE:FUNCTION`` (any attribute): ``UsageError`` for a spec of the
+    wrong shape, ``ValueError`` when it cannot be imported or found."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"expected MODULE:FUNCTION, got {spec!r}")
@@ -282,8 +296,7 @@ def load_source_fn(spec: str) -> SourceFunction:
             fn = getattr(fn, part)
         except AttributeError:
             raise ValueError(f"{spec}: {module_name!r} has no attribute {attr!r}") from None
-    check_source_fn(fn, spec)
-    return cast(SourceFunction, fn)
+    return fn
 
 
 def check_source_fn(fn: object, name: str) -> None:
@@ -342,6 +355,9 @@ async def run_serve(
     grace: float = 10.0,
     shutdown: Shutdown | None = None,
     metrics: str | None = None,
+    accept_offers: bool | None = None,
+    credential: bytes | None = None,
+    authenticate: Authenticator | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled, or until
@@ -352,7 +368,10 @@ async def run_serve(
     retrying in the background with the multiplexer's redial backoff until the node
     there is up, so nodes may start in any order. ``router`` makes it a router node.
     ``registry`` is handed to the multiplexer (a fleet's registry). A graceful stop
-    gives requests in flight ``grace`` seconds.
+    gives requests in flight ``grace`` seconds. ``accept_offers`` (None: the same as
+    ``router``) lets the peers that join the listeners offer services: a router relays
+    what the nodes that join it serve. ``credential`` and ``authenticate`` are the
+    multiplexer's.
     """
     if source_fn is None and not router:
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
@@ -362,12 +381,19 @@ async def run_serve(
     # beside the graceful one the node's exit is waiting for.
     async with (
         trio.open_nursery() as outer,
-        Multiplexer(router=router, registry=registry, shutdown_grace=grace) as mpx,
+        Multiplexer(
+            router=router,
+            registry=registry,
+            shutdown_grace=grace,
+            credential=credential,
+            authenticate=authenticate,
+        ) as mpx,
         trio.open_nursery() as nursery,
     ):
         if shutdown is not None:
             shutdown._now = lambda: outer.start_soon(mpx.shutdown, 0.0)
-        bound = [await _listen(mpx, url, _tls_options(url, ssl_context)) for url in urls]
+        options = {"accept_offers": router if accept_offers is None else accept_offers}
+        bound = [await _listen(mpx, url, options | _tls_options(url, ssl_context)) for url in urls]
         server: Server | None = None
         if source_fn is not None:
             server = Server(mpx)
@@ -422,6 +448,7 @@ async def run_post(
     bucket: str | None = None,
     registry: Registry | None = None,
     output: str = "text",
+    credential: bytes | None = None,
 ) -> None:
     """Join ``url`` and every URL in ``joins``, post ``body`` to ``name`` and print the
     sources and frames (``output``: ``text``, ``raw`` or ``json``; ``raw`` writes to
@@ -429,7 +456,7 @@ async def run_post(
     or by ``bucket`` (the same key reaches the same node). A node that cannot be joined
     is reported and skipped, as long as one can."""
     printer = _Printer(out, output)
-    async with Multiplexer(registry=registry) as mpx:
+    async with Multiplexer(registry=registry, credential=credential) as mpx:
         failures: list[str] = []
         for each in (*([url] if url else []), *joins):
             try:
@@ -484,6 +511,26 @@ def _trust(cafile: str | None) -> ssl.SSLContext | None:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _add_credential_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--credential-file",
+        metavar="PATH",
+        help="present the bytes of this file (a final newline dropped) to the nodes joined",
+    )
+
+
+def read_credential(path: str | None) -> bytes | None:
+    """The credential in the file at ``path`` (one final newline dropped), or None."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise OSError(f"cannot read --credential-file {path}: {_reason(exc)}") from exc
+    return data.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _registry(url: str | None, prefix: str) -> Registry | None:
@@ -620,6 +667,19 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
+    serve.add_argument(
+        "--accept-offers",
+        action="store_true",
+        default=None,
+        help="use the services the nodes that join this one offer (always on with --router)",
+    )
+    serve.add_argument(
+        "--authenticate",
+        metavar="MODULE:FUNCTION",
+        help="judge the credentials of the nodes that join this one: "
+        "FUNCTION(credential, peer) returns a chanserv_trio.Identity, or None to refuse",
+    )
+    _add_credential_option(serve)
     add_metrics_option(serve)
     serve.set_defaults(command=_serve, subparser=serve, default_log_level="info")
 
@@ -673,6 +733,11 @@ async def _serve(args: argparse.Namespace, run: Run) -> int:
         grace=args.grace,
         shutdown=shutdown,
         metrics=args.metrics,
+        accept_offers=True if args.accept_offers or args.router else None,
+        credential=read_credential(args.credential_file),
+        authenticate=cast(Authenticator, load_function(args.authenticate))
+        if args.authenticate
+        else None,
     )
     logger.info("stopped")
     return 128 + forced[0] if forced else 0
@@ -699,6 +764,7 @@ def _add_post(commands: Any) -> None:
     post.add_argument("--bucket", help="route by this key: the same key, the same node")
     post.add_argument("--dial-timeout", type=float, default=10.0)
     post.add_argument("--cafile", help="trust this PEM certificate authority (tls, wss)")
+    _add_credential_option(post)
     post.add_argument(
         "--output",
         choices=("text", "raw", "json"),
@@ -729,6 +795,7 @@ async def _post_command(args: argparse.Namespace, run: Run) -> int:
         bucket=args.bucket,
         registry=_registry(args.registry, args.registry_prefix),
         output=args.output,
+        credential=read_credential(args.credential_file),
     )
     return 0
 

@@ -12,6 +12,9 @@ Which one you get tells you what happened and what to do:
   :class:`RemoteProtocolError` when the peer broke it, :class:`LocalProtocolError`
   when our own side tried to (a bug or misuse).
 - :class:`MessageTooLarge`: you tried to send more than the peer accepts.
+- :class:`AuthenticationFailed`: the node we dialed refused our credential (or, on
+  the accepting side, a peer's credential was refused).
+- :class:`PermissionDenied`: the service refused the request for our identity.
 
 This module is a leaf: it imports nothing of the package, so every layer may use it.
 """
@@ -19,11 +22,13 @@ This module is a leaf: it imports nothing of the package, so every layer may use
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "ChanservError",
     "ConnectionLost",
     "DeadlineExceeded",
     "LocalProtocolError",
     "MessageTooLarge",
+    "PermissionDenied",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
@@ -79,6 +84,20 @@ class RemoteProtocolError(ProtocolError):
         self.args = (f"{name}: {message}",)
 
 
+class AuthenticationFailed(ChanservError):
+    """The node we dialed refused our credential (a GOAWAY ``AUTHENTICATION_FAILED``
+    instead of its HELLO); the message carries the reason it gave.
+
+    The accepting side reports the refusal to its ``on_error`` as this class too.
+    Not a :class:`ConnectionLost`: retrying with the same credential will not help.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        #: The reason the accepting side gave (its GOAWAY message).
+        self.reason = reason
+
+
 class ServiceNotFound(ChanservError):
     """No linked node offered the named service in time (or the node no longer has it)."""
 
@@ -118,3 +137,8 @@ class ServerShuttingDown(StreamError):
 
 class StreamCancelled(StreamError):
     """The other side cancelled the stream (it stopped wanting it)."""
+
+
+class PermissionDenied(StreamError):
+    """The service refused the request: its ``allow(identity)`` said no (status
+    ``PERMISSION_DENIED`` on the request)."""

@@ -28,7 +28,7 @@ async def hello(request: bytes) -> AsyncIterator[cs.Source]:
 
 def test_cli_parses_stats_and_metrics() -> None:
     args = cli._parser().parse_args(["stats", "tcp://127.0.0.1:1", "--watch", "--interval", "2"])
-    assert (args.command, args.url, args.watch, args.interval, args.json) == (
+    assert (args.command_name, args.url, args.watch, args.interval, args.json) == (
         "stats",
         "tcp://127.0.0.1:1",
         True,

@@ -432,7 +432,9 @@ async def relayed(
         router = await stack.enter_async_context(
             cs.Multiplexer(router=True, settings=router_settings, shutdown_grace=0.5)
         )
-        router_url = await router.listen("tcp://127.0.0.1:0")
+        # A backend that dials the router offers its services through the router's
+        # listener: it must accept offers (a client's offers are ignored otherwise).
+        router_url = await router.listen("tcp://127.0.0.1:0", accept_offers=backend_dials)
         if backend_dials:
             await backend.join(router_url)
         else:
@@ -955,10 +957,10 @@ def deployment_programs() -> list[tuple[str, str | None]]:
 
 
 def test_deployment_page_has_its_programs() -> None:
-    assert len(deployment_programs()) == 2
+    assert len(deployment_programs()) == 3
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_deployment_program_runs_and_prints_what_the_page_shows(index: int) -> None:
     program, shown = deployment_programs()[index]
     namespace: dict[str, Any] = {"__name__": "deployment_example"}
@@ -986,7 +988,7 @@ async def test_routers_linked_to_each_other_offer_only_one_hop() -> None:
         cs.Multiplexer() as near_client,
         cs.Multiplexer() as far_client,
     ):
-        first_address = await first.listen("tcp://127.0.0.1:0")
+        first_address = await first.listen("tcp://127.0.0.1:0", accept_offers=True)
         second_address = await second.listen("tcp://127.0.0.1:0")
         await backend.join(first_address)
         await cs.Server(backend).listen_and_serve("svc", one)
@@ -1031,7 +1033,7 @@ async def test_source_credits_cross_a_router() -> None:
         cs.Multiplexer(router=True) as router,
         cs.Multiplexer() as client_mpx,
     ):
-        address = await router.listen("tcp://127.0.0.1:0")
+        address = await router.listen("tcp://127.0.0.1:0", accept_offers=True)
         await backend.join(address)
         await cs.Server(backend).listen_and_serve("svc", many)
         await client_mpx.join(address)

@@ -130,8 +130,11 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
         by_scope = {scope: name for name, scope in named.items()}
         scopes = row["scope"]
         if "stream" not in scopes and "local" not in scopes:
-            # Connection-only codes end the link: every stream sees ProtocolError.
-            assert list(named) == ["ProtocolError"], row
+            # Connection-only codes end the link: every stream sees what the GOAWAY
+            # stands for (ProtocolError, but AuthenticationFailed for a refused
+            # credential).
+            error = _link_status.error_from_goaway(code, "text")
+            assert list(named) == [type(error).__name__], row
             continue
         expected = by_scope.get("stream") or next(iter(named))
         error = _link_status.error_from_status(Status(code, "Kind", "text"))

@@ -62,6 +62,31 @@ def test_remote_protocol_error_names_its_code_and_keeps_the_bare_message() -> No
     assert str(cs.LocalProtocolError("misuse")) == "misuse"
 
 
+def test_the_error_tree_in_docs_matches_the_classes() -> None:
+    text = (PACKAGE.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    block = text.split("```\nChanservError\n", 1)[1].split("```", 1)[0]
+    documented: dict[str, str] = {}
+    parents = ["ChanservError"]
+    for line in block.splitlines():
+        marker = max(line.find("├── "), line.find("└── "))
+        depth = marker // 4
+        name = line[marker + 4 :].split()[0]
+        del parents[depth + 1 :]
+        documented[name] = parents[depth]
+        parents.append(name)
+    classes = {
+        name: value
+        for name in dir(cs)
+        if isinstance(value := getattr(cs, name), type)
+        and issubclass(value, cs.ChanservError)
+        and value is not cs.ChanservError
+    }
+    assert set(documented) == set(classes)
+    for name, parent in documented.items():
+        bases = [base.__name__ for base in classes[name].__bases__ if base is not ValueError]
+        assert bases == [parent], name
+
+
 def _public_classes() -> set[type]:
     return {value for name in cs.__all__ if isinstance(value := getattr(cs, name), type)}
 

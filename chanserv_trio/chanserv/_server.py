@@ -8,6 +8,7 @@ source's ``frames`` by its own task in the request's nursery.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -17,15 +18,17 @@ import attrs
 import trio
 
 from .._errors import ChanservError, RemoteProtocolError
+from ..link._auth import Identity
 from ..link._link import LinkStream
 from ..node._multiplexer import Multiplexer
 from ..wire._codec import ErrorCode, Status
+from ._context import RequestContext, reset_current, set_current
 from ._envelope import decode_credit, decode_request, source_window_of
 from ._statistics import ServerStatistics, ServiceCounters, outcome_of
 
 T = TypeVar("T")
 
-__all__ = ["FrameLike", "Server", "Source", "SourceFunction"]
+__all__ = ["AllowFunction", "FrameLike", "Server", "Source", "SourceFunction"]
 
 #: Source functions and frame producers that raised (ERROR, with the traceback); bad
 #: requests, the server's own timeouts, error masses (WARNING).
@@ -39,6 +42,11 @@ class SourceFunction(Protocol):
     """``source_fn(request)`` returns the request's sources as an async iterable."""
 
     def __call__(self, request: bytes, /) -> AsyncIterable[Source]: ...
+
+
+#: ``allow(identity)``, plain or async: whether a request from ``identity`` (None: the
+#: link was not authenticated) may be served.
+AllowFunction = Callable[[Identity | None], "bool | Awaitable[bool]"]
 
 
 @attrs.define
@@ -221,11 +229,19 @@ class Server:
             {name: counters.snapshot() for name, counters in self._counters.items()}
         )
 
-    async def listen_and_serve(self, name: str, source_fn: SourceFunction) -> None:
+    async def listen_and_serve(
+        self, name: str, source_fn: SourceFunction, allow: AllowFunction | None = None
+    ) -> None:
         """Serve ``source_fn`` as service ``name`` for as long as the multiplexer lives.
 
         Returns at once: the service is registered and advertised to every linked
-        peer, and requests are handled in the multiplexer's tasks.
+        peer, and requests are handled in the multiplexer's tasks. Inside the source
+        function and its frames, :func:`~chanserv_trio.current_request` tells who asked.
+
+        ``allow(identity)`` (plain or async) runs before the source function for each
+        request, with the :class:`~chanserv_trio.Identity` of the link it came on (None
+        when that link was not authenticated); False refuses the request, and the
+        client gets :class:`~chanserv_trio.PermissionDenied`.
         """
 
         counters = self._counters.get(name)
@@ -233,7 +249,7 @@ class Server:
             counters = self._counters[name] = ServiceCounters()
 
         async def handler(master: LinkStream) -> None:
-            await self._count_request(master, source_fn, counters)
+            await self._count_request(master, source_fn, counters, name, allow)
 
         self.mpx.handle(name, handler)
         await trio.lowlevel.checkpoint()
@@ -270,13 +286,18 @@ class Server:
     # --------------------------------------------------------------- requests
 
     async def _count_request(
-        self, master: LinkStream, source_fn: SourceFunction, counters: ServiceCounters
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        counters: ServiceCounters,
+        name: str = "",
+        allow: AllowFunction | None = None,
     ) -> None:
         counters.requests += 1
         counters.active += 1
         record = _Record(counters)
         try:
-            await self._serve_request(master, source_fn, record)
+            await self._serve_request(master, source_fn, record, name, allow)
             if master.error is not None:
                 # The client gave the request up (reset it) while its sources ran.
                 record.fail(outcome_of(master.error))
@@ -292,8 +313,26 @@ class Server:
             counters.finished(record.outcome)
 
     async def _serve_request(
-        self, master: LinkStream, source_fn: SourceFunction, record: _Record
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        record: _Record,
+        name: str = "",
+        allow: AllowFunction | None = None,
     ) -> None:
+        if not master.local_open:
+            # Peer input, not our bug: an OPEN with NO_REPLY (with NO_SEND too, the
+            # stream is closed both ways at once) leaves nothing to answer on.
+            self._report(
+                RemoteProtocolError(
+                    f"a request to {name!r} was opened with NO_REPLY: it cannot be answered",
+                    ErrorCode.PROTOCOL_ERROR,
+                ),
+                record.counters,
+            )
+            record.fail("error")
+            master.reset(ErrorCode.PROTOCOL_ERROR, "a request needs a reply half (no NO_REPLY)")
+            return
         try:
             request = decode_request(master.header)
         except RemoteProtocolError as exc:
@@ -310,6 +349,39 @@ class Server:
         except RemoteProtocolError as exc:
             self._refuse(master, exc, record)
             return
+        identity = master.link.identity
+        if allow is not None:
+            verdict = allow(identity)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if not verdict:
+                who = "an unauthenticated peer" if identity is None else repr(identity.name)
+                master.end(Status(ErrorCode.PERMISSION_DENIED, "", f"{who} may not use {name!r}"))
+                record.fail("error")
+                return
+        token = set_current(
+            RequestContext(
+                service=name or master.service,
+                identity=identity,
+                remote_addr=master.link.remote_addr,
+                tags=types.MappingProxyType(dict(request.tags)),
+                deadline=None if deadline == float("inf") else deadline,
+            )
+        )
+        try:
+            await self._serve_decoded(master, source_fn, request.body, deadline, window, record)
+        finally:
+            reset_current(token)
+
+    async def _serve_decoded(
+        self,
+        master: LinkStream,
+        source_fn: SourceFunction,
+        body: bytes,
+        deadline: float,
+        window: int | None,
+        record: _Record,
+    ) -> None:
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
             async with trio.open_nursery() as nursery:
@@ -318,7 +390,7 @@ class Server:
                     credit = _SourceCredit(window)
                     nursery.start_soon(credit.collect, master)
                 ok = await self._announce(
-                    master, source_fn, request.body, nursery, deadline, record, credit
+                    master, source_fn, body, nursery, deadline, record, credit
                 )
                 if credit is not None:
                     credit.scope.cancel()

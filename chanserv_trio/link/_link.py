@@ -15,6 +15,7 @@ cancels. What is the same for every link of a node comes in one ``LinkOptions``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import deque
@@ -24,6 +25,7 @@ import attrs
 import trio
 
 from .._errors import (
+    AuthenticationFailed,
     ChanservError,
     ConnectionLost,
     MessageTooLarge,
@@ -34,6 +36,7 @@ from .._errors import (
 from ..wire._codec import ErrorCode, Status
 from ..wire._connection import Connection
 from ..wire._events import (
+    AdmissionRequested,
     ConnectionTerminated,
     Event,
     GoAwayReceived,
@@ -46,10 +49,11 @@ from ..wire._events import (
     StreamReset,
     WindowOpened,
 )
+from ._auth import Identity, PeerInfo
 from ._keepalive import STALL, PingRecord
 from ._options import LinkOptions
 from ._state import LinkState, StreamState
-from ._status import error_from_status
+from ._status import error_from_goaway, error_from_status
 from ._stream import LinkStream, StreamHandler
 
 __all__ = ["Link", "LinkStatistics", "LinkStream", "StreamHandler"]
@@ -112,6 +116,8 @@ class Link:
         remote_addr: str = "",
         local_addr: str = "",
         whole_messages: bool = False,
+        peer: PeerInfo | None = None,
+        accept_offers: bool = True,
     ) -> None:
         self.transport = transport
         #: The transport hands out one whole message per read (WebSocket): it is read
@@ -119,8 +125,25 @@ class Link:
         self.whole_messages = whole_messages
         #: What this link announces, waits for and tolerates (shared by a node's links).
         self.options = options = options or LinkOptions()
-        self.conn = Connection(initiator=initiator, settings=options.settings)
+        #: The peer's credential is judged by ``options.authenticate`` before anything
+        #: else of its is processed: on every link we did not dial.
+        self.authenticating = options.authenticate is not None and initiator is not True
+        self.conn = Connection(
+            initiator=initiator,
+            settings=options.settings,
+            credential=None if initiator is False else options.credential,
+            defer_hello=self.authenticating,
+        )
         self.remote_addr = remote_addr
+        #: What is known of the peer (for ``authenticate``).
+        self.peer = peer or PeerInfo(remote_addr, "")
+        #: Who the peer is, once ``authenticate`` let it in (None: not authenticated).
+        self.identity: Identity | None = None
+        #: The peer's SERVICE frames are trusted: we dialed it, its listener accepts
+        #: offers, or its identity may offer. Otherwise they are ignored.
+        self.accepts_offers = accept_offers
+        #: SERVICE frames ignored because the peer may not offer.
+        self.offers_ignored = 0
         self.local_addr = local_addr
         self._reset_tokens = float(options.reset_burst)
         self._reset_time = 0.0
@@ -500,7 +523,13 @@ class Link:
                 data = await transport.receive_some(receive_size)
                 self._last_heard = trio.current_time()
                 try:
-                    self._dispatch(conn.receive_data(data))
+                    events = conn.receive_data(data)
+                    if conn.admission_pending:
+                        admitted = await self._admission(events)
+                        if admitted is None:
+                            return
+                        events = admitted
+                    self._dispatch(events)
                 except RemoteProtocolError as exc:
                     if not conn.closed:
                         conn.go_away(exc.code, exc.message)
@@ -522,6 +551,58 @@ class Link:
                             await shared.drained_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_lost("receiving failed", exc))
+
+    async def _admission(self, events: list[Event]) -> list[Event] | None:
+        """Judge the peer's credential (its HELLO is the last event): admit it and
+        return the events of what followed its HELLO, or refuse it with GOAWAY
+        ``AUTHENTICATION_FAILED`` and fail the link (None)."""
+        request = events[-1]
+        assert isinstance(request, AdmissionRequested)
+        authenticate = self.options.authenticate
+        assert authenticate is not None
+        reason = "credential refused" if request.credential else "a credential is required"
+        cause: BaseException | None = None
+        verdict: object = None
+        try:
+            verdict = authenticate(request.credential, self.peer)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict is not None and not isinstance(verdict, Identity):
+                raise TypeError(
+                    f"authenticate must return an Identity or None, not {type(verdict).__name__}"
+                )
+        except AuthenticationFailed as exc:
+            verdict = None
+            reason = exc.reason or str(exc) or reason
+        except Exception as exc:
+            verdict = None
+            cause = exc
+            reason = "authentication failed"
+        if isinstance(verdict, Identity):
+            self.identity = verdict
+            if verdict.may_offer:
+                self.accepts_offers = True
+            return self.conn.admit()
+        self.conn.refuse(reason)
+        error = AuthenticationFailed(
+            f"refused a link from {self.remote_addr or 'peer'}: {reason}", reason
+        )
+        error.__cause__ = cause
+        await self._drain(1.0)
+        # Closing with the peer's bytes unread would reset the connection, which can
+        # destroy our GOAWAY before the peer reads it: wait (briefly) for it to hang up.
+        with trio.move_on_after(1.0):
+            drained = 0
+            try:
+                while drained < 64 << 10:
+                    chunk = await self.transport.receive_some(4096)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        self._fail(error)
+        return None
 
     async def _flush_and_fail(self, error: ChanservError) -> None:
         await self._drain(1.0)
@@ -580,6 +661,8 @@ class Link:
                         self.rtt = rtt
                 case HandshakeCompleted():
                     self._handshake.set()
+                case AdmissionRequested():
+                    pass  # judged by the reader before it dispatches
                 case GoAwayReceived():
                     self._shared.open_lot.unpark_all()
                     if self.options.on_services is not None:
@@ -613,6 +696,10 @@ class Link:
             self.peer_advertised_all = True
             if self.options.on_services is not None:
                 self.options.on_services(self)
+            return
+        if not self.accepts_offers:
+            # An untrusted peer's offers are neither used nor relayed (nor held).
+            self.offers_ignored += 1
             return
         name = event.name
         services = self.peer_services
@@ -650,14 +737,9 @@ class Link:
         self._peer_service_bytes += size
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
-        if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
-            self._fail(
-                ConnectionLost(f"connection closed by peer: {event.message}"),
-                clean=event.code == ErrorCode.OK,
-            )
-        else:
-            error = ProtocolError(f"peer closed the connection: {event.message}", event.code)
-            self._fail(error)
+        where = self.joined_url or self.remote_addr or "the node"
+        error = error_from_goaway(event.code, event.message, where)
+        self._fail(error, clean=event.code == ErrorCode.OK)
 
     def _count_peer_reset(self) -> None:
         """A token bucket against a peer that opens and resets streams to burn our CPU."""

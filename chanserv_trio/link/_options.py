@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..wire._connection import Settings
+from ._auth import Authenticator
 
 if TYPE_CHECKING:
     from ._link import Link
@@ -96,3 +97,8 @@ class LinkOptions:
     #: Called with errors no caller would otherwise see (a handler's exception, the
     #: peer breaking the protocol).
     on_error: Callable[[BaseException], object] | None = None
+    #: Bytes our HELLO presents on links we dial (field CREDENTIAL); None: none.
+    credential: bytes | None = None
+    #: Judges the credential of each peer on links we did not dial (see
+    #: ``link._auth``); None: every peer is let in, with no identity.
+    authenticate: Authenticator | None = None

@@ -7,9 +7,12 @@ The link layer turns a non-OK END or RESET status (wire codes) into the matching
 from __future__ import annotations
 
 from .._errors import (
+    AuthenticationFailed,
     ChanservError,
     ConnectionLost,
     DeadlineExceeded,
+    PermissionDenied,
+    ProtocolError,
     RemoteError,
     ServerShuttingDown,
     ServiceNotFound,
@@ -18,7 +21,7 @@ from .._errors import (
 )
 from ..wire._codec import ErrorCode, Status
 
-__all__ = ["error_from_status"]
+__all__ = ["error_from_goaway", "error_from_status"]
 
 
 def error_from_status(status: Status, where: str = "") -> ChanservError:
@@ -40,4 +43,16 @@ def error_from_status(status: Status, where: str = "") -> ChanservError:
         return ServiceNotFound(text)
     if code == ErrorCode.CONNECTION_LOST:
         return ConnectionLost(text)
+    if code == ErrorCode.PERMISSION_DENIED:
+        return PermissionDenied(text, code, status.kind)
     return StreamError(text, code, status.kind)
+
+
+def error_from_goaway(code: int, message: str, where: str = "the node") -> ChanservError:
+    """The exception a GOAWAY with ``code`` (or the connection's end) gives the link
+    and every stream still open on it; ``where`` names the peer."""
+    if code == ErrorCode.AUTHENTICATION_FAILED:
+        return AuthenticationFailed(f"{where} refused our credential: {message}", message)
+    if code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):
+        return ConnectionLost(f"connection closed by peer: {message}")
+    return ProtocolError(f"peer closed the connection: {message}", code)

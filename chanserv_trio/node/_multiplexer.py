@@ -21,7 +21,14 @@ from typing import Any, Self
 import attrs
 import trio
 
-from .._errors import ChanservError, ConnectionLost, ProtocolError, ServiceNotFound
+from .._errors import (
+    AuthenticationFailed,
+    ChanservError,
+    ConnectionLost,
+    ProtocolError,
+    ServiceNotFound,
+)
+from ..link._auth import Authenticator, PeerInfo, peer_certificate
 from ..link._link import Link, LinkStream, StreamHandler
 from ..link._options import (
     KEEPALIVE_INTERVAL,
@@ -32,7 +39,7 @@ from ..link._options import (
     LinkOptions,
 )
 from ..link._refusal import refuse_link
-from ..transports._schemes import dial, reads_whole_messages, serve
+from ..transports._schemes import dial, parse_url, reads_whole_messages, serve
 from ..wire._codec import ErrorCode
 from ..wire._compression import lz4_available
 from ..wire._connection import Settings
@@ -91,6 +98,8 @@ class _ListenerBudget:
     url: str
     max_links: int | None
     links: int = 0
+    #: Peers on this listener may offer services without an identity that may.
+    accept_offers: bool = False
 
 
 class _Lifetime(enum.Enum):
@@ -132,6 +141,11 @@ class MultiplexerStatistics:
     #: Peer resets refused by the per-host budget since the node started (each closed
     #: its link with ENHANCE_YOUR_CALM).
     resets_refused: int = 0
+    #: Links refused since the node started because ``authenticate`` refused (or
+    #: failed on) the peer's credential.
+    auth_refused: int = 0
+    #: SERVICE frames ignored on the live links because their peer may not offer.
+    offers_ignored: int = 0
 
 
 @attrs.frozen
@@ -182,6 +196,20 @@ class Multiplexer:
     peer may advertise (their number and their UTF-8 bytes); one more closes its link
     with ``ENHANCE_YOUR_CALM``. The peers of a router hear every name its other peers
     serve: raise these on them when a router relays more.
+
+    Trust: ``credential`` (bytes) is presented in the handshake on every link this
+    node dials (:meth:`join`, registry joins, and :meth:`attach` unless
+    ``initiator=False``); send it over ``tls://`` or ``wss://`` only. ``authenticate``
+    judges the peer of every link this node did not dial, before anything of the
+    peer's is processed: ``authenticate(credential, peer)`` (plain or async; ``peer``
+    a :class:`~chanserv_trio.PeerInfo`) returns an :class:`~chanserv_trio.Identity`,
+    or None (or raises :class:`~chanserv_trio.AuthenticationFailed` with a reason) to
+    refuse it: the peer's ``join`` raises ``AuthenticationFailed``, and the refusal is
+    reported to ``on_error`` and counted in ``statistics().auth_refused``. The
+    services a peer offers are used (and relayed by a router) only from links this
+    node dialed or attached, from peers whose identity has ``may_offer``, or on a
+    listener opened with ``listen(url, accept_offers=True)``; other peers' offers are
+    ignored.
     """
 
     def __init__(
@@ -205,7 +233,13 @@ class Multiplexer:
         router: bool = False,
         registry: Registry | None = None,
         on_error: object = None,
+        credential: bytes | None = None,
+        authenticate: Authenticator | None = None,
     ) -> None:
+        if credential is not None and not isinstance(credential, bytes):
+            raise TypeError(f"credential must be bytes, not {type(credential).__name__}")
+        if authenticate is not None and not callable(authenticate):
+            raise TypeError("authenticate must be a function (credential, peer) -> Identity")
         try:
             self._redial = Backoff(*redial_backoff)
         except ValueError:
@@ -232,6 +266,7 @@ class Multiplexer:
         #: The most links each listener carries at once, unless ``listen`` says (None: no cap).
         self.max_links = max_links
         self._links_refused = 0
+        self._auth_refused = 0
         self._lifetime = _Lifetime.NEW
         self._on_error = on_error if callable(on_error) else None
         # One reset budget per remote host over all its links, past and present.
@@ -254,6 +289,8 @@ class Multiplexer:
             handler_for=self._handler_for,
             on_services=self._services_changed,
             on_error=self._on_error,
+            credential=credential,
+            authenticate=authenticate,
         )
         self._services: dict[str, StreamHandler] = {}
         self._links: list[Link] = []
@@ -372,8 +409,16 @@ class Multiplexer:
         return list(self._listening)
 
     def _new_link(
-        self, transport: trio.abc.Stream, *, initiator: bool | None, local: str, remote: str
+        self,
+        transport: trio.abc.Stream,
+        *,
+        initiator: bool | None,
+        local: str,
+        remote: str,
+        scheme: str = "",
+        accept_offers: bool = True,
     ) -> Link:
+        certificate, der = peer_certificate(transport)
         return Link(
             transport,
             self._link_options,
@@ -381,6 +426,8 @@ class Multiplexer:
             remote_addr=remote,
             local_addr=local,
             whole_messages=reads_whole_messages(transport),
+            peer=PeerInfo(remote, scheme, certificate, der),
+            accept_offers=accept_offers,
         )
 
     async def _run_link(
@@ -403,7 +450,14 @@ class Multiplexer:
                     totals[index] += value
             self._services_changed(link)
 
-    async def listen(self, url: str, *, max_links: int | None = None, **options: Any) -> str:
+    async def listen(
+        self,
+        url: str,
+        *,
+        max_links: int | None = None,
+        accept_offers: bool = False,
+        **options: Any,
+    ) -> str:
         """Accept links on ``url``: ``tcp://host:port``, ``tls://host:port``,
         ``ws://host:port/path``, ``wss://host:port/path`` or ``unix:///path`` (port 0
         picks a free one). Call it again to listen on more URLs; every one serves the
@@ -418,6 +472,11 @@ class Multiplexer:
         :class:`~chanserv_trio.ProtocolError`), reported to ``on_error`` and counted in
         ``statistics().links_refused``.
 
+        ``accept_offers``: the services peers advertise on this listener are used (and
+        relayed, by a router) even when they have no identity that ``may_offer``. Off
+        by default, so that a client cannot take over a service name: a hub that
+        servers dial to offer their services needs it (or ``authenticate``).
+
         Returns the bound URL with the real port. Links are served until the
         multiplexer closes; a connection that fails its TLS, WebSocket or protocol
         handshake is reported to ``on_error`` and dropped without disturbing anything
@@ -426,7 +485,9 @@ class Multiplexer:
         nursery = self._require_nursery()
         if max_links is not None and max_links < 1:
             raise ValueError(f"max_links must be at least 1, not {max_links}")
-        budget = _ListenerBudget(url, self.max_links if max_links is None else max_links)
+        budget = _ListenerBudget(
+            url, self.max_links if max_links is None else max_links, accept_offers=accept_offers
+        )
         bound: str = await nursery.start(
             partial(
                 serve,
@@ -464,10 +525,19 @@ class Multiplexer:
             )
             return
         budget.links += 1
-        link = self._new_link(transport, initiator=False, local=local, remote=remote)
+        link = self._new_link(
+            transport,
+            initiator=False,
+            local=local,
+            remote=remote,
+            scheme=parse_url(budget.url).scheme,
+            accept_offers=budget.accept_offers,
+        )
         try:
             await self._run_link(link)
         except Exception as exc:
+            if isinstance(exc, AuthenticationFailed):
+                self._auth_refused += 1
             # One bad connection must never take the listener (and everyone else) down.
             self._handshake_failed(exc)
         finally:
@@ -493,9 +563,13 @@ class Multiplexer:
         ``options``: ``ssl_context=`` for ``tls://`` and ``wss://`` (default: the
         system's trusted authorities; the certificate must name the URL's host).
 
+        The node's ``credential`` goes out in the handshake. A redialed link that
+        is refused is reported to ``on_error`` and dialed again with backoff.
+
         Raises :class:`ConnectionLost` if it cannot connect, the TLS or WebSocket
-        handshake fails, or the other end does not speak this protocol; ``ValueError``
-        for a bad URL.
+        handshake fails, or the other end does not speak this protocol;
+        :class:`~chanserv_trio.AuthenticationFailed` (with the other end's reason) if
+        it refused our credential; ``ValueError`` for a bad URL.
         """
         nursery = self._require_nursery()
         link = await self._dial(url, options)
@@ -554,7 +628,7 @@ class Multiplexer:
                     try:
                         link = await self._dial(url, options)
                         break
-                    except (ConnectionLost, OSError) as exc:
+                    except (ConnectionLost, AuthenticationFailed, OSError) as exc:
                         logger.warning("redial of %s failed: %s", url, exc)
                         self.report_error(exc)
 
@@ -573,15 +647,34 @@ class Multiplexer:
         """URLs this node keeps joined (redialing them when they drop)."""
         return list(self._joined)
 
-    async def attach(self, transport: trio.abc.Stream, *, initiator: bool | None = None) -> Link:
+    async def attach(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        initiator: bool | None = None,
+        accept_offers: bool = True,
+    ) -> Link:
         """Run a link over a stream you already have; returns once the handshake is done.
 
         The two ends settle which of them opens odd stream ids in the handshake, so both
         may call ``attach(stream)`` as it is. ``initiator=True`` takes the role of the
         side that dials (``join``), ``False`` that of the side that accepts (``listen``);
-        two ends that force the same role fail the handshake with ``ProtocolError``."""
+        two ends that force the same role fail the handshake with ``ProtocolError``.
+
+        With ``authenticate=`` on this node, the peer is authenticated unless
+        ``initiator=True`` (the dialing end, which presents the node's ``credential``);
+        only one end of a stream may authenticate the other, so with ``authenticate`` on
+        both nodes pass ``initiator`` on each. ``accept_offers``: the peer's services are
+        used (default: you chose the stream, so you know the peer); False leaves that to
+        the identity's ``may_offer``."""
         nursery = self._require_nursery()
-        link = self._new_link(transport, initiator=initiator, local="attached", remote="attached")
+        link = self._new_link(
+            transport,
+            initiator=initiator,
+            local="attached",
+            remote="attached",
+            accept_offers=accept_offers,
+        )
         started: Link = await nursery.start(self._run_link, link)
         return started
 
@@ -763,6 +856,8 @@ class Multiplexer:
             rtt=max((s.rtt for s in stats if s.rtt is not None), default=None),
             links_refused=self._links_refused,
             resets_refused=0 if self._host_resets is None else self._host_resets.refused,
+            auth_refused=self._auth_refused,
+            offers_ignored=sum(link.offers_ignored for link in self.links),
         )
 
 

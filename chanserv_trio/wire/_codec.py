@@ -163,6 +163,11 @@ class ErrorCode(enum.IntEnum):
     VERSION_MISMATCH = 11
     ENHANCE_YOUR_CALM = 12
     CONNECTION_LOST = 13
+    #: The accepting side refused the dialer's credential (GOAWAY, sent instead of HELLO).
+    AUTHENTICATION_FAILED = 14
+    #: The service refused the request for the identity it came from (END of a master
+    #: stream).
+    PERMISSION_DENIED = 15
 
     @classmethod
     def coerce(cls, value: int) -> ErrorCode | int:
@@ -177,7 +182,7 @@ class HelloField(enum.IntEnum):
     """Ids of the byte fields HELLO carries after the settings. Unknown ids are ignored
     by receivers; each id appears at most once."""
 
-    #: Bytes the dialing side presents to be let in (the hardening issue; unused yet).
+    #: Bytes the dialing side presents to be let in (``Multiplexer(credential=...)``).
     CREDENTIAL = 1
     #: A token to resume an earlier connection (reserved; unused yet).
     RESUME_TOKEN = 2

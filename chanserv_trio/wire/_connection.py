@@ -60,6 +60,7 @@ from ._codec import (
 )
 from ._compression import MIN_COMPRESS_SIZE, compress, decompress, lz4_available
 from ._events import (
+    AdmissionRequested,
     ConnectionTerminated,
     Event,
     GoAwayReceived,
@@ -232,11 +233,29 @@ class Connection:
     dialed passes ``initiator=True`` (nonce 2**64-1), one that accepted ``False``
     (nonce 0); ``None`` draws a random nonce, so two ends that each just have a stream
     need not agree on who is who. Equal nonces fail the handshake.
+
+    ``credential``: bytes our HELLO carries in field CREDENTIAL. ``defer_hello``: the
+    side that authenticates its peer sends its HELLO only once it has admitted the
+    peer: the peer's HELLO then yields :class:`AdmissionRequested` and nothing after it
+    is processed (nor anything of ours sent) until :meth:`admit` or :meth:`refuse`.
     """
 
-    def __init__(self, *, initiator: bool | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        initiator: bool | None = None,
+        settings: Settings | None = None,
+        credential: bytes | None = None,
+        defer_hello: bool = False,
+    ) -> None:
         #: The nonce our HELLO carries.
         self.nonce = role_nonce(initiator)
+        self._credential = credential
+        # Our HELLO waits for admit(): until then nothing is written, and nothing the
+        # peer sent after its HELLO is processed.
+        self._hello_deferred = defer_hello
+        #: The peer's HELLO arrived and waits for :meth:`admit` or :meth:`refuse`.
+        self.admission_pending = False
         #: True once the handshake gave us the odd stream ids (the dialing side's role),
         #: False for the even ones; None until the peer's HELLO arrives.
         self.initiator: bool | None = None
@@ -272,7 +291,8 @@ class Connection:
         self.bytes_sent = 0
         self.messages_received = 0
         self.messages_sent = 0
-        self._queue_hello()
+        if not defer_hello:
+            self._queue_hello()
 
     # ------------------------------------------------------------------ queries
 
@@ -308,8 +328,8 @@ class Connection:
 
     @property
     def outgoing_size(self) -> int:
-        """Bytes queued for writing."""
-        return self._outgoing_size
+        """Bytes queued for writing (none while our HELLO is deferred: they are held)."""
+        return 0 if self._hello_deferred else self._outgoing_size
 
     def can_open_stream(self) -> bool:
         """Whether a stream may be opened now: the state allows it (handshake done, no
@@ -317,6 +337,7 @@ class Connection:
         return (
             CONNECTION_NEXT[self._state][_CI.SEND_OPEN] >= 0
             and self._local_open_count < self.peer_settings.max_concurrent_streams
+            and not self._hello_deferred
         )
 
     def is_open(self, stream_id: int) -> bool:
@@ -348,7 +369,10 @@ class Connection:
     # ---------------------------------------------------------------- outgoing
 
     def take_outgoing(self) -> list[bytes | memoryview]:
-        """Everything queued for the wire, in order; the queue is emptied."""
+        """Everything queued for the wire, in order; the queue is emptied (nothing is
+        taken while our HELLO is deferred)."""
+        if self._hello_deferred:
+            return []
         out = self._outgoing
         self._outgoing = []
         self.bytes_sent += self._outgoing_size
@@ -377,8 +401,40 @@ class Connection:
         return encode_status(Status(status.code, kind, _clip(status.message, room)))
 
     def _queue_hello(self) -> None:
-        hello = encode_hello(self.local_settings.to_wire(), nonce=self.nonce)
+        fields = {} if self._credential is None else {HelloField.CREDENTIAL: self._credential}
+        hello = encode_hello(self.local_settings.to_wire(), nonce=self.nonce, fields=fields)
         self._queue(FrameType.HELLO, 0, 0, hello)
+
+    # -------------------------------------------------------------- admission
+
+    def admit(self) -> list[Event]:
+        """Let the peer in once its HELLO was judged: our HELLO goes out ahead of
+        everything queued meanwhile, and the frames that followed the peer's HELLO are
+        processed now; returns their events (:class:`HandshakeCompleted` first).
+        Raises :class:`RemoteProtocolError` as :meth:`receive_data` does."""
+        if not self.admission_pending:
+            raise LocalProtocolError("no peer is waiting to be admitted")
+        self.admission_pending = False
+        self._hello_deferred = False
+        held, held_size = self._outgoing, self._outgoing_size
+        self._outgoing, self._outgoing_size = [], 0
+        self._queue_hello()
+        self._outgoing.extend(held)
+        self._outgoing_size += held_size
+        events: list[Event] = [HandshakeCompleted(self.version)]
+        self._process(events)
+        return events
+
+    def refuse(self, message: str, code: int = ErrorCode.AUTHENTICATION_FAILED) -> None:
+        """Refuse the peer waiting for admission: a GOAWAY with ``code`` and
+        ``message`` is all it receives (none of what was queued meanwhile, not even
+        our HELLO), and the connection closes."""
+        if not self.admission_pending:
+            raise LocalProtocolError("no peer is waiting to be admitted")
+        self.admission_pending = False
+        self._hello_deferred = False
+        self._outgoing, self._outgoing_size = [], 0
+        self.go_away(code, message)
 
     # ------------------------------------------------------------- state table
 
@@ -668,6 +724,13 @@ class Connection:
                 raise RemoteProtocolError(foreign, ErrorCode.PROTOCOL_ERROR)
         self.bytes_received += len(data)
         self._decoder.feed(data)
+        if not self.admission_pending:
+            self._process(events)
+        return events
+
+    def _process(self, events: list[Event]) -> None:
+        """Handle the whole frames buffered, until the connection closes or a peer
+        waits for admission (its later frames stay buffered)."""
         on_data = self._on_data
         try:
             for ftype, flags, stream_id, payload in self._decoder.frames():
@@ -675,16 +738,19 @@ class Connection:
                     on_data(flags, stream_id, payload, events)
                     continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
-                if self._state == _CLOSED:
+                if self._state == _CLOSED or self.admission_pending:
                     break
         except RemoteProtocolError as exc:
+            if self._hello_deferred:
+                # Nothing of ours went out yet: the GOAWAY goes alone.
+                self.admission_pending = self._hello_deferred = False
+                self._outgoing, self._outgoing_size = [], 0
             self.go_away(exc.code, exc.message)
             raise
         if self._may_credit:
             increment = self._windows.due()
             if increment:
                 self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
-        return events
 
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
@@ -758,6 +824,10 @@ class Connection:
         self._decoder.max_payload = max(
             local.max_frame_payload, local.max_open_payload + OPEN_OVERHEAD
         )
+        if self._hello_deferred:
+            self.admission_pending = True
+            events.append(AdmissionRequested(self.peer_fields.get(HelloField.CREDENTIAL, b"")))
+            return
         events.append(HandshakeCompleted(self.version))
 
     def _is_peer_id(self, stream_id: int) -> bool:
@@ -954,8 +1024,10 @@ class Connection:
             raise RemoteProtocolError("GOAWAY on a stream", ErrorCode.PROTOCOL_ERROR)
         last, code, message = decode_goaway(payload)
         self.peer_goaway = (last, code)
+        # Before the peer's HELLO (a refused credential) any GOAWAY ends the connection.
+        before_hello = self._state == _HANDSHAKE
         self._enter(next_state)
-        if code != ErrorCode.OK:
+        if code != ErrorCode.OK or before_hello:
             events.append(ConnectionTerminated(code, message or _code_name(code)))
             return
         events.append(GoAwayReceived(last, code, message))

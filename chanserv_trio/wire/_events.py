@@ -13,6 +13,7 @@ import attrs
 from ._codec import Status
 
 __all__ = [
+    "AdmissionRequested",
     "ConnectionTerminated",
     "Event",
     "GoAwayReceived",
@@ -33,6 +34,15 @@ class HandshakeCompleted:
 
     #: The protocol version both sides now speak.
     version: int
+
+
+@attrs.frozen
+class AdmissionRequested:
+    """The peer's HELLO arrived on a connection that defers its own: judge the
+    credential, then ``admit()`` or ``refuse()``; nothing else is processed before."""
+
+    #: The bytes of the peer's CREDENTIAL field (empty when it sent none).
+    credential: bytes
 
 
 @attrs.frozen
@@ -145,6 +155,7 @@ class ConnectionTerminated:
 #: Every event a Connection returns (a driver's dispatch over it can be checked exhaustive).
 Event: TypeAlias = (
     HandshakeCompleted
+    | AdmissionRequested
     | StreamOpened
     | MessageReceived
     | StreamEnded

@@ -155,6 +155,9 @@ def _connection_table() -> dict[tuple[ConnectionState, ConnectionInput], Connect
     table[_C.HANDSHAKE, _CI.SEND_GOAWAY_ERROR] = _C.CLOSED
     table[_C.HANDSHAKE, _CI.RECV_HELLO] = _C.OPEN
     table[_C.HANDSHAKE, _CI.RECV_EOF] = _C.CLOSED
+    # A side that refuses our credential sends GOAWAY instead of its HELLO: it closes.
+    table[_C.HANDSHAKE, _CI.RECV_GOAWAY] = _C.CLOSED
+    table[_C.HANDSHAKE, _CI.RECV_GOAWAY_ERROR] = _C.CLOSED
     # Once both HELLOs are through.
     goaway_sent = {
         _C.OPEN: _C.LOCAL_GOAWAY,

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import {
+  AuthenticationFailed,
   ChanservError,
   ConnectionLost,
   DeadlineExceeded,
@@ -287,6 +288,29 @@ describe("against the Python node", { timeout: 30000 }, () => {
     const node2 = await connect(server.url, { dialTimeout: 5000, credential: "token" });
     assert.deepEqual((await collect(node2.post("chanserv"))).length, 5);
     await node2.close();
+  });
+
+  e2e("a node that authenticates lets the right credential in with its identity", async () => {
+    const user = await connect(server.authUrl, { dialTimeout: 5000, credential: "js-token" });
+    try {
+      const [source] = await collect(user.post("whoami"));
+      assert.equal(text(source.header), "js-user");
+      await assert.rejects(
+        collect(user.post("guarded")),
+        (error) => error instanceof PermissionDenied && error.code === ErrorCode.PERMISSION_DENIED && /'js-user' may not use/.test(error.message),
+      );
+    } finally {
+      await user.close();
+    }
+  });
+
+  e2e("a node that authenticates refuses a wrong credential with its reason", async () => {
+    for (const options of [{ credential: "wrong" }, {}]) {
+      await assert.rejects(
+        connect(server.authUrl, { dialTimeout: 5000, ...options }),
+        (error) => error instanceof AuthenticationFailed && /credential refused|a credential is required/.test(error.message),
+      );
+    }
   });
 
   e2e("node.serve answers a Python client through the router", async () => {

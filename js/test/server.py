@@ -24,6 +24,11 @@ Services (the request body is JSON where a service takes parameters):
   service ``doomed`` streams until that node shuts down with a 0.2 s grace.
 - ``relay-call``: ``{"service", "body", "bucket"}``: a Python client joined to this
   router posts to ``service`` and passes on what comes back, headers prefixed.
+
+A second node, at ``auth_url`` in the JSON line, authenticates its peers: the
+credential ``js-token`` is the identity ``js-user``, anything else is refused with the
+reason "credential refused". It serves ``whoami`` (one source whose header is the
+identity's name) and ``guarded``, which allows only the identity ``admin``.
 """
 
 from __future__ import annotations
@@ -190,6 +195,15 @@ async def doomed_node(task_status: trio.TaskStatus[str]) -> None:
             await mpx.shutdown(0.2)
 
 
+def _by_token(credential: bytes, peer: cs.PeerInfo) -> cs.Identity | None:
+    return cs.Identity("js-user") if credential == b"js-token" else None
+
+
+async def whoami(_body: bytes) -> AsyncIterator[cs.Source]:
+    identity = cs.current_request().identity
+    yield cs.Source(header=b"-" if identity is None else identity.name.encode())
+
+
 def relayer(client: cs.Client) -> Any:
     async def relay_call(body: bytes) -> AsyncIterator[cs.Source]:
         params = json.loads(body)
@@ -222,7 +236,8 @@ async def main() -> None:
             trio.open_nursery() as nursery,
             cs.Multiplexer(settings=settings, router=True) as mpx,
         ):
-            url = await mpx.listen("ws://127.0.0.1:0/")
+            # JavaScript nodes join here to serve: a router trusts their offers.
+            url = await mpx.listen("ws://127.0.0.1:0/", accept_offers=True)
             tcp = await mpx.listen("tcp://127.0.0.1:0")
             server = cs.Server(mpx)
             await server.listen_and_serve("chanserv", seed)
@@ -234,11 +249,23 @@ async def main() -> None:
                 mpx.handle(f"reset-master-{code}", reset_handler(code, "master"))
             mpx.handle("drop-link", drop_link)
             mpx.handle("break-link", break_link)
-            async with cs.Multiplexer() as client_mpx:
+            async with (
+                cs.Multiplexer() as client_mpx,
+                cs.Multiplexer(authenticate=_by_token) as guarded_mpx,
+            ):
                 await client_mpx.join(tcp)
                 client = cs.Client(client_mpx, dial_timeout=5.0)
                 await server.listen_and_serve("relay-call", relayer(client))
-                print(json.dumps({"url": url, "compression": compression}), flush=True)
+                auth_url = await guarded_mpx.listen("ws://127.0.0.1:0/")
+                guarded = cs.Server(guarded_mpx)
+                await guarded.listen_and_serve("whoami", whoami)
+                await guarded.listen_and_serve(
+                    "guarded",
+                    whoami,
+                    allow=lambda identity: identity is not None and identity.name == "admin",
+                )
+                line = {"url": url, "auth_url": auth_url, "compression": compression}
+                print(json.dumps(line), flush=True)
                 # Serve until the test closes our standard input.
                 await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
                 nursery.cancel_scope.cancel()

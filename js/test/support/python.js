@@ -12,7 +12,7 @@ const SERVER = fileURLToPath(new URL("../server.py", import.meta.url));
 /**
  * The Python node, started with the interpreter in CHANSERV_PYTHON (pytest sets its
  * own) or `python`, from the repository root so that it imports this repository.
- * @returns {Promise<{url: string, compression: boolean, stop: () => Promise<void>, output: () => string}>}
+ * @returns {Promise<{url: string, authUrl: string, compression: boolean, stop: () => Promise<void>, output: () => string}>}
  */
 export async function startServer(timeoutMs = 20000) {
   const python = process.env.CHANSERV_PYTHON || "python";
@@ -39,9 +39,10 @@ export async function startServer(timeoutMs = 20000) {
       reject(new Error(`server.py exited with ${code} before printing its URL:\n${stderr}`));
     });
   });
-  const { url, compression } = JSON.parse(/** @type {string} */ (line));
+  const { url, auth_url: authUrl, compression } = JSON.parse(/** @type {string} */ (line));
   return {
     url,
+    authUrl,
     compression,
     output: () => stderr,
     async stop() {
