@@ -139,6 +139,7 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
     def _accept(self, child: LinkStream) -> RemoteSource:
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
+        child.refuse_children()  # a source has frames, not streams of its own
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
         source = RemoteSource(child, meta, self._client)
         self._sources = [s for s in self._sources if not s._stream.is_finished]
@@ -253,6 +254,8 @@ class Client:
         except ChanservError as exc:
             self._report(exc)
             raise
+        # A server sends no data on the master stream, only sources under it.
+        master.set_max_message_size(0)
         channel = SourceChannel(master, self, name)
         try:
             yield channel

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Final
 
@@ -382,67 +383,68 @@ class FrameDecoder:
     ``max_payload`` bounds every frame's payload, so a hostile length field can
     never make the decoder buffer more than one header plus ``max_payload`` bytes.
 
-    Received chunks are kept as they came: while a large frame is still incomplete
-    they wait in a list and are joined once, when the frame is whole, so a frame
-    costs at most one join and one slice however it was split.
+    What it holds costs at most about twice the bytes held, however they were split: a
+    received chunk is parsed where it lies (no copy) and only what is left of it once
+    its whole frames are out (the start of a frame) is kept, in one ``bytearray`` that
+    later chunks extend and that is compacted as frames leave it. Many tiny chunks
+    therefore cost one buffer, never one object each (:attr:`allocated`).
     """
 
-    __slots__ = ("_buffer", "_offset", "_pending", "_pending_size", "max_payload")
+    __slots__ = ("_buffer", "_offset", "max_payload")
 
     def __init__(self, max_payload: int) -> None:
-        self._buffer = b""
+        # A received ``bytes`` chunk being parsed, or the ``bytearray`` of a frame's
+        # start; ``_offset`` is where the next frame begins in it.
+        self._buffer: bytes | bytearray = b""
         self._offset = 0
-        self._pending: list[bytes] = []
-        self._pending_size = 0
         self.max_payload = max_payload
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buffer) - self._offset + self._pending_size
+        return len(self._buffer) - self._offset
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of memory the buffer occupies (its object, capacity included)."""
+        buffer = self._buffer
+        return sys.getsizeof(buffer) if buffer else 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         if not data:
             return
-        chunk = data if type(data) is bytes else bytes(data)
-        if self._offset == len(self._buffer) and not self._pending:
-            self._buffer = chunk
+        buffer = self._buffer
+        offset = self._offset
+        if offset == len(buffer):
+            # Nothing left over: parse the chunk where it lies.
+            self._buffer = data if type(data) is bytes else bytes(data)
             self._offset = 0
+            return
+        if isinstance(buffer, bytes):
+            held = bytearray(memoryview(buffer)[offset:])
+            held += data
+            self._buffer = held
         else:
-            self._pending.append(chunk)
-            self._pending_size += len(chunk)
+            if offset:
+                del buffer[:offset]
+            buffer += data
+        self._offset = 0
 
-    def _take_spanning(self, missing: int) -> bytes:
-        """The payload of the frame whose header starts the buffer and whose last
-        ``missing`` bytes wait in the pending chunks: joined in one copy."""
-        pieces: list[bytes | memoryview] = [memoryview(self._buffer)[self._offset + HEADER_SIZE :]]
-        pending = self._pending
-        index = 0
-        rest = b""
-        while missing:
-            chunk = pending[index]
-            index += 1
-            if len(chunk) <= missing:
-                pieces.append(chunk)
-                missing -= len(chunk)
+    def _settle(self) -> None:
+        """Keep only what is left once the whole frames are out: nothing, or the start
+        of one frame (copied out of a received chunk, compacted in the bytearray)."""
+        buffer = self._buffer
+        offset = self._offset
+        if offset == len(buffer):
+            self._buffer = b""
+            self._offset = 0
+        elif offset:
+            if isinstance(buffer, bytes):
+                self._buffer = bytearray(memoryview(buffer)[offset:])
             else:
-                pieces.append(memoryview(chunk)[:missing])
-                rest = chunk[missing:]
-                missing = 0
-        payload = b"".join(pieces)
-        self._buffer = rest
-        self._offset = 0
-        self._pending = pending[index:]
-        self._pending_size = sum(len(chunk) for chunk in self._pending)
-        return payload
-
-    def _merge(self) -> None:
-        self._pending.insert(0, self._buffer[self._offset :])
-        self._buffer = b"".join(self._pending)
-        self._offset = 0
-        self._pending = []
-        self._pending_size = 0
+                del buffer[:offset]
+            self._offset = 0
 
     def frames(self) -> Iterator[tuple[int, int, int, bytes]]:
         """Yield ``(type, flags, stream_id, payload)`` for each complete frame buffered.
@@ -454,12 +456,8 @@ class FrameDecoder:
         while True:
             buffer = self._buffer
             offset = self._offset
-            contiguous = len(buffer) - offset
-            if contiguous < HEADER_SIZE:
-                if contiguous + self._pending_size < HEADER_SIZE:
-                    return
-                self._merge()
-                continue
+            if len(buffer) - offset < HEADER_SIZE:
+                break
             length, ftype, flags, stream_id = unpack(buffer, offset)
             # Read the limit per frame: the caller may raise it between frames
             # (once HELLO is handled, with more frames of the same read pending).
@@ -471,9 +469,15 @@ class FrameDecoder:
                 )
             end = offset + HEADER_SIZE + length
             if end > len(buffer):
-                if contiguous + self._pending_size < HEADER_SIZE + length:
-                    return
-                yield ftype, flags, stream_id, self._take_spanning(end - len(buffer))
-                continue
+                break
             self._offset = end
-            yield ftype, flags, stream_id, buffer[offset + HEADER_SIZE : end]
+            if type(buffer) is bytes:
+                yield ftype, flags, stream_id, buffer[offset + HEADER_SIZE : end]
+            else:
+                yield (
+                    ftype,
+                    flags,
+                    stream_id,
+                    bytes(memoryview(buffer)[offset + HEADER_SIZE : end]),
+                )
+        self._settle()
