@@ -273,6 +273,15 @@ class Server:
             master.reset(exc.code, exc.message)
             return
         master.set_max_message_size(0 if window is None else _CREDIT_SIZE)
+        if master.is_finished:
+            # It carried data other than credits: reset (the client gets FRAME_SIZE_ERROR).
+            self._report(
+                RemoteProtocolError(
+                    "a request's master stream carried data other than source credits",
+                    ErrorCode.FRAME_SIZE_ERROR,
+                )
+            )
+            return
         ok = True
         with trio.CancelScope(deadline=deadline) as request_scope:
             async with trio.open_nursery() as nursery:

@@ -352,7 +352,12 @@ class LinkStream(trio.abc.Channel[bytes]):
         data at all). A longer one resets the stream with ``FRAME_SIZE_ERROR`` as soon
         as its first bytes over the limit arrive (before they are held); the link
         carries on."""
-        self._shared.conn.set_max_message_size(self.stream_id, size)
+        over = self._shared.conn.set_max_message_size(self.stream_id, size)
+        # What arrived before the limit was set is judged by it too.
+        inbox = self._state.inbox
+        if over or (inbox and any(len(data) > size or not size for data, _ in inbox)):
+            limit = "no data" if not size else f"messages of at most {size} bytes"
+            self.reset(ErrorCode.FRAME_SIZE_ERROR, f"this stream takes {limit}")
 
     def refuse_children(self) -> None:
         """Reset every child stream the peer opens under this one (those already

@@ -1099,13 +1099,17 @@ class Connection:
         if self.reset_stream(stream_id, status):
             events.append(StreamReset(stream_id, status, local=True))
 
-    def set_max_message_size(self, stream_id: int, size: int) -> None:
+    def set_max_message_size(self, stream_id: int, size: int) -> bool:
         """Accept messages of at most ``size`` bytes on one stream (0: no DATA at all,
         not even empty messages); more resets the stream with ``FRAME_SIZE_ERROR``
-        (a :class:`StreamReset` event with ``local`` set) and the link carries on."""
+        (a :class:`StreamReset` event with ``local`` set) and the link carries on.
+        Returns True when the message in assembly is already over it (the caller
+        then resets the stream)."""
         stream = self._streams.get(stream_id)
-        if stream is not None:
-            stream.max_message = size if size > 0 else -1
+        if stream is None:
+            return False
+        stream.max_message = size if size > 0 else -1
+        return stream.assembling and (size <= 0 or stream.windows.assembly > size)
 
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
