@@ -417,10 +417,6 @@ class Connection:
         if self._may_credit and self._windows.owed:
             self._grant_connection()
 
-    def over_budget(self) -> bool:
-        """What is held, with what the peer may still send, exceeds the budget."""
-        return self._held + self._windows.receive > self._budget
-
     def can_open_stream(self) -> bool:
         """Whether a stream may be opened now: the state allows it (handshake done, no
         GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
