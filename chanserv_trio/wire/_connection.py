@@ -222,7 +222,13 @@ class _Stream:
     )
 
     def __init__(
-        self, stream_id: int, parent: int, state: int, send_window: int, recv_window: int
+        self,
+        stream_id: int,
+        parent: int,
+        state: int,
+        send_window: int,
+        recv_window: int,
+        max_message: int,
     ) -> None:
         self.stream_id = stream_id
         self.parent = parent
@@ -237,9 +243,10 @@ class _Stream:
         self.cost = 0
         #: Whole messages held (handed over, not yet acknowledged).
         self.messages = 0
-        #: The largest message accepted on this stream (-1: no DATA at all); one over
-        #: it resets the stream. The connection's ``max_message_size`` unless lowered.
-        self.max_message = _UNBOUNDED
+        #: The largest message accepted on this stream (-1: no DATA at all): the
+        #: connection's ``max_message_size`` (one over it breaks the connection), unless
+        #: lowered by ``set_max_message_size`` (one over it resets the stream).
+        self.max_message = max_message
 
     def enter(self, state: int) -> None:
         """Move to ``state`` (a :class:`StreamState` value), reading ahead in the table
@@ -317,10 +324,8 @@ class Connection:
         # DATA received and not yet acknowledged (whole messages and messages in
         # assembly), MESSAGE_COST per whole message held, the state of the streams the
         # peer opened, and what the driver holds for it (``hold``). One sum, kept as
-        # things come and go (O(1) per frame); the parts that decide are kept apart.
+        # things come and go (O(1) per frame).
         self._held = 0
-        self._held_whole = 0
-        self._held_assembly = 0
         # Bytes of frames other than DATA queued (control frames: answers, credit, ...).
         self._control_queued = 0
         #: The peer's settings; defaults until its HELLO arrives.
@@ -414,7 +419,9 @@ class Connection:
     def release(self, size: int) -> None:
         """Give back bytes charged with :meth:`hold`."""
         self._held -= size
-        if self._may_credit and self._windows.owed:
+        windows = self._windows
+        if windows.owed >= windows.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
             self._grant_connection()
 
     def can_open_stream(self) -> bool:
@@ -569,6 +576,7 @@ class Connection:
             (LOCAL_OPEN if local_open else 0) | (REMOTE_OPEN if remote_open else 0),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
+            self._max_message_size,
         )
         self._streams[stream_id] = stream
         self._local_open_count += 1
@@ -680,10 +688,12 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # (no stream exists before the handshake)
+        held = self._held
         if messages:
-            messages = min(messages, stream.messages)
+            if messages > stream.messages:
+                messages = stream.messages
             stream.messages -= messages
-            self._held -= messages * MESSAGE_COST
+            held -= messages * MESSAGE_COST
         if credit > 0:
             windows = stream.windows
             before = windows.held
@@ -696,10 +706,11 @@ class Connection:
                 increment = windows.consume(credit)
                 if increment:
                     self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
-            released = before - windows.held
-            self._held -= released
-            self._held_whole -= released
-        if self._may_credit and self._windows.owed:
+            held -= before - windows.held
+        self._held = held
+        connection = self._windows
+        if connection.owed >= connection.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
             self._grant_connection()
 
     def set_receive_window(self, stream_id: int, window: int) -> None:
@@ -966,6 +977,7 @@ class Connection:
             | (0 if flags & OpenFlags.NO_SEND else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
+            self._max_message_size,
         )
         stream.cost = cost
         self._held += cost
@@ -1022,12 +1034,12 @@ class Connection:
             raise RemoteProtocolError(
                 f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
             )
-        if windows.assembly + size > self._max_message_size:
-            raise RemoteProtocolError(
-                f"message exceeds max_message_size ({self._max_message_size})",
-                ErrorCode.FRAME_SIZE_ERROR,
-            )
         if windows.assembly + size > stream.max_message:
+            if stream.max_message >= self._max_message_size:
+                raise RemoteProtocolError(
+                    f"message exceeds max_message_size ({self._max_message_size})",
+                    ErrorCode.FRAME_SIZE_ERROR,
+                )
             self._refuse_data(stream, events)
             return
         if compressed:
@@ -1037,7 +1049,6 @@ class Connection:
             if size:
                 stream.chunks.append(payload)
             self._held += size
-            self._held_assembly += size
             # Credited back at once while nothing is held, or a message larger than
             # the window could never complete.
             credit = windows.chunk(size)
@@ -1045,8 +1056,8 @@ class Connection:
                 self._return_credit(stream, credit)
             if (
                 not connection.receive
-                and not self._held_whole
                 and self._budget - self._held < connection.size >> 2
+                and not any(other.windows.held for other in self._streams.values())
             ):
                 # The peer has no credit left, none can be granted, and nothing held can
                 # be consumed to make room: only unfinished messages fill the budget.
@@ -1061,7 +1072,6 @@ class Connection:
                 payload = b"".join(stream.chunks)
                 stream.chunks = []
             stream.assembling = False
-            self._held_assembly -= windows.assembly
             total = windows.message(size)
         else:
             # A message in one frame: Windows.message with nothing in assembly, inline
@@ -1070,8 +1080,7 @@ class Connection:
             windows.held += size
             total = size
         stream.messages += 1
-        self._held_whole += total
-        held = self._held = self._held + size + MESSAGE_COST
+        held = self._held = self._held + size + 128  # MESSAGE_COST
         if held + connection.receive > self._budget:
             # Flow control bounds bytes, not messages: only many tiny or empty ones
             # get here.
@@ -1104,7 +1113,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
-        stream.max_message = size if size > 0 else -1
+        stream.max_message = min(size, self._max_message_size) if size > 0 else -1
         return stream.assembling and (size <= 0 or stream.windows.assembly > size)
 
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -1186,11 +1195,11 @@ class Connection:
         self._held -= (
             stream.cost + windows.held + windows.assembly + stream.messages * MESSAGE_COST
         )
-        self._held_whole -= windows.held
-        self._held_assembly -= windows.assembly
         stream.cost = stream.messages = 0
         stream.chunks = []
-        if self._may_credit and self._windows.owed:
+        windows = self._windows
+        if windows.owed >= windows.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
             self._grant_connection()
         if self._is_peer_id(stream.stream_id):
             self._peer_open_count -= 1
