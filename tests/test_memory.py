@@ -383,6 +383,34 @@ async def test_a_server_takes_credits_on_a_master_stream_but_nothing_larger() ->
             await wait_until(lambda: bool(peer.resets(ErrorCode.FRAME_SIZE_ERROR)))
         assert [e.stream_id for e in peer.resets(ErrorCode.FRAME_SIZE_ERROR)] == [bad]
         assert peer.node_link.is_alive
+        await assert_served(mpx)
+
+
+async def test_a_client_takes_no_data_on_a_master_stream_and_no_streams_under_a_source() -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    server = Attacker(Connection(initiator=False), theirs)
+    server.conn.advertise("chanserv")
+    async with cs.Multiplexer(shutdown_grace=0) as mpx, trio.open_nursery() as nursery:
+        nursery.start_soon(server.flush)
+        nursery.start_soon(server.pump)
+        await mpx.attach(ours, initiator=True)
+        client = cs.Client(mpx)
+        with trio.fail_after(10), pytest.raises(cs.StreamError) as caught:
+            async with client.lookup_and_post("chanserv", b"x") as sources:
+                await wait_until(lambda: any(isinstance(e, StreamOpened) for e in server.events))
+                [opened] = [e for e in server.events if isinstance(e, StreamOpened)]
+                source = server.conn.open_stream("", b"src", parent=opened.stream_id)
+                await server.flush()
+                first = await sources.receive()
+                server.conn.open_stream("", b"", parent=source)  # under a source
+                server.conn.send_data(opened.stream_id, bytes(1000), more=True)
+                await server.flush()
+                await sources.receive()
+        assert caught.value.code == ErrorCode.FRAME_SIZE_ERROR
+        assert first.header == b"src"
+        with trio.fail_after(10):
+            await wait_until(lambda: bool(server.resets(ErrorCode.REFUSED_STREAM)))
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_server_resets_child_streams_a_client_opens_under_a_request() -> None:
