@@ -630,3 +630,50 @@ def test_arbitrary_frames_raise_only_protocol_errors_with_a_code(
         for sid in list(conn.stream_ids()):
             conn.reset_stream(sid, Status(ErrorCode.CANCEL))
         assert conn.held_bytes == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.lists(frames(), max_size=30), cuts=st.lists(st.integers(1, 512), max_size=4))
+def test_a_link_fed_arbitrary_frames_ends_only_with_a_typed_error(
+    body: list[bytes], cuts: list[int]
+) -> None:
+    async def echo(stream: LinkStream) -> None:
+        async for message in stream:
+            await stream.send(message)
+
+    reported: list[BaseException] = []
+
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        options = LinkOptions(
+            settings=SETTINGS,
+            memory_budget=BUDGET,
+            handler_for={"x": echo, "chanserv": echo}.get,
+            on_error=reported.append,
+        )
+        link = cs.Link(ours, options, initiator=False)
+        data = _HELLO + b"".join(body)
+
+        async def run() -> None:
+            # A handshake that fails is raised by run() itself, typed; nothing else may.
+            with contextlib.suppress(cs.ChanservError):
+                await link.run()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            with trio.fail_after(10):
+                for cut in [*cuts, len(data)]:
+                    piece, data = data[:cut], data[cut:]
+                    if piece:
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            await theirs.send_all(piece)
+                    await trio.testing.wait_all_tasks_blocked()
+                    held = link.statistics()
+                    assert 0 <= held.bytes_held <= held.memory_budget
+            nursery.cancel_scope.cancel()
+        if link.error is not None:
+            assert isinstance(link.error, cs.ConnectionLost)  # ProtocolError is one
+
+    trio.run(main)
+    for error in reported:
+        assert isinstance(error, cs.ProtocolError) and error.code, error

@@ -1055,7 +1055,8 @@ class Connection:
             if credit:
                 self._return_credit(stream, credit)
             if (
-                not connection.receive
+                size  # (the chunk that spent the last credit: checked once, not per empty one)
+                and not connection.receive
                 and self._budget - self._held < connection.size >> 2
                 and not any(other.windows.held for other in self._streams.values())
             ):
