@@ -631,8 +631,12 @@ class Link:
                 f"(max_peer_services, max_peer_service_bytes)",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
+        if not self.conn.hold(size + _NAME_COST):
+            raise RemoteProtocolError(
+                "peer advertised more service names than the link's memory budget holds",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
         self._peer_service_bytes += size
-        self.conn.hold(size + _NAME_COST)
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code in (ErrorCode.OK, ErrorCode.CONNECTION_LOST):

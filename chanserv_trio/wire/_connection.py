@@ -411,10 +411,14 @@ class Connection:
         """Bytes of memory the receive buffer occupies (received, not yet a frame)."""
         return self._decoder.allocated
 
-    def hold(self, size: int) -> None:
+    def hold(self, size: int) -> bool:
         """The driver holds ``size`` more bytes on the peer's behalf (service names,
-        ...): charged to the memory budget; :meth:`release` gives them back."""
+        ...): charged to the memory budget (:meth:`release` gives them back); False,
+        charging nothing, if they do not fit."""
+        if self._held + size + self._windows.receive > self._budget:
+            return False
         self._held += size
+        return True
 
     def release(self, size: int) -> None:
         """Give back bytes charged with :meth:`hold`."""
