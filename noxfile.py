@@ -60,3 +60,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.memory")
+    session.run("python", "-m", "benchmarks.attacks")

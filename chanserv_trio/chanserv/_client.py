@@ -169,6 +169,7 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
     def _accept(self, child: LinkStream) -> RemoteSource:
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
+        child.refuse_children()  # a source has frames, not streams of its own
         meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
         source = RemoteSource(child, meta, self._client, self._request)
         self._request.counters.sources += 1
@@ -318,6 +319,8 @@ class Client:
                 request.fail(exc)
                 self._report(exc, counters)
                 raise
+            # A server sends no data on the master stream, only sources under it.
+            master.set_max_message_size(0)
             channel = SourceChannel(master, self, name, request)
             try:
                 yield channel

@@ -27,6 +27,8 @@ from ._envelope import decode_credit, decode_request, source_window_of
 from ._statistics import ServerStatistics, ServiceCounters, outcome_of
 
 T = TypeVar("T")
+#: The size of a source credit message, the only data a client sends on a master stream.
+_CREDIT_SIZE = 4
 
 __all__ = ["AllowFunction", "FrameLike", "Server", "Source", "SourceFunction"]
 
@@ -180,9 +182,19 @@ class Server:
     - ``max_error_mass`` / ``on_max_error_mass(count, last_error)``: after that many
       errors without a request succeeding in between, the callback runs and the count
       starts again from zero.
+    - ``max_request_size``: the largest request (its encoded envelope: body and tags)
+      served; a larger one is refused with ``FRAME_SIZE_ERROR`` before the source
+      function runs (the client's request raises :class:`~chanserv_trio.StreamError`).
+      None: the link's ``max_open_payload`` (1 MiB by default).
     - ``compression``: ask for LZ4 compression on the multiplexer's links made from now
       on (it is agreed per link in the handshake, so the client side must ask too:
       ``cs.Settings(compression=True)``; needs ``pip install 'chanserv-trio[lz4]'``).
+
+    By role, a master stream carries only the request (in its OPEN) and, when the
+    client asked for a source window, 4-byte credit messages: any other data resets
+    the request with ``FRAME_SIZE_ERROR`` as soon as it arrives (before it is held),
+    and child streams the client opens under a request are reset with
+    ``REFUSED_STREAM``.
     """
 
     def __init__(
@@ -197,6 +209,7 @@ class Server:
         compression: bool = False,
         max_error_mass: int | None = None,
         on_max_error_mass: Callable[[int, BaseException], object] | None = None,
+        max_request_size: int | None = None,
     ) -> None:
         for name, value in (
             ("serving_timeout", serving_timeout),
@@ -208,6 +221,9 @@ class Server:
                 raise ValueError(f"{name} must be positive, not {value}")
         if max_error_mass is not None and max_error_mass < 1:
             raise ValueError("max_error_mass must be at least 1")
+        if max_request_size is not None and max_request_size < 0:
+            raise ValueError(f"max_request_size must not be negative, not {max_request_size}")
+        self.max_request_size = max_request_size
         self.mpx = mpx
         if compression:
             mpx.request_compression()
@@ -333,6 +349,18 @@ class Server:
             record.fail("error")
             master.reset(ErrorCode.PROTOCOL_ERROR, "a request needs a reply half (no NO_REPLY)")
             return
+        # What a client may send besides the request: source credits, and no streams.
+        master.refuse_children()
+        limit = self.max_request_size
+        if limit is not None and len(master.header) > limit:
+            exc = RemoteProtocolError(
+                f"request of {len(master.header)} bytes exceeds max_request_size ({limit})",
+                ErrorCode.FRAME_SIZE_ERROR,
+            )
+            self._report(exc, record.counters)
+            record.fail("error")
+            master.reset(exc.code, exc.message)
+            return
         try:
             request = decode_request(master.header)
         except RemoteProtocolError as exc:
@@ -348,6 +376,18 @@ class Server:
             window = source_window_of(request)
         except RemoteProtocolError as exc:
             self._refuse(master, exc, record)
+            return
+        master.set_max_message_size(0 if window is None else _CREDIT_SIZE)
+        if master.is_finished:
+            # It carried data other than credits: reset (the client gets FRAME_SIZE_ERROR).
+            self._report(
+                RemoteProtocolError(
+                    "a request's master stream carried data other than source credits",
+                    ErrorCode.FRAME_SIZE_ERROR,
+                ),
+                record.counters,
+            )
+            record.fail("error")
             return
         identity = master.link.identity
         if allow is not None:

@@ -51,7 +51,7 @@ from ..wire._events import (
 )
 from ._auth import Identity, PeerInfo
 from ._keepalive import STALL, PingRecord
-from ._options import LinkOptions
+from ._options import CONTROL_LIMIT, LinkOptions
 from ._state import LinkState, StreamState
 from ._status import error_from_goaway, error_from_status
 from ._stream import LinkStream, StreamHandler
@@ -72,6 +72,9 @@ IDLE_CLOSE_GRACE = 5.0
 #: Links up and down (INFO, WARNING when lost or the peer broke the protocol or a
 #: limit), handlers that raised (ERROR), streams cut off by a shutdown (WARNING).
 logger = logging.getLogger("chanserv_trio.link")
+
+#: What one advertised name costs besides its UTF-8 bytes (its str, its set entries).
+_NAME_COST = 128
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
@@ -98,6 +101,13 @@ class LinkStatistics:
     rtt: float | None
     #: PINGs of ours awaiting an answer: 0 or 1 (only the latest is remembered).
     pings_outstanding: int = 0
+    #: Bytes the link holds on its peer's behalf (``LinkOptions.memory_budget``):
+    #: DATA received and not consumed (messages and messages in assembly, decompressed),
+    #: a fixed cost per message and per stream the peer opened (with its OPEN payload),
+    #: advertised names, queued control replies and the receive buffer.
+    bytes_held: int = 0
+    #: The most it may hold: its memory budget.
+    memory_budget: int = 0
 
 
 class Link:
@@ -133,6 +143,7 @@ class Link:
             settings=options.settings,
             credential=None if initiator is False else options.credential,
             defer_hello=self.authenticating,
+            memory_budget=options.budget(),
         )
         self.remote_addr = remote_addr
         #: What is known of the peer (for ``authenticate``).
@@ -148,11 +159,12 @@ class Link:
         self._reset_tokens = float(options.reset_burst)
         self._reset_time = 0.0
         # Control frames (WINDOW, PING answers, RESET) may pile up when the peer does not
-        # read; past this many queued bytes the reader waits for the writer.
+        # read; past this many bytes queued or being written the reader waits for the
+        # writer (as HTTP/2 servers stop reading a peer that does not read).
         limit = options.outgoing_limit
-        if limit is None:
-            limit = self.conn.local_settings.connection_window + (4 << 20)
-        self._outgoing_limit = limit
+        self._outgoing_limit = CONTROL_LIMIT if limit is None else limit
+        # Bytes of control frames in the write in progress.
+        self._control_in_flight = 0
         # What the link shares with its streams; ``_streams`` is its dict of open streams.
         self._shared = LinkState(self.conn)
         self._streams = self._shared.streams
@@ -261,6 +273,11 @@ class Link:
             window_stalls=self._shared.window_stalls,
             rtt=self.rtt,
             pings_outstanding=self._pings.outstanding,
+            bytes_held=conn.held_bytes
+            + conn.control_queued
+            + self._control_in_flight
+            + conn.receive_buffer_size,
+            memory_budget=self.options.budget(),
         )
 
     @property
@@ -485,6 +502,7 @@ class Link:
                     await shared.writer_lot.park()
                     continue
                 self._writing = True
+                self._control_in_flight = conn.control_queued
                 chunks = conn.take_outgoing()
                 taken = conn.bytes_sent
                 for data in _batches(chunks):
@@ -501,6 +519,7 @@ class Link:
                             await transport.send_all(view[start : start + _WRITE_SLICE])
                 self._write_since = None
                 self._writing = False
+                self._control_in_flight = 0
                 if pings.unwritten_end and pings.unwritten_end <= taken:
                     pings.written(taken, trio.current_time(), conn.bytes_received)
                 if shared.drained_lot:
@@ -545,9 +564,13 @@ class Link:
                     return
                 if conn.outgoing_size:
                     shared.kick_writer()
-                    if conn.outgoing_size > self._outgoing_limit:
+                    limit = self._outgoing_limit
+                    if conn.control_queued + self._control_in_flight > limit:
                         # The peer is not reading what we owe it: wait for the writer.
-                        while conn.outgoing_size > self._outgoing_limit and not shared.writer_done:
+                        while (
+                            conn.control_queued + self._control_in_flight > limit
+                            and not shared.writer_done
+                        ):
                             await shared.drained_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_lost("receiving failed", exc))
@@ -633,7 +656,7 @@ class Link:
                 case MessageReceived():
                     stream = streams.get(event.stream_id)
                     if stream is None or stream.closed_locally:
-                        self.conn.acknowledge(event.stream_id, event.credit)
+                        self.conn.acknowledge(event.stream_id, event.credit, 1)
                         continue
                     inbox = stream.inbox
                     if inbox is None:
@@ -684,7 +707,7 @@ class Link:
                 one.window_lot.unpark_all()
 
     def _on_stream_reset(self, event: StreamReset) -> None:
-        if (event.stream_id % 2 == 0) == self.conn.initiator:
+        if not event.local and (event.stream_id % 2 == 0) == self.conn.initiator:
             self._count_peer_reset()
         stream = self._streams.get(event.stream_id)
         if stream is not None:
@@ -714,7 +737,9 @@ class Link:
         elif name in services:
             services.discard(name)
             self.peer_relayed.discard(name)
-            self._peer_service_bytes -= len(name.encode())
+            size = len(name.encode())
+            self._peer_service_bytes -= size
+            self.conn.release(size + _NAME_COST)
         on_services = self.options.on_services
         if on_services is not None:  # (with no one to take them, changes are not kept)
             self._service_changes.add(name)
@@ -732,6 +757,11 @@ class Link:
                 f"peer advertised more than {options.max_peer_services} service names or "
                 f"{options.max_peer_service_bytes} bytes of names "
                 f"(max_peer_services, max_peer_service_bytes)",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+        if not self.conn.hold(size + _NAME_COST):
+            raise RemoteProtocolError(
+                "peer advertised more service names than the link's memory budget holds",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
         self._peer_service_bytes += size
@@ -781,6 +811,9 @@ class Link:
             parent = self._streams.get(event.parent)
             if parent is None or parent.closed_locally:
                 stream.reset(ErrorCode.CANCEL, "parent stream closed")
+                return
+            if parent.refuse_children:
+                stream.reset(ErrorCode.REFUSED_STREAM, "this stream takes no child streams")
                 return
             parent.add_child(stream)
             return

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ..wire._connection import Settings
+from ..wire._connection import Settings, check_memory_budget
 from ._auth import Authenticator
 
 if TYPE_CHECKING:
@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from ._stream import StreamHandler
 
 __all__ = [
+    "CONTROL_LIMIT",
     "KEEPALIVE_INTERVAL",
     "KEEPALIVE_TIMEOUT",
     "MAX_PEER_SERVICES",
     "MAX_PEER_SERVICE_BYTES",
     "WRITE_TIMEOUT",
     "LinkOptions",
+    "default_memory_budget",
 ]
 
 # Safe defaults: every link detects a dead peer without being configured to
@@ -48,6 +50,22 @@ WRITE_TIMEOUT = 60.0
 MAX_PEER_SERVICES = 1000
 #: ... and their bytes: 64 bytes a name on average for 1,000 names.
 MAX_PEER_SERVICE_BYTES = 64 << 10
+#: Bytes of control frames (PING answers, WINDOW, RESET, ...) queued or being written
+#: past which the reader stops reading the peer until the writer caught up: a peer
+#: that sends PINGs and never reads makes us hold this much, not more. Far above what
+#: a link that reads ever queues (a few frames per message).
+CONTROL_LIMIT = 256 << 10
+#: Room in the default memory budget besides one largest message and the connection
+#: window: streams' state, message overheads, names, buffers.
+_BUDGET_ROOM = 12 << 20
+
+
+def default_memory_budget(settings: Settings) -> int:
+    """The memory budget of a link with ``settings`` when none is given: one message
+    of ``max_message_size`` in assembly, the connection window in transit and 12 MiB
+    for the rest (128 MiB with the default settings), so that a largest message always
+    arrives whole."""
+    return settings.max_message_size + settings.connection_window + _BUDGET_ROOM
 
 
 @attrs.frozen
@@ -84,10 +102,29 @@ class LinkOptions:
     #: ``ENHANCE_YOUR_CALM``. A node shares one across its links, so that reconnecting
     #: does not refill it (None: no such budget).
     host_resets: Callable[[str], bool] | None = None
-    #: Bytes of frames we owe the peer (WINDOW, PING answers, RESET) past which the
-    #: reader stops reading until the writer caught up; None: the connection window
-    #: plus 4 MiB.
+    #: Bytes of control frames (WINDOW, PING answers, RESET, ...) queued or being
+    #: written past which the reader stops reading until the writer caught up; None:
+    #: ``CONTROL_LIMIT`` (256 KiB).
     outgoing_limit: int | None = None
+    #: Bytes the link may hold on its peer's behalf: DATA received and not consumed
+    #: (messages in inboxes and in assembly, counted decompressed), ``MESSAGE_COST``
+    #: a message, the state of the streams the peer opened, advertised names, queued
+    #: control replies and the receive buffer. Past it DATA waits (the connection
+    #: window is withheld), OPEN is refused, and what waiting cannot bound closes
+    #: the link with ``ENHANCE_YOUR_CALM`` (docs/errors.md, "Memory budget"). None:
+    #: :func:`default_memory_budget` of ``settings`` (128 MiB with the defaults).
+    memory_budget: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.memory_budget is not None:
+            check_memory_budget(self.memory_budget, self.settings)
+
+    def budget(self) -> int:
+        """The memory budget in bytes (the default one when none was given)."""
+        if self.memory_budget is not None:
+            return self.memory_budget
+        return default_memory_budget(self.settings)
+
     #: The handler for a stream the peer opens to a service, or None (the stream is
     #: then reset with ``SERVICE_NOT_FOUND``).
     handler_for: Callable[[str], StreamHandler | None] | None = None

@@ -45,11 +45,13 @@ class StreamState:
         "error",
         "inbox",
         "lot",
+        "refuse_children",
         "remote_status",
         "reset_status",
         "scopes",
         "stream_id",
         "unacked",
+        "unacked_messages",
         "window_lot",
     )
 
@@ -71,8 +73,12 @@ class StreamState:
         self.error: ChanservError | None = None
         #: We closed it (``reset`` or ``aclose``): nothing more is read or sent.
         self.closed_locally = False
-        #: Credit of consumed messages not yet returned to the peer.
+        #: Credit of consumed messages not yet returned to the peer ...
         self.unacked = 0
+        #: ... and how many messages it was.
+        self.unacked_messages = 0
+        #: Child streams the peer opens under this one are reset at once.
+        self.refuse_children = False
         #: Cancel scopes that a RESET from the peer, or the link dying, cancels.
         self.scopes: list[trio.CancelScope] | None = None
 
@@ -189,11 +195,11 @@ class LinkState:
         self.budget = SCHEDULE_EVERY
         return True
 
-    def acknowledge(self, stream_id: int, credit: int) -> None:
-        """Return consumed credit to the peer."""
+    def acknowledge(self, stream_id: int, credit: int, messages: int) -> None:
+        """Return consumed credit (of ``messages`` messages) to the peer."""
         conn = self.conn
         before = conn.outgoing_size
-        conn.acknowledge(stream_id, credit)
+        conn.acknowledge(stream_id, credit, messages)
         if conn.outgoing_size != before:
             self.kick_writer()
 
@@ -208,6 +214,8 @@ class LinkState:
         """Abort ``stream`` in both directions from our side (no-op on the wire if it
         is already gone) and forget it."""
         stream.closed_locally = True
+        # Nothing more is read from it: what it buffered goes now.
+        stream.inbox = None
         if self.conn.reset_stream(stream.stream_id, status):
             self.kick_writer()
         self.release(stream)

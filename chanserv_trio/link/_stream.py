@@ -206,21 +206,25 @@ class LinkStream(trio.abc.Channel[bytes]):
 
     # --------------------------------------------------------------- receiving
 
-    def _consumed(self, credit: int) -> None:
+    def _consumed(self, credit: int, messages: int = 1) -> None:
         # Credit goes back in batches: one call into the state machine per batch.
         # Once the inbox is empty everything goes back at once: the state machine only
         # credits the chunks of a large message while nothing unconsumed is held.
-        # (An empty message carries no credit but may still be the one that empties it.)
+        # (An empty message carries no credit but may still be the one that empties
+        # it; it still stops counting against the memory budget then.)
         state = self._state
         shared = self._shared
         unacked = state.unacked + credit
-        if unacked and (unacked >= self._ack_batch or not state.inbox):
+        if unacked >= self._ack_batch or not state.inbox:
             shared.unacked_total -= state.unacked
             state.unacked = 0
-            shared.acknowledge(self.stream_id, unacked)
+            messages += state.unacked_messages
+            state.unacked_messages = 0
+            shared.acknowledge(self.stream_id, unacked, messages)
         else:
             shared.unacked_total += credit
             state.unacked = unacked
+            state.unacked_messages += messages
 
     def receive_nowait(self) -> bytes:
         """The next buffered message; raises ``trio.WouldBlock`` if none is buffered,
@@ -289,7 +293,8 @@ class LinkStream(trio.abc.Channel[bytes]):
             data, c = inbox.popleft()
             credit += c
             out.append(data)
-        self._consumed(credit)
+        if out:
+            self._consumed(credit, len(out))
         return out
 
     async def receive_child(self) -> LinkStream:
@@ -347,6 +352,28 @@ class LinkStream(trio.abc.Channel[bytes]):
     def is_finished(self) -> bool:
         """True once the stream is closed both ways or broken."""
         return self._state.error is not None or not self._shared.conn.is_open(self.stream_id)
+
+    def set_max_message_size(self, size: int) -> None:
+        """Accept messages of at most ``size`` bytes from the peer on this stream (0: no
+        data at all). A longer one resets the stream with ``FRAME_SIZE_ERROR`` as soon
+        as its first bytes over the limit arrive (before they are held); the link
+        carries on."""
+        over = self._shared.conn.set_max_message_size(self.stream_id, size)
+        # What arrived before the limit was set is judged by it too.
+        inbox = self._state.inbox
+        if over or (inbox and any(len(data) > size or not size for data, _ in inbox)):
+            limit = "no data" if not size else f"messages of at most {size} bytes"
+            self.reset(ErrorCode.FRAME_SIZE_ERROR, f"this stream takes {limit}")
+
+    def refuse_children(self) -> None:
+        """Reset every child stream the peer opens under this one (those already
+        waiting too) with ``REFUSED_STREAM``: for a stream that takes none."""
+        state = self._state
+        state.refuse_children = True
+        children = state.children
+        state.children = None
+        for child in children or ():
+            child.reset(ErrorCode.REFUSED_STREAM, "this stream takes no child streams")
 
     def set_receive_window(self, window: int) -> None:
         """Let the peer send at most ``window`` bytes ahead of what we consumed on this

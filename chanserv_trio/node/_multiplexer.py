@@ -210,6 +210,11 @@ class Multiplexer:
     node dialed or attached, from peers whose identity has ``may_offer``, or on a
     listener opened with ``listen(url, accept_offers=True)``; other peers' offers are
     ignored.
+
+    ``link_memory_budget`` (bytes) bounds what each link holds on its peer's behalf
+    (unconsumed and unfinished messages, streams, names, queued replies); None:
+    ``max_message_size`` + ``connection_window`` + 12 MiB (128 MiB with the default
+    settings). See "Memory budget" in docs/errors.md for what happens at the edge.
     """
 
     def __init__(
@@ -229,6 +234,7 @@ class Multiplexer:
         max_links: int | None = MAX_LINKS,
         max_peer_services: int = MAX_PEER_SERVICES,
         max_peer_service_bytes: int = MAX_PEER_SERVICE_BYTES,
+        link_memory_budget: int | None = None,
         redial_backoff: tuple[float, float, float] = (0.5, 1.5, 60.0),
         router: bool = False,
         registry: Registry | None = None,
@@ -286,6 +292,7 @@ class Multiplexer:
             host_resets=self._host_resets,
             max_peer_services=max_peer_services,
             max_peer_service_bytes=max_peer_service_bytes,
+            memory_budget=link_memory_budget,
             handler_for=self._handler_for,
             on_services=self._services_changed,
             on_error=self._on_error,

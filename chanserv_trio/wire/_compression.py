@@ -13,7 +13,7 @@ from typing import Any, Final
 from .._errors import RemoteProtocolError
 from ._codec import ErrorCode
 
-__all__ = ["MIN_COMPRESS_SIZE", "compress", "decompress", "lz4_available"]
+__all__ = ["MIN_COMPRESS_SIZE", "compress", "declared_size", "decompress", "lz4_available"]
 
 #: Payloads shorter than this are sent as they are: LZ4 rarely wins on them.
 MIN_COMPRESS_SIZE: Final = 512
@@ -40,9 +40,10 @@ def compress(data: bytes | memoryview) -> bytes | None:
     return _LENGTH.pack(len(data)) + block
 
 
-def decompress(payload: bytes, limit: int) -> bytes:
-    """The original bytes of a compressed payload; a protocol error for a payload that
-    claims more than ``limit`` bytes or does not decompress to what it claims."""
+def declared_size(payload: bytes, limit: int) -> int:
+    """The original length a compressed payload declares, read before anything is
+    decompressed, so that it is charged (windows, limits, memory budget) first; a
+    protocol error for a payload that is too short or declares more than ``limit``."""
     if _lz4 is None:
         raise RemoteProtocolError("compressed DATA, but no lz4 here", ErrorCode.PROTOCOL_ERROR)
     if len(payload) < _LENGTH.size:
@@ -52,6 +53,15 @@ def decompress(payload: bytes, limit: int) -> bytes:
         raise RemoteProtocolError(
             f"compressed DATA expands to {size} > {limit} bytes", ErrorCode.FRAME_SIZE_ERROR
         )
+    size_: int = size
+    return size_
+
+
+def decompress(payload: bytes, limit: int) -> bytes:
+    """The original bytes of a compressed payload; a protocol error for a payload that
+    claims more than ``limit`` bytes or does not decompress to what it claims. The
+    output is bounded by the declared size (never more is allocated)."""
+    size = declared_size(payload, limit)
     try:
         data: bytes = _lz4.decompress(payload[_LENGTH.size :], uncompressed_size=size)
     except Exception as exc:  # lz4 raises its own LZ4BlockError

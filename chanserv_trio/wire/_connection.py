@@ -58,7 +58,7 @@ from ._codec import (
     encode_open,
     encode_status,
 )
-from ._compression import MIN_COMPRESS_SIZE, compress, decompress, lz4_available
+from ._compression import MIN_COMPRESS_SIZE, compress, declared_size, decompress, lz4_available
 from ._events import (
     AdmissionRequested,
     ConnectionTerminated,
@@ -90,7 +90,31 @@ from ._state import (
 )
 from ._windows import Windows
 
-__all__ = ["ACCEPTING_NONCE", "DIALING_NONCE", "Connection", "Settings", "role_nonce"]
+__all__ = [
+    "ACCEPTING_NONCE",
+    "CONTROL_RESERVE",
+    "DIALING_NONCE",
+    "MESSAGE_COST",
+    "STREAM_COST",
+    "Connection",
+    "Settings",
+    "check_memory_budget",
+    "role_nonce",
+]
+
+#: What one received message costs besides its bytes while it is held (its bytes
+#: object, its place in a stream's inbox): charged to the memory budget, so that many
+#: tiny or empty messages, which flow control does not bound, are bounded too.
+MESSAGE_COST: Final = 128
+#: What one stream the peer opened costs besides its OPEN payload while it is open
+#: (its state here and in the driver, and the handler a node runs for it: a chanserv
+#: request measured 13.4 KiB): charged to the memory budget.
+STREAM_COST: Final = 16 << 10
+#: Bytes of a memory budget set aside for queued control replies (a driver stops
+#: reading the peer well before: the link's ``CONTROL_LIMIT`` and one read's answers).
+CONTROL_RESERVE: Final = 1 << 20
+#: No budget: a Connection made without one holds what its windows allow.
+_UNBOUNDED = 2**62
 
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
@@ -125,6 +149,26 @@ _KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
+
+
+def _reserve(settings: Settings) -> int:
+    """What a memory budget sets aside for what is bounded on its own rather than
+    charged: the receive buffer (twice the largest frame, see ``FrameDecoder``) and
+    queued control replies (``CONTROL_RESERVE``)."""
+    largest = max(settings.max_frame_payload, settings.max_open_payload + OPEN_OVERHEAD)
+    return 2 * (largest + HEADER.size) + CONTROL_RESERVE
+
+
+def check_memory_budget(budget: int, settings: Settings) -> None:
+    """Raise ``ValueError`` if ``budget`` cannot hold the connection window, the
+    receive buffer and one stream under ``settings``."""
+    least = settings.connection_window + STREAM_COST + _reserve(settings)
+    if budget < least:
+        raise ValueError(
+            f"a memory budget of {budget} bytes cannot hold the connection window "
+            f"({settings.connection_window} bytes), the receive buffer and one stream: "
+            f"it must be at least {least}"
+        )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -166,9 +210,12 @@ class _Stream:
     __slots__ = (
         "assembling",
         "chunks",
+        "cost",
+        "max_message",
         "may_credit",
         "may_receive",
         "may_send",
+        "messages",
         "parent",
         "state",
         "stream_id",
@@ -176,7 +223,13 @@ class _Stream:
     )
 
     def __init__(
-        self, stream_id: int, parent: int, state: int, send_window: int, recv_window: int
+        self,
+        stream_id: int,
+        parent: int,
+        state: int,
+        send_window: int,
+        recv_window: int,
+        max_message: int,
     ) -> None:
         self.stream_id = stream_id
         self.parent = parent
@@ -187,6 +240,14 @@ class _Stream:
         self.chunks: list[bytes] = []
         #: A DATA frame with MORE arrived and the message has not completed yet.
         self.assembling = False
+        #: What the stream's own state is charged to the memory budget.
+        self.cost = 0
+        #: Whole messages held (handed over, not yet acknowledged).
+        self.messages = 0
+        #: The largest message accepted on this stream (-1: no DATA at all): the
+        #: connection's ``max_message_size`` (one over it breaks the connection), unless
+        #: lowered by ``set_max_message_size`` (one over it resets the stream).
+        self.max_message = max_message
 
     def enter(self, state: int) -> None:
         """Move to ``state`` (a :class:`StreamState` value), reading ahead in the table
@@ -247,6 +308,7 @@ class Connection:
         settings: Settings | None = None,
         credential: bytes | None = None,
         defer_hello: bool = False,
+        memory_budget: int | None = None,
     ) -> None:
         #: The nonce our HELLO carries.
         self.nonce = role_nonce(initiator)
@@ -265,6 +327,21 @@ class Connection:
         # Plain ints for the hot paths: the limits we enforce.
         self._max_frame_payload = self._local_settings.max_frame_payload
         self._max_message_size = self._local_settings.max_message_size
+        #: Bytes this side may hold on the peer's behalf (None: what the windows allow).
+        self.memory_budget = memory_budget
+        if memory_budget is not None:
+            check_memory_budget(memory_budget, self._local_settings)
+        self._budget = (
+            _UNBOUNDED if memory_budget is None else memory_budget - _reserve(self._local_settings)
+        )
+        # What is held on the peer's behalf (docs/errors.md, "Memory budget"): bytes of
+        # DATA received and not yet acknowledged (whole messages and messages in
+        # assembly), MESSAGE_COST per whole message held, the state of the streams the
+        # peer opened, and what the driver holds for it (``hold``). One sum, kept as
+        # things come and go (O(1) per frame).
+        self._held = 0
+        # Bytes of frames other than DATA queued (control frames: answers, credit, ...).
+        self._control_queued = 0
         #: The peer's settings; defaults until its HELLO arrives.
         self.peer_settings = Settings()
         #: The protocol version spoken, once the peer's HELLO arrived (0 before).
@@ -331,6 +408,41 @@ class Connection:
         """Bytes queued for writing (none while our HELLO is deferred: they are held)."""
         return 0 if self._hello_deferred else self._outgoing_size
 
+    @property
+    def control_queued(self) -> int:
+        """Bytes of frames other than DATA queued for writing (PING answers, WINDOW,
+        RESET, ...): what a peer that sends without reading makes us queue."""
+        return self._control_queued
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held on the peer's behalf and charged to the memory budget: DATA not
+        yet acknowledged, ``MESSAGE_COST`` per message held, ``STREAM_COST`` plus the
+        OPEN payload per stream the peer opened, and what :meth:`hold` added."""
+        return self._held
+
+    @property
+    def receive_buffer_size(self) -> int:
+        """Bytes of memory the receive buffer occupies (received, not yet a frame)."""
+        return self._decoder.allocated
+
+    def hold(self, size: int) -> bool:
+        """The driver holds ``size`` more bytes on the peer's behalf (service names,
+        ...): charged to the memory budget (:meth:`release` gives them back); False,
+        charging nothing, if they do not fit."""
+        if self._held + size + self._windows.receive > self._budget:
+            return False
+        self._held += size
+        return True
+
+    def release(self, size: int) -> None:
+        """Give back bytes charged with :meth:`hold`."""
+        self._held -= size
+        windows = self._windows
+        if windows.owed >= windows.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
+            self._grant_connection()
+
     def can_open_stream(self) -> bool:
         """Whether a stream may be opened now: the state allows it (handshake done, no
         GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
@@ -377,6 +489,7 @@ class Connection:
         self._outgoing = []
         self.bytes_sent += self._outgoing_size
         self._outgoing_size = 0
+        self._control_queued = 0
         return out
 
     def _queue(self, ftype: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
@@ -385,7 +498,9 @@ class Connection:
             self._outgoing.append(header + payload)
         else:
             self._outgoing.append(header)
-        self._outgoing_size += len(header) + len(payload)
+        size = len(header) + len(payload)
+        self._outgoing_size += size
+        self._control_queued += size
 
     def _peer_frame_limit(self) -> int:
         """The largest payload the peer is sure to accept for a control frame."""
@@ -516,6 +631,7 @@ class Connection:
             (LOCAL_OPEN if local_open else 0) | (REMOTE_OPEN if remote_open else 0),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
+            self._max_message_size,
         )
         self._streams[stream_id] = stream
         self._local_open_count += 1
@@ -621,20 +737,36 @@ class Connection:
         self._forget(stream)
         return True
 
-    def acknowledge(self, stream_id: int, credit: int) -> None:
-        """The application consumed ``credit`` bytes of the stream's messages."""
+    def acknowledge(self, stream_id: int, credit: int, messages: int = 0) -> None:
+        """The application consumed ``credit`` bytes of the stream's messages (``messages``
+        of them: each stops counting ``MESSAGE_COST`` to the memory budget)."""
         stream = self._streams.get(stream_id)
-        if stream is None or credit <= 0:
+        if stream is None:
             return  # (no stream exists before the handshake)
-        if not self._may_credit:
-            return  # nobody to credit any more
-        if not stream.may_credit:
-            # The peer sends no more: nothing to tell it.
-            stream.windows.settle(stream.windows.consumed(credit))
-            return
-        increment = stream.windows.consume(credit)
-        if increment:
-            self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+        held = self._held
+        if messages:
+            if messages > stream.messages:
+                messages = stream.messages
+            stream.messages -= messages
+            held -= messages * MESSAGE_COST
+        if credit > 0:
+            windows = stream.windows
+            before = windows.held
+            if not self._may_credit:
+                windows.consumed(credit)  # nobody to credit any more
+            elif not stream.may_credit:
+                # The peer sends no more: nothing to tell it.
+                windows.settle(windows.consumed(credit))
+            else:
+                increment = windows.consume(credit)
+                if increment:
+                    self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+            held -= before - windows.held
+        self._held = held
+        connection = self._windows
+        if connection.owed >= connection.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
+            self._grant_connection()
 
     def set_receive_window(self, stream_id: int, window: int) -> None:
         """Change how many bytes the peer may send ahead on one stream.
@@ -748,9 +880,26 @@ class Connection:
             self.go_away(exc.code, exc.message)
             raise
         if self._may_credit:
-            increment = self._windows.due()
-            if increment:
-                self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
+            self._grant_connection()
+
+    def _grant_connection(self) -> None:
+        """Grant the connection credit owed (once it reaches a quarter of the window),
+        as far as the memory budget has room for it: what is held plus what the peer
+        may send never exceeds the budget. Past that the peer waits (back-pressure)
+        until the application consumes; what is withheld is granted then."""
+        windows = self._windows
+        owed = windows.owed
+        quarter = windows.size >> 2
+        if owed < quarter:
+            return
+        room = self._budget - self._held - windows.receive
+        if room < owed:
+            if room < quarter:
+                return
+            owed = room
+        windows.owed -= owed
+        windows.receive += owed
+        self._queue(FrameType.WINDOW, 0, 0, owed.to_bytes(4, "big"))
 
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
@@ -874,6 +1023,19 @@ class Connection:
                 encode_status(Status(ErrorCode.REFUSED_STREAM, "", "too many concurrent streams")),
             )
             return
+        cost = STREAM_COST + len(payload)
+        if self._held + cost + self._windows.receive > self._budget:
+            # The stream's state would not fit the memory budget: refused, as over the
+            # concurrency limit (the peer may retry once streams close).
+            self._queue(
+                FrameType.RESET,
+                0,
+                stream_id,
+                encode_status(
+                    Status(ErrorCode.REFUSED_STREAM, "", "the link's memory budget is full")
+                ),
+            )
+            return
         if parent and parent not in self._streams:
             if not self._was_used(parent):
                 raise RemoteProtocolError(
@@ -894,7 +1056,10 @@ class Connection:
             | (0 if flags & OpenFlags.NO_SEND else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
+            self._max_message_size,
         )
+        stream.cost = cost
+        self._held += cost
         self._streams[stream_id] = stream
         self._peer_open_count += 1
         events.append(
@@ -914,15 +1079,20 @@ class Connection:
         # The table, read ahead: RECV_DATA leaves both states as they are.
         if not self._may_receive:
             reject_connection_input(self._state, _RECV_DATA)
-        if flags & _COMPRESSED:
+        compressed = flags & _COMPRESSED
+        if compressed:
             if not self.compressing:
                 raise RemoteProtocolError(
                     "compressed DATA on a link that did not agree to it", ErrorCode.PROTOCOL_ERROR
                 )
-            payload = decompress(payload, self._max_frame_payload)
-        size = len(payload)
-        if size > self._max_frame_payload:
-            raise RemoteProtocolError("DATA exceeds max_frame_payload", ErrorCode.FRAME_SIZE_ERROR)
+            # Charged by the size it declares, before anything is decompressed.
+            size = declared_size(payload, self._max_frame_payload)
+        else:
+            size = len(payload)
+            if size > self._max_frame_payload:
+                raise RemoteProtocolError(
+                    "DATA exceeds max_frame_payload", ErrorCode.FRAME_SIZE_ERROR
+                )
         connection = self._windows
         if size > connection.receive:
             raise RemoteProtocolError(
@@ -935,7 +1105,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             self._lookup(stream_id, "DATA")  # raises for a stream never opened
-            return  # closed or reset on our side: drop it
+            return  # closed or reset on our side: drop it (never decompressed)
         if not stream.may_receive:
             reject_stream_input(stream.state, _STREAM_RECV_DATA, stream_id)
         windows = stream.windows
@@ -943,20 +1113,38 @@ class Connection:
             raise RemoteProtocolError(
                 f"DATA exceeds the window of stream {stream_id}", ErrorCode.FLOW_CONTROL_ERROR
             )
-        if windows.assembly + size > self._max_message_size:
-            raise RemoteProtocolError(
-                f"message exceeds max_message_size ({self._max_message_size})",
-                ErrorCode.FRAME_SIZE_ERROR,
-            )
+        if windows.assembly + size > stream.max_message:
+            if stream.max_message >= self._max_message_size:
+                raise RemoteProtocolError(
+                    f"message exceeds max_message_size ({self._max_message_size})",
+                    ErrorCode.FRAME_SIZE_ERROR,
+                )
+            self._refuse_data(stream, events)
+            return
+        if compressed:
+            payload = decompress(payload, size)
         if flags & _MORE:
             stream.assembling = True
             if size:
                 stream.chunks.append(payload)
+            self._held += size
             # Credited back at once while nothing is held, or a message larger than
             # the window could never complete.
             credit = windows.chunk(size)
             if credit:
                 self._return_credit(stream, credit)
+            if (
+                size  # (the chunk that spent the last credit: checked once, not per empty one)
+                and not connection.receive
+                and self._budget - self._held < connection.size >> 2
+                and not any(other.windows.held for other in self._streams.values())
+            ):
+                # The peer has no credit left, none can be granted, and nothing held can
+                # be consumed to make room: only unfinished messages fill the budget.
+                raise RemoteProtocolError(
+                    f"unfinished messages fill the link's memory budget ({self._budget} bytes)",
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                )
             return
         if stream.assembling:  # the last chunk of a message
             if stream.chunks:
@@ -971,8 +1159,42 @@ class Connection:
             windows.receive -= size
             windows.held += size
             total = size
+        stream.messages += 1
+        held = self._held = self._held + size + 128  # MESSAGE_COST
+        if held + connection.receive > self._budget:
+            # Flow control bounds bytes, not messages: only many tiny or empty ones
+            # get here.
+            raise RemoteProtocolError(
+                f"peer sent more messages than the link's memory budget holds "
+                f"({self._budget} bytes, {MESSAGE_COST} a message besides its bytes)",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
+
+    def _refuse_data(self, stream: _Stream, events: list[Event]) -> None:
+        """DATA over the stream's own limit (``set_max_message_size``): the stream is
+        reset, the link carries on."""
+        if stream.max_message < 0:
+            message = "this stream accepts no data"
+        else:
+            message = f"message exceeds this stream's limit of {stream.max_message} bytes"
+        status = Status(ErrorCode.FRAME_SIZE_ERROR, "", message)
+        stream_id = stream.stream_id
+        if self.reset_stream(stream_id, status):
+            events.append(StreamReset(stream_id, status, local=True))
+
+    def set_max_message_size(self, stream_id: int, size: int) -> bool:
+        """Accept messages of at most ``size`` bytes on one stream (0: no DATA at all,
+        not even empty messages); more resets the stream with ``FRAME_SIZE_ERROR``
+        (a :class:`StreamReset` event with ``local`` set) and the link carries on.
+        Returns True when the message in assembly is already over it (the caller
+        then resets the stream)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        stream.max_message = min(size, self._max_message_size) if size > 0 else -1
+        return stream.assembling and (size <= 0 or stream.windows.assembly > size)
 
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
@@ -1049,6 +1271,18 @@ class Connection:
         stream.enter(_STREAM_CLOSED)
         if self._streams.pop(stream.stream_id, None) is None:
             return
+        # What it held is no longer charged (what its reader still holds of it is the
+        # application's, once the stream is closed both ways or reset).
+        windows = stream.windows
+        self._held -= (
+            stream.cost + windows.held + windows.assembly + stream.messages * MESSAGE_COST
+        )
+        stream.cost = stream.messages = 0
+        stream.chunks = []
+        windows = self._windows
+        if windows.owed >= windows.size >> 2 and self._may_credit:
+            # Credit the budget withheld (otherwise it went out with the bytes' arrival).
+            self._grant_connection()
         if self._is_peer_id(stream.stream_id):
             self._peer_open_count -= 1
         else:

@@ -96,6 +96,9 @@ class StreamReset:
     stream_id: int
     #: Why.
     status: Status
+    #: True when we reset it ourselves on receiving something the stream refuses
+    #: (a message over its limit): the peer did not reset it.
+    local: bool = False
 
 
 @attrs.frozen
