@@ -9,6 +9,8 @@
 - ``post URL NAME [BODY] [--join URL] [--bucket KEY]``: join one or more nodes, post a
   request and print what comes back (``--cafile`` to trust a private certificate
   authority).
+- ``console --join URL --listen http://HOST:PORT`` (or ``serve --console URL``): a page
+  showing the node's links, services and a post panel (needs the ``console`` extra).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import trio
 
 from ._errors import ChanservError, ConnectionLost
 from .chanserv._client import Client, RemoteSource
+from .chanserv._console import run_console, serve_console
 from .chanserv._operations import (
     add_metrics_option,
     add_stats_parser,
@@ -167,6 +170,7 @@ async def run_serve(
     router: bool = False,
     registry: Registry | None = None,
     metrics: str | None = None,
+    console: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled, with the
@@ -176,7 +180,8 @@ async def run_serve(
     The node also joins every URL in ``joins`` (``join_ssl_context`` for the TLS ones),
     retrying in the background with the multiplexer's redial backoff until the node
     there is up, so nodes may start in any order. ``router`` makes it a router node.
-    ``registry`` is handed to the multiplexer (a fleet's registry).
+    ``registry`` is handed to the multiplexer (a fleet's registry). ``console``
+    (``http://HOST:PORT``) also serves the node's console page there.
     """
     if source_fn is None and not router:
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
@@ -197,6 +202,8 @@ async def run_serve(
         )
         for url in joins:
             n.start_soon(_join_eventually, mpx, url, _tls_options(url, join_ssl_context), out)
+        if console:
+            await n.start(partial(serve_console, mpx, console, out=out))
         task_status.started(bound)
         await trio.sleep_forever()
 
@@ -302,6 +309,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--registry-prefix", default="/chanserv_trio/", help="key prefix in the registry"
     )
+    serve.add_argument("--console", help="also serve the node's console page, http://HOST:PORT")
+    console = commands.add_parser("console", help="serve a page that shows nodes at work")
+    console.add_argument("--join", action="append", required=True, help="a node's URL")
+    console.add_argument("--listen", default="http://127.0.0.1:8080", help="the page's URL")
     post = commands.add_parser(
         "post",
         help="post a request and print the answer",
@@ -369,10 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     router=args.router,
                     registry=_registry(args.registry, args.registry_prefix),
                     metrics=args.metrics,
+                    console=args.console,
                 )
             )
         elif args.command == "stats":
             trio.run(stats_command, args)
+        elif args.command == "console":
+            trio.run(partial(run_console, args.join, args.listen))
         else:
             context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
             url, name, text = _post_words(args.words, args.registry)
