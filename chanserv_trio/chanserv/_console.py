@@ -139,6 +139,7 @@ async def serve_console(
     url: str,
     *,
     ws_url: str | None = None,
+    ping_interval: float | None = 1.0,
     out: TextIO = sys.stdout,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -148,6 +149,8 @@ async def serve_console(
     The page links to the node over WebSocket: at ``ws_url`` when given (the node
     listens there), else on the node's first ``ws://`` listener, else on a new one at
     ``ws://HOST:0/chanserv``. The node serves :data:`STATS_SERVICE` if it does not yet.
+    While the console runs, every ``ping_interval`` seconds (None: never) each link
+    with no PING awaiting its answer is pinged, so the page shows live round trips.
     """
     try:
         from hypercorn.config import Config
@@ -172,6 +175,8 @@ async def serve_console(
     config.errorlog = None
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
+        if ping_interval is not None:
+            nursery.start_soon(_ping_links, mpx, ping_interval)
         bound: list[str] = await nursery.start(
             # hypercorn types the scope and messages as TypedDicts; the app reads them
             # as plain mappings.
@@ -206,6 +211,14 @@ async def run_console(
         address = await nursery.start(partial(serve_console, mpx, url, ws_url=ws_url, out=out))
         task_status.started(address)
         await trio.sleep_forever()
+
+
+async def _ping_links(mpx: Multiplexer, interval: float) -> None:
+    while True:
+        for link in mpx.links:
+            if link.statistics().pings_outstanding == 0:
+                link.ping()
+        await trio.sleep(interval)
 
 
 def _report(exc: BaseException) -> None:

@@ -1,7 +1,8 @@
 // Drives the console page in a headless Chromium for tests/test_console.py: open the
-// console at argv[2], wait until it shows a link to argv[3] and offers service argv[4],
-// post body argv[5] to it from the post panel, wait for the answer, and print what the
-// page shows as one JSON object. Debian's Chromium (CHANSERV_CHROMIUM), never a download.
+// console at argv[2], wait until it shows a link to argv[3] with its round trip and
+// offers service argv[4], post body argv[5] to it from the post panel, wait for the
+// answer and a snapshot after it, and print what the page shows as one JSON object.
+// Debian's Chromium (CHANSERV_CHROMIUM), never a downloaded one.
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,7 +27,7 @@ try {
     await page.waitForFunction(
       ([peer, service]) =>
         document.body.dataset.status === "failed" ||
-        (document.querySelector(`#links tr.link[data-peer="${peer}"]`) !== null &&
+        (document.querySelector(`#links tr.link[data-peer="${peer}"] td.rtt`)?.textContent?.endsWith("ms") &&
           [.../** @type {HTMLSelectElement} */ (document.getElementById("post-service")).options].some((o) => o.value === service)),
       [peer, service],
       WAIT,
