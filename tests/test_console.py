@@ -4,13 +4,16 @@ Chromium showing the links, the services and a post's sources."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tomllib
 from collections.abc import AsyncIterator
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,7 +21,7 @@ import pytest
 import trio
 
 import chanserv_trio as cs
-from chanserv_trio._cli import _parser
+from chanserv_trio._cli import _parser, run_serve
 from chanserv_trio.chanserv._console import STATIC, console_bind, run_console, serve_console
 from chanserv_trio.chanserv._stats import STATS_SERVICE, open_stats
 
@@ -119,6 +122,31 @@ async def test_serve_console_adds_the_page_to_a_running_node(nursery: trio.Nurse
                 assert (await http.get("/config.json")).json()["ws"] == ws
         assert STATS_SERVICE in mpx.services
         nursery.cancel_scope.cancel()
+
+
+async def test_serve_with_console_serves_the_page_beside_the_node(nursery: trio.Nursery) -> None:
+    """``chanserv-trio serve ... --console URL``: run_serve starts the console too."""
+    out = io.StringIO()
+    with trio.fail_after(10):
+        bound = await nursery.start(
+            partial(
+                run_serve,
+                parts,
+                ["ws://127.0.0.1:0/chanserv"],
+                "parts",
+                out,
+                console="http://127.0.0.1:0",
+            )
+        )
+        printed = re.search(r"console on (http://\S+)", out.getvalue())
+        assert printed is not None, out.getvalue()
+        async with httpx.AsyncClient(base_url=printed[1], trust_env=False) as http:
+            assert (await http.get("/config.json")).json() == {
+                "ws": bound[0],
+                "stats": STATS_SERVICE,
+            }
+            assert (await http.get("/")).status_code == 200
+    nursery.cancel_scope.cancel()
 
 
 def test_the_console_listens_on_http_urls_with_a_port() -> None:
