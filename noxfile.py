@@ -61,3 +61,22 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.memory")
     session.run("python", "-m", "benchmarks.attacks")
+
+
+@nox.session(python=False)
+def console_client(session: nox.Session) -> None:
+    """Copy the JavaScript client (js/src) into the console's package data, which the
+    console's page loads (js/ is not installed with the package; tests/test_console.py
+    checks the copy is current)."""
+    import shutil
+    from pathlib import Path
+
+    source = Path("js/src")
+    target = Path("chanserv_trio/chanserv/console_static/client")
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob("*.js"):
+        if not (source / stale.name).exists():
+            stale.unlink()
+    for module in source.glob("*.js"):
+        shutil.copyfile(module, target / module.name)
+    session.log(f"copied {len(list(source.glob('*.js')))} modules into {target}")

@@ -12,6 +12,8 @@
   for a plain node. ``--authenticate MODULE:FUNCTION`` judges the credentials of the
   nodes that join it (``authenticate(credential, peer)``), ``--credential-file PATH``
   presents the bytes of a file to the nodes it joins (``post`` takes it too).
+- ``console --join URL --listen http://HOST:PORT`` (or ``serve --console URL``): a page
+  showing the node's links, services and a post panel (needs the ``console`` extra).
 - ``post URL NAME [BODY|-|@PATH] [--join URL] [--bucket KEY] [--output text|raw|json]``:
   join one or more nodes, post a request and print what comes back.
 
@@ -49,6 +51,7 @@ import trio
 from . import __version__
 from ._errors import ChanservError, ConnectionLost, RemoteError
 from .chanserv._client import Client, RemoteSource
+from .chanserv._console import run_console, serve_console
 from .chanserv._operations import (
     add_metrics_option,
     add_stats_parser,
@@ -358,6 +361,7 @@ async def run_serve(
     accept_offers: bool | None = None,
     credential: bytes | None = None,
     authenticate: Authenticator | None = None,
+    console: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``source_fn`` (if given) as ``name`` on every URL until cancelled, or until
@@ -372,6 +376,7 @@ async def run_serve(
     ``router``) lets the peers that join the listeners offer services: a router relays
     what the nodes that join it serve. ``credential`` and ``authenticate`` are the
     multiplexer's.
+    ``console`` (``http://HOST:PORT``) also serves the node's console page there.
     """
     if source_fn is None and not router:
         raise ValueError("serve needs a MODULE:FUNCTION to serve, or --router")
@@ -407,6 +412,8 @@ async def run_serve(
         for url in joins:
             options = _tls_options(url, join_ssl_context)
             nursery.start_soon(_join_eventually, mpx, url, options, out)
+        if console:
+            await nursery.start(partial(serve_console, mpx, console, out=out))
         task_status.started(bound)
         if shutdown is None:
             await trio.sleep_forever()
@@ -681,6 +688,7 @@ def _add_serve(commands: Any) -> None:
     )
     _add_credential_option(serve)
     add_metrics_option(serve)
+    serve.add_argument("--console", help="also serve the node's console page, http://HOST:PORT")
     serve.set_defaults(command=_serve, subparser=serve, default_log_level="info")
 
 
@@ -738,9 +746,24 @@ async def _serve(args: argparse.Namespace, run: Run) -> int:
         authenticate=cast(Authenticator, load_function(args.authenticate))
         if args.authenticate
         else None,
+        console=args.console,
     )
     logger.info("stopped")
     return 128 + forced[0] if forced else 0
+
+
+def _add_console(commands: Any) -> None:
+    console = commands.add_parser(
+        "console", help="serve a page that shows nodes at work", parents=[_common()]
+    )
+    console.add_argument("--join", action="append", required=True, help="a node's URL")
+    console.add_argument("--listen", default="http://127.0.0.1:8080", help="the page's URL")
+    console.set_defaults(command=_console_command, subparser=console, default_log_level="info")
+
+
+async def _console_command(args: argparse.Namespace, run: Run) -> int:
+    await run_console(args.join, args.listen)
+    return 0
 
 
 def _add_post(commands: Any) -> None:
@@ -807,7 +830,13 @@ def _add_stats(commands: Any) -> None:
     stats.set_defaults(command=stats_command, subparser=stats, default_log_level="error")
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_serve, _add_post, _add_stats]
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
+    _add_serve,
+    _add_post,
+    _add_stats,
+    _add_console,
+]
 
 
 # ---------------------------------------------------------------- the parser
