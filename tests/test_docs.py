@@ -41,6 +41,7 @@ from chanserv_trio.wire._codec import (
     FrameDecoder,
     FrameType,
     HelloField,
+    ResumeSetting,
     Setting,
     Status,
     encode_frame,
@@ -124,6 +125,10 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
         named = dict(re.findall(r"`(\w+)`(?: \((\w+)\))?", raised)[::-1])
         by_scope = {scope: name for name, scope in named.items()}
         scopes = row["scope"]
+        if code == ErrorCode.RESUME_REFUSED:
+            # Refused resumption ends the link the way a lost transport does.
+            assert list(named) == ["ConnectionLost"], row
+            continue
         if "stream" not in scopes and "local" not in scopes:
             # Connection-only codes end the link: every stream sees ProtocolError.
             assert list(named) == ["ProtocolError"], row
@@ -192,6 +197,15 @@ def test_settings_table_matches_ids_and_defaults() -> None:
     # Every setting is documented; the defaults send all but COMPRESSION (sent only on).
     assert {Setting[row["name"]] for row in rows} == set(Setting)
     assert set(defaults.to_wire()) == set(Setting) - {Setting.COMPRESSION}
+
+
+def test_resume_settings_table_matches_code() -> None:
+    rows = doc_table("resume-settings")
+    assert {row["name"]: parse_int(row["id"]) for row in rows} == {
+        member.name: member.value for member in ResumeSetting
+    }
+    # Resumption's ids do not collide with the limits' ids.
+    assert not {int(member) for member in ResumeSetting} & {int(member) for member in Setting}
 
 
 def test_constants_named_in_the_prose() -> None:

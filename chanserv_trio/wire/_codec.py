@@ -41,6 +41,7 @@ __all__ = [
     "HelloField",
     "OpenFlags",
     "PingFlags",
+    "ResumeSetting",
     "ServiceFlags",
     "Setting",
     "Status",
@@ -159,6 +160,8 @@ class ErrorCode(enum.IntEnum):
     VERSION_MISMATCH = 11
     ENHANCE_YOUR_CALM = 12
     CONNECTION_LOST = 13
+    #: A resuming HELLO names a token or a position the receiver does not hold.
+    RESUME_REFUSED = 16
 
     @classmethod
     def coerce(cls, value: int) -> ErrorCode | int:
@@ -175,7 +178,8 @@ class HelloField(enum.IntEnum):
 
     #: Bytes the dialing side presents to be let in (the hardening issue; unused yet).
     CREDENTIAL = 1
-    #: A token to resume an earlier connection (reserved; unused yet).
+    #: The link's resume token: issued in the accepting side's first HELLO, presented
+    #: in a resuming HELLO (``wire._resume``).
     RESUME_TOKEN = 2
 
 
@@ -190,6 +194,18 @@ class Setting(enum.IntEnum):
     MAX_CONCURRENT_STREAMS = 6
     #: 1: the sender can decompress LZ4 DATA payloads and asks for compression.
     COMPRESSION = 7
+
+
+class ResumeSetting(enum.IntEnum):
+    """Setting ids of resumption (``wire._resume``), carried in HELLO beside the
+    :class:`Setting` ids but not limits, so not part of ``Settings``."""
+
+    #: Milliseconds the sender keeps a detached link (sent only with resumption on).
+    RESUME_TIMEOUT = 8
+    #: Bytes of unconfirmed frames the sender keeps for replay.
+    RESUME_BUFFER = 9
+    #: In a resuming HELLO only: the sender's received position.
+    RESUME_POSITION = 10
 
 
 @attrs.frozen
