@@ -47,7 +47,8 @@ from chanserv_trio.wire._codec import (
     encode_frame,
 )
 from chanserv_trio.wire._connection import Connection, Settings
-from chanserv_trio.wire._events import MessageReceived, StreamOpened
+from chanserv_trio.wire._events import MessageReceived, Resumed, ResumeRequested, StreamOpened
+from chanserv_trio.wire._resume import ResumeOptions
 from chanserv_trio.wire._state import (
     CONNECTION_TRANSITIONS,
     STREAM_TRANSITIONS,
@@ -607,3 +608,48 @@ async def test_small_frame_then_frame_larger_than_the_window(
                 async for frame in await sources.receive():
                     received.append(frame)
         assert received == [b"small", big]
+
+
+# ------------------------------------------------------- the resumption example
+
+
+def test_resumption_example_positions_are_what_the_code_counts() -> None:
+    """docs/protocol.md, section 17: the table of positions, replayed."""
+    options = ResumeOptions(timeout=30.0)
+    client = Connection(initiator=True, resume=options)
+    server = Connection(initiator=False, resume=options)
+    exchange(client, server)
+    server.advertise("echo")
+    deliver(server, client)
+    stream = client.open_stream("echo", b"")
+    client.send_data(stream, b"one")
+    server.receive_data(out(client))
+    client.send_data(stream, b"two")
+    out(client)  # written, then lost in the cut
+
+    def positions() -> list[int]:
+        return [
+            client.sent_position,
+            client.received_position,
+            server.sent_position,
+            server.received_position,
+        ]
+
+    measured = [positions()]
+    client.detach()
+    server.detach()
+    client.begin_resume()
+    fresh = Connection(initiator=False, resume=options)
+    (request,) = deliver(client, fresh)
+    assert isinstance(request, ResumeRequested) and request.position == 14
+    server.accept_resume(request.position)
+    (resumed,) = deliver(server, client)
+    assert isinstance(resumed, Resumed) and resumed.position == 35 and resumed.replayed == 13
+    measured.append(positions())
+    (message,) = deliver(client, server)
+    assert isinstance(message, MessageReceived) and message.data == b"two"
+    measured.append(positions())
+    documented = [
+        [parse_int(row[column]) for column in list(row)[1:]] for row in doc_table("resume-example")
+    ]
+    assert documented == measured

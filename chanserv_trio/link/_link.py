@@ -39,6 +39,8 @@ from ..wire._events import (
     HandshakeCompleted,
     MessageReceived,
     PingAcknowledged,
+    Resumed,
+    ResumeRequested,
     ServiceAdvertised,
     StreamEnded,
     StreamOpened,
@@ -550,6 +552,8 @@ class Link:
                         self.options.on_services(self)
                 case ConnectionTerminated():
                     self._on_terminated(event)
+                case ResumeRequested() | Resumed():
+                    pass  # (links do not resume yet)
                 case _:
                     assert_never(event)
 

@@ -429,6 +429,16 @@ class FrameDecoder:
             self._pending.append(chunk)
             self._pending_size += len(chunk)
 
+    def take_rest(self) -> bytes:
+        """Every byte fed and not yet returned as a frame; the decoder is left empty
+        (for handing a transport's further bytes to another decoder)."""
+        rest = b"".join([self._buffer[self._offset :], *self._pending])
+        self._buffer = b""
+        self._offset = 0
+        self._pending = []
+        self._pending_size = 0
+        return rest
+
     def _take_spanning(self, missing: int) -> bytes:
         """The payload of the frame whose header starts the buffer and whose last
         ``missing`` bytes wait in the pending chunks: joined in one copy."""
