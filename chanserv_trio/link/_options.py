@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..wire._connection import Settings
+from ..wire._resume import ResumeOptions
 
 if TYPE_CHECKING:
     from ._link import Link
@@ -96,3 +97,6 @@ class LinkOptions:
     #: Called with errors no caller would otherwise see (a handler's exception, the
     #: peer breaking the protocol).
     on_error: Callable[[BaseException], object] | None = None
+    #: Ask for resumption (``docs/protocol.md``, section 17); None: links end when
+    #: their transport breaks.
+    resume: ResumeOptions | None = None
