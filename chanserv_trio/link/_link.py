@@ -513,6 +513,7 @@ class Link:
 
     async def wait_detached(self) -> bool:
         """Wait until the link loses its transport (True) or ends (False)."""
+        await trio.lowlevel.checkpoint()
         while self._error is None and self._detached_since is None:
             await self._detach_lot.park()
         return self._error is None
@@ -544,19 +545,22 @@ class Link:
             nursery.start_soon(self._attached, attachment)
             with trio.move_on_after(self.options.handshake_timeout):
                 await attachment.settled.wait()
-            if not attachment.ready.is_set():
+            if attachment.ready.is_set():
+                if remote_addr:
+                    self.remote_addr, self.local_addr = remote_addr, local_addr
+                task_status.started(self)
+            else:
                 if self._attachment is attachment:
                     self._detach(ConnectionLost("no answer to the resuming HELLO"))
                 attachment.scope.cancel()
-                if self._error is not None:
-                    raise self._error
-                raise ConnectionLost(
-                    f"resuming over {remote_addr or 'a new connection'} failed: "
-                    f"the transport broke or the peer did not answer in time"
-                )
-            if remote_addr:
-                self.remote_addr, self.local_addr = remote_addr, local_addr
-            task_status.started(self)
+        # (Raised out here, not from inside the nursery, so it is not wrapped in a group.)
+        if not attachment.ready.is_set():
+            if self._error is not None:
+                raise self._error
+            raise ConnectionLost(
+                f"resuming over {remote_addr or 'a new connection'} failed: "
+                f"the transport broke or the peer did not answer in time"
+            )
 
     def refuse_resume_from(self, position: int) -> str:
         """The accepting side: the peer asked to resume from ``position``, which is no

@@ -566,6 +566,8 @@ class Multiplexer:
             )
 
         while await link.wait_detached():
+            if self.closing:
+                return  # the shutdown ends the link (or its resume_timeout does)
             delays = self._redial.delays()
             delay = 0.0
             while link.is_alive and link.detached and not self.closing:
