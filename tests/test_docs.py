@@ -653,3 +653,25 @@ def test_resumption_example_positions_are_what_the_code_counts() -> None:
         [parse_int(row[column]) for column in list(row)[1:]] for row in doc_table("resume-example")
     ]
     assert documented == measured
+
+
+def test_resumption_page_names_the_arguments_and_messages_the_code_has() -> None:
+    import inspect
+
+    import chanserv_trio as cs
+    from chanserv_trio.link import _link
+    from chanserv_trio.node import _multiplexer
+    from chanserv_trio.wire import _connection
+
+    page = (ROOT / "docs" / "resumption.md").read_text(encoding="utf-8")
+    parameters = inspect.signature(cs.Multiplexer).parameters
+    assert parameters["resume_timeout"].default is None and "resume_timeout" in page
+    assert parameters["resume_buffer_size"].default == 4 * 2**20
+    assert "resume_buffer_size` (default `4 * 2**20`" in page
+    sources = "".join(inspect.getsource(module) for module in (_link, _multiplexer, _connection))
+    # Messages split over adjacent string literals read as one.
+    code = " ".join(re.sub(r'"\s*\n\s*f?"', "", sources).split())
+    for quoted in re.findall(r'^- "(?:… )?([^"…]+)', page, flags=re.M):
+        assert " ".join(quoted.split()).strip(" (") in code, quoted
+    for field in ("resumptions", "detached_seconds", "resume_buffered"):
+        assert field in page and field in cs.LinkStatistics.__annotations__
