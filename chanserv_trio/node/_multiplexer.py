@@ -447,7 +447,12 @@ class Multiplexer:
         try:
             await self._run_link(link)
             if link.resume_request is not None:
-                await self._resume_accepted(link, transport, local, remote)
+                # The connection carries a link this listener already counts.
+                budget.links -= 1
+                try:
+                    await self._resume_accepted(link, transport, local, remote)
+                finally:
+                    budget.links += 1
         except Exception as exc:
             # One bad connection must never take the listener (and everyone else) down.
             if self._on_error is not None:
