@@ -324,8 +324,9 @@ class CuttingProxy:
     each time ``cut_every`` bytes went through one way: a link that resumes redials
     through it again and again.
 
-    ``kind`` is what a break does: CUT (FIN both ways), RESET (RST both ways) or STALL
-    (nothing more either way, both kept open). While ``down``, new connections are
+    ``kind`` is what a break does: CUT (FIN both ways), RESET (RST both ways), STALL
+    (nothing more either way, both kept open) or STALL_ONE_WAY (the client's side
+    closed, the server's kept open and silent: half open). While ``down``, new connections are
     closed at once (a node that is not there). ``unix`` listens on, and dials, Unix
     socket paths instead of TCP ports.
     """
@@ -441,6 +442,12 @@ class CuttingProxy:
         for client, server, stalled in list(self._pairs):
             if kind is Fault.STALL:
                 stalled.set()
+                continue
+            if kind is Fault.STALL_ONE_WAY:
+                # Half open: the client's connection closes, the server's stays up and
+                # silent (the server only learns of it when the client comes back).
+                stalled.set()
+                await trio.aclose_forcefully(client)
                 continue
             for stream in (client, server):
                 if kind is Fault.RESET:

@@ -348,3 +348,36 @@ async def test_one_side_without_resumption_ends_the_link_as_before() -> None:
         await proxy.fault()
         with trio.fail_after(3), pytest.raises(cs.ConnectionLost):
             await stream.receive()
+
+
+async def test_a_half_open_link_is_taken_over_by_the_resuming_connection() -> None:
+    # The server never learns that the old connection died (keepalive off): the
+    # client's resuming HELLO is what tells it, and the old transport is given up.
+    quiet = {"keepalive_interval": None}
+    async with resuming_pair(
+        kind=Fault.STALL_ONE_WAY, cut_every=60_000, cuts=3, server_options=quiet
+    ) as (server, client, proxy):
+        with trio.fail_after(20):
+            assert await fetch(client, 2000, 150) == 2000
+        assert proxy.breaks == 3
+        assert the_link(server).statistics().resumptions == 3
+
+
+async def test_both_directions_survive_cuts() -> None:
+    async with resuming_pair(cut_every=40_000, cuts=6) as (_, client, proxy):
+        stream = await client.open_stream("echo", b"")
+        count = 1500
+
+        async def send_all() -> None:
+            for seq in range(count):
+                await stream.send(message(seq, 120))
+            stream.end()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                seq = 0
+                async for data in stream:
+                    check(data, seq)
+                    seq += 1
+        assert seq == count and proxy.breaks == 6
