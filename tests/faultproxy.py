@@ -420,11 +420,15 @@ class CuttingProxy:
                     await sink.send_eof()
                     return
                 every = self.cut_every
-                if every is not None and self.cuts_left and self._since_break + len(data) >= every:
+                if (
+                    every is not None
+                    and self.cuts_left > 0
+                    and self._since_break + len(data) >= every
+                ):
                     # Forward part of the chunk (inside a frame, most likely), then break.
-                    part = every - self._since_break
+                    self.cuts_left -= 1  # (before any await: other pumps check it too)
+                    part = max(0, every - self._since_break)
                     await sink.send_all(data[:part])
-                    self.cuts_left -= 1
                     await self.fault()
                     return
                 self._since_break += len(data)
