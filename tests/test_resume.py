@@ -7,6 +7,7 @@ Every message carries its sequence number and a CRC-32 of the rest, checked on a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
@@ -23,9 +24,16 @@ import trio.lowlevel
 import trustme
 from faultproxy import CuttingProxy, Fault
 from helpers import wait_until
+from test_transport_interface import MemoryTransport
 
 import chanserv_trio as cs
 from chanserv_trio.link._link import Link
+from chanserv_trio.transports._base import (
+    Endpoint,
+    TransportOptions,
+    register_transport,
+    unregister_transport,
+)
 
 _REQUEST = struct.Struct(">II")  # messages, bytes each
 _SEQ = struct.Struct(">I")
@@ -381,3 +389,129 @@ async def test_both_directions_survive_cuts() -> None:
                     check(data, seq)
                     seq += 1
         assert seq == count and proxy.breaks == 6
+
+
+# ------------------------------------- the same, in memory, on the autojump clock
+
+
+class CuttableMemory(MemoryTransport):
+    """``mem://name`` links whose connections a test can break all at once, and a
+    ``down`` switch that refuses new ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[trio.abc.Stream] = []
+        self.down = False
+
+    async def dial(
+        self, endpoint: Endpoint, options: TransportOptions, nursery: trio.Nursery
+    ) -> trio.abc.Stream:
+        if self.down:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "down", endpoint.url())
+        listener = self.listeners.get(endpoint.path)
+        if listener is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "nothing listens", endpoint.url())
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.open += [ours, theirs]
+        await listener.send.send(theirs)
+        return ours
+
+    async def cut(self) -> None:
+        for stream in self.open:
+            await trio.aclose_forcefully(stream)
+        self.open = []
+
+
+@asynccontextmanager
+async def memory_transport() -> AsyncIterator[CuttableMemory]:
+    transport = CuttableMemory()
+    register_transport(transport)
+    try:
+        yield transport
+    finally:
+        unregister_transport(transport)
+
+
+async def echo_once(mpx: cs.Multiplexer) -> cs.LinkStream:
+    stream = await mpx.open_stream("echo", b"")
+    await stream.send(b"x")
+    assert await stream.receive() == b"x"
+    return stream
+
+
+async def test_in_memory_a_resume_timeout_ends_the_streams_when_it_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(**options) as server,
+        cs.Multiplexer(**options) as client,
+    ):
+        server.handle("echo", echo)
+        await server.listen("mem://node")
+        await client.join("mem://node", redial=False)
+        stream = await echo_once(client)
+        memory.down = True
+        await memory.cut()
+        cut = trio.current_time()
+        with trio.fail_after(60), pytest.raises(cs.ConnectionLost) as caught:
+            await stream.receive()
+        assert 30.0 <= trio.current_time() - cut <= 31.0
+        assert "resumption failed: not resumed within resume_timeout (30 s)" in str(caught.value)
+        assert the_link_or_none(client) is None
+
+
+async def test_in_memory_a_restarted_server_refuses_the_token_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with memory_transport() as memory, cs.Multiplexer(**options) as client:
+        async with cs.Multiplexer(**options) as first:
+            first.handle("echo", echo)
+            await first.listen("mem://node")
+            await client.join("mem://node", redial=False)
+            stream = await echo_once(client)
+            memory.down = True
+            await memory.cut()
+        async with cs.Multiplexer(**options) as second:
+            await second.listen("mem://node")
+            memory.down = False
+            cut = trio.current_time()
+            with trio.fail_after(60), pytest.raises(cs.ConnectionLost) as caught:
+                await stream.receive()
+            # The first redial after the restart is refused: no waiting for a timeout.
+            assert trio.current_time() - cut <= 1.0
+            assert "resumption failed: this node holds no link" in str(caught.value)
+            assert second.links == []
+
+
+async def test_in_memory_a_wrong_token_is_refused_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(**options) as server,
+        cs.Multiplexer(**options) as client,
+    ):
+        server.handle("echo", echo)
+        await server.listen("mem://node")
+        await client.join("mem://node", redial=False)
+        stream = await echo_once(client)
+        the_link(client).conn.resume_token = b"\x00" * 16
+        cut = trio.current_time()
+        await memory.cut()
+        with trio.fail_after(60), pytest.raises(cs.ConnectionLost, match="resumption failed"):
+            await stream.receive()
+        assert trio.current_time() - cut <= 1.0
+        # The real link waits for its owner until its own timeout, then goes too.
+        (held,) = server.links
+        assert held.detached
+        await held.wait_closed()
+        assert 30.0 <= trio.current_time() - cut <= 31.0
+
+
+def the_link_or_none(mpx: cs.Multiplexer) -> Link | None:
+    return mpx.links[0] if mpx.links else None
