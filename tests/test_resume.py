@@ -515,3 +515,14 @@ async def test_in_memory_a_wrong_token_is_refused_at_once(
 
 def the_link_or_none(mpx: cs.Multiplexer) -> Link | None:
     return mpx.links[0] if mpx.links else None
+
+
+def test_the_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="resume_timeout must be above 0"):
+        cs.Multiplexer(resume_timeout=0)
+    with pytest.raises(ValueError, match="resume_buffer_size must be at least 1024"):
+        cs.Multiplexer(resume_timeout=5, resume_buffer_size=100)
+    mpx = cs.Multiplexer(resume_timeout=5, resume_buffer_size=1 << 20)
+    assert (mpx.resume_timeout, mpx.resume_buffer_size) == (5, 1 << 20)
+    stats = cs.LinkStatistics(0, 0, 0, 0, 0, 0, 0, 0, None)
+    assert (stats.resumptions, stats.detached_seconds, stats.resume_buffered) == (0, 0.0, 0)
