@@ -317,3 +317,146 @@ class FaultProxy:
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
             await trio.aclose_forcefully(stream)
+
+
+class CuttingProxy:
+    """Forwards every connection it accepts to ``target``, and breaks them on demand or
+    each time ``cut_every`` bytes went through one way: a link that resumes redials
+    through it again and again.
+
+    ``kind`` is what a break does: CUT (FIN both ways), RESET (RST both ways), STALL
+    (nothing more either way, both kept open) or STALL_ONE_WAY (the client's side
+    closed, the server's kept open and silent: half open). While ``down``, new connections are
+    closed at once (a node that is not there). ``unix`` listens on, and dials, Unix
+    socket paths instead of TCP ports.
+    """
+
+    def __init__(
+        self,
+        target: tuple[str, int] | str,
+        *,
+        kind: Fault = Fault.CUT,
+        cut_every: int | None = None,
+        cuts: int = 1 << 30,
+        listen_path: str | None = None,
+    ) -> None:
+        self.target = target
+        self.kind = kind
+        self.cut_every = cut_every
+        #: Breaks left to do by ``cut_every`` (manual ones always happen).
+        self.cuts_left = cuts
+        self.listen_path = listen_path
+        #: Connections accepted, and breaks done.
+        self.accepted = 0
+        self.breaks = 0
+        self.down = False
+        self._pairs: list[tuple[trio.SocketStream, trio.SocketStream, trio.Event]] = []
+        self._since_break = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.listen_path is not None:
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            await sock.bind(self.listen_path)
+            sock.listen()
+            listener: trio.SocketListener = trio.SocketListener(sock)
+            url = f"unix://{self.listen_path}"
+        else:
+            listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+            url = f"tcp://127.0.0.1:{listener.socket.getsockname()[1]}"
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started(url)
+            while True:
+                client = await listener.accept()
+                nursery.start_soon(self._serve, client)
+
+    async def _connect(self) -> trio.SocketStream:
+        # (A socket of our own rather than trio.open_tcp_stream, which can leave the
+        # connected socket unclosed when cancelled right as it connects.)
+        family = socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            await sock.connect(self.target)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    async def _serve(self, client: trio.SocketStream) -> None:
+        self.accepted += 1
+        if self.down:
+            await trio.aclose_forcefully(client)
+            return
+        try:
+            server = await self._connect()
+        except OSError:
+            await trio.aclose_forcefully(client)
+            return
+        except BaseException:
+            await trio.aclose_forcefully(client)
+            raise
+        stalled = trio.Event()
+        pair = (client, server, stalled)
+        self._pairs.append(pair)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, server, stalled)
+                nursery.start_soon(self._pump, server, client, stalled)
+        finally:
+            # Closed at once, without a checkpoint that a cancellation could cut short.
+            client.socket.close()
+            server.socket.close()
+            with contextlib.suppress(ValueError):
+                self._pairs.remove(pair)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, stalled: trio.Event
+    ) -> None:
+        try:
+            while True:
+                data = await source.receive_some(65536)
+                if stalled.is_set():
+                    await trio.sleep_forever()
+                if not data:
+                    await sink.send_eof()
+                    return
+                every = self.cut_every
+                if (
+                    every is not None
+                    and self.cuts_left > 0
+                    and self._since_break + len(data) >= every
+                ):
+                    # Forward part of the chunk (inside a frame, most likely), then break.
+                    self.cuts_left -= 1  # (before any await: other pumps check it too)
+                    part = max(0, every - self._since_break)
+                    await sink.send_all(data[:part])
+                    await self.fault()
+                    return
+                self._since_break += len(data)
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            with contextlib.suppress(OSError):
+                await trio.aclose_forcefully(sink)
+                await trio.aclose_forcefully(source)
+
+    async def fault(self, kind: Fault | None = None) -> None:
+        """Break every connection forwarded now."""
+        kind = kind or self.kind
+        self.breaks += 1
+        self._since_break = 0
+        for client, server, stalled in list(self._pairs):
+            if kind is Fault.STALL:
+                stalled.set()
+                continue
+            if kind is Fault.STALL_ONE_WAY:
+                # Half open: the client's connection closes, the server's stays up and
+                # silent (the server only learns of it when the client comes back).
+                stalled.set()
+                await trio.aclose_forcefully(client)
+                continue
+            for stream in (client, server):
+                if kind is Fault.RESET:
+                    with contextlib.suppress(OSError):
+                        stream.socket.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                await trio.aclose_forcefully(stream)

@@ -44,12 +44,14 @@ from chanserv_trio.wire._codec import (
     FrameDecoder,
     FrameType,
     HelloField,
+    ResumeSetting,
     Setting,
     Status,
     encode_frame,
 )
 from chanserv_trio.wire._connection import Connection, Settings
-from chanserv_trio.wire._events import MessageReceived, StreamOpened
+from chanserv_trio.wire._events import MessageReceived, Resumed, ResumeRequested, StreamOpened
+from chanserv_trio.wire._resume import ResumeOptions
 from chanserv_trio.wire._state import (
     CONNECTION_TRANSITIONS,
     STREAM_TRANSITIONS,
@@ -129,6 +131,10 @@ def test_error_code_table_names_the_exception_a_stream_status_raises() -> None:
         named = dict(re.findall(r"`(\w+)`(?: \((\w+)\))?", raised)[::-1])
         by_scope = {scope: name for name, scope in named.items()}
         scopes = row["scope"]
+        if code == ErrorCode.RESUME_REFUSED:
+            # Refused resumption ends the link the way a lost transport does.
+            assert list(named) == ["ConnectionLost"], row
+            continue
         if "stream" not in scopes and "local" not in scopes:
             # Connection-only codes end the link: every stream sees what the GOAWAY
             # stands for (ProtocolError, but AuthenticationFailed for a refused
@@ -200,6 +206,15 @@ def test_settings_table_matches_ids_and_defaults() -> None:
     # Every setting is documented; the defaults send all but COMPRESSION (sent only on).
     assert {Setting[row["name"]] for row in rows} == set(Setting)
     assert set(defaults.to_wire()) == set(Setting) - {Setting.COMPRESSION}
+
+
+def test_resume_settings_table_matches_code() -> None:
+    rows = doc_table("resume-settings")
+    assert {row["name"]: parse_int(row["id"]) for row in rows} == {
+        member.name: member.value for member in ResumeSetting
+    }
+    # Resumption's ids do not collide with the limits' ids.
+    assert not {int(member) for member in ResumeSetting} & {int(member) for member in Setting}
 
 
 def test_constants_named_in_the_prose() -> None:
@@ -669,3 +684,70 @@ def test_api_reference_documents_every_exported_name() -> None:
     documented = re.findall(r"^\.\. auto(?:class|function|exception|data):: (\w+)$", text, re.M)
     assert sorted(documented) == sorted(cs.__all__)
     assert len(documented) == len(set(documented))
+
+
+# ------------------------------------------------------- the resumption example
+
+
+def test_resumption_example_positions_are_what_the_code_counts() -> None:
+    """docs/protocol.md, section 17: the table of positions, replayed."""
+    options = ResumeOptions(timeout=30.0)
+    client = Connection(initiator=True, resume=options)
+    server = Connection(initiator=False, resume=options)
+    exchange(client, server)
+    server.advertise("echo")
+    deliver(server, client)
+    stream = client.open_stream("echo", b"")
+    client.send_data(stream, b"one")
+    server.receive_data(out(client))
+    client.send_data(stream, b"two")
+    out(client)  # written, then lost in the cut
+
+    def positions() -> list[int]:
+        return [
+            client.sent_position,
+            client.received_position,
+            server.sent_position,
+            server.received_position,
+        ]
+
+    measured = [positions()]
+    client.detach()
+    server.detach()
+    client.begin_resume()
+    fresh = Connection(initiator=False, resume=options)
+    (request,) = deliver(client, fresh)
+    assert isinstance(request, ResumeRequested) and request.position == 14
+    server.accept_resume(request.position)
+    (resumed,) = deliver(server, client)
+    assert isinstance(resumed, Resumed) and resumed.position == 35 and resumed.replayed == 13
+    measured.append(positions())
+    (message,) = deliver(client, server)
+    assert isinstance(message, MessageReceived) and message.data == b"two"
+    measured.append(positions())
+    documented = [
+        [parse_int(row[column]) for column in list(row)[1:]] for row in doc_table("resume-example")
+    ]
+    assert documented == measured
+
+
+def test_resumption_page_names_the_arguments_and_messages_the_code_has() -> None:
+    import inspect
+
+    import chanserv_trio as cs
+    from chanserv_trio.link import _link
+    from chanserv_trio.node import _multiplexer
+    from chanserv_trio.wire import _connection
+
+    page = (ROOT / "docs" / "resumption.md").read_text(encoding="utf-8")
+    parameters = inspect.signature(cs.Multiplexer).parameters
+    assert parameters["resume_timeout"].default is None and "resume_timeout" in page
+    assert parameters["resume_buffer_size"].default == 4 * 2**20
+    assert "resume_buffer_size` (default `4 * 2**20`" in page
+    sources = "".join(inspect.getsource(module) for module in (_link, _multiplexer, _connection))
+    # Messages split over adjacent string literals read as one.
+    code = " ".join(re.sub(r'"\s*\n\s*f?"', "", sources).split())
+    for quoted in re.findall(r'^- "(?:… )?([^"…]+)', page, flags=re.M):
+        assert " ".join(quoted.split()).strip(" (") in code, quoted
+    for field in ("resumptions", "detached_seconds", "resume_buffered"):
+        assert field in page and field in cs.LinkStatistics.__annotations__

@@ -395,7 +395,15 @@ def expectations(
                 problems.append(f"the server did not report a protocol error: {new}")
         if not complete:
             for error in outcome.errors:
-                if not isinstance(error, cs.ProtocolError):
+                # Damage in the frame right behind the client's HELLO can end the link
+                # before the server advertised anything: then no node offers the service
+                # as far as the client knows (the server reported the protocol error).
+                before_any_offer = (
+                    isinstance(error, cs.ServiceNotFound)
+                    and plan.direction is Direction.TO_SERVER
+                    and not outcome.announced
+                )
+                if not isinstance(error, cs.ProtocolError) and not before_any_offer:
                     problems.append(f"a damaged header ended in {error!r}, not ProtocolError")
             if plan.direction is Direction.TO_CLIENT and not any(
                 isinstance(error, cs.ProtocolError) for error in client_errors

@@ -8,13 +8,16 @@ started during the test has exited.
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import attrs
 import trio
+from faultproxy import CuttingProxy
 
 import chanserv_trio as cs
 
@@ -199,3 +202,69 @@ async def test_hundred_clients_lose_duplicate_and_reorder_nothing() -> None:
     assert links_after_close == 0
     assert left_running == []
     assert counter.spawned == counter.exited > CLIENTS * REQUESTS * SOURCES
+
+
+async def test_hundred_clients_through_random_cuts_lose_duplicate_and_reorder_nothing() -> None:
+    """The same load with resumption on, every client joined through one proxy that
+    breaks all hundred connections at once, again and again at byte counts drawn from
+    a seeded generator (inside frames, most of them): still every frame exactly once."""
+    rng = random.Random(12)
+    options: dict[str, Any] = {
+        "resume_timeout": 20.0,
+        "redial_backoff": (0.05, 2.0, 0.5),
+        "shutdown_grace": 1.0,
+    }
+    errors: list[BaseException] = []
+    ledger = Ledger()
+    async with cs.Multiplexer(on_error=errors.append, **options) as server_mpx:
+        address = await server_mpx.listen("tcp://127.0.0.1:0")
+        await cs.Server(server_mpx, on_error=errors.append).listen_and_serve(SERVICE, source_fn)
+        proxy = CuttingProxy(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        async with trio.open_nursery() as proxies, AsyncExitStack() as stack:
+            url = await proxies.start(proxy.run)
+            clients = [
+                await stack.enter_async_context(cs.Multiplexer(on_error=errors.append, **options))
+                for _ in range(CLIENTS)
+            ]
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for mpx in clients:
+                        nursery.start_soon(mpx.join, url)
+                await wait_until(lambda: server_mpx.statistics().links == CLIENTS)
+
+            first_links = [mpx.links[0] for mpx in clients]
+
+            async def cut_now_and_then() -> None:
+                for _ in range(4):
+                    proxy.cut_every, proxy.cuts_left = rng.randrange(50_000, 400_000), 1
+                    await wait_until(lambda: proxy.cuts_left == 0)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cut_now_and_then)
+                    async with trio.open_nursery() as load:
+                        for number, mpx in enumerate(clients):
+                            load.start_soon(run_client, mpx, number, ledger)
+                    nursery.cancel_scope.cancel()
+            breaks = proxy.breaks
+            replaced = sum(
+                mpx.links != [link] for mpx, link in zip(clients, first_links, strict=True)
+            )
+            resumed = sum(link.resumptions for link in first_links)
+            client_stats = [mpx.statistics() for mpx in clients]
+            proxies.cancel_scope.cancel()
+
+    assert ledger.failures == []
+    assert [error for error in errors if not isinstance(error, cs.ConnectionLost)] == []
+    expected = CLIENTS * REQUESTS * SOURCES * FRAMES
+    assert ledger.total == expected
+    wrong = {key: seqs for key, seqs in ledger.frames.items() if seqs != list(range(FRAMES))}
+    assert wrong == {}
+    assert all(headers == list(range(SOURCES)) for headers in ledger.headers.values())
+    # Replayed frames are the ones the other side never processed: none counts twice.
+    assert sum(stats.messages_in for stats in client_stats) == expected
+    # Each break is of every connection forwarded at that moment (a later one may find
+    # most links still resuming from the one before); the load may end before the last.
+    assert breaks >= 2 and resumed >= CLIENTS // 2
+    # No link was given up and replaced by a new one: each resumed.
+    assert replaced == 0

@@ -19,6 +19,7 @@ import inspect
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import assert_never
 
 import attrs
@@ -43,6 +44,8 @@ from ..wire._events import (
     HandshakeCompleted,
     MessageReceived,
     PingAcknowledged,
+    Resumed,
+    ResumeRequested,
     ServiceAdvertised,
     StreamEnded,
     StreamOpened,
@@ -52,6 +55,7 @@ from ..wire._events import (
 from ._auth import Identity, PeerInfo
 from ._keepalive import STALL, PingRecord
 from ._options import CONTROL_LIMIT, LinkOptions
+from ._resume import Attachment
 from ._state import LinkState, StreamState
 from ._status import error_from_goaway, error_from_status
 from ._stream import LinkStream, StreamHandler
@@ -108,6 +112,13 @@ class LinkStatistics:
     bytes_held: int = 0
     #: The most it may hold: its memory budget.
     memory_budget: int = 0
+    #: Times the link moved to a new transport after its transport broke.
+    resumptions: int = 0
+    #: Seconds the link spent without a transport, waiting to resume (so far).
+    detached_seconds: float = 0.0
+    #: Bytes sent or queued and not yet confirmed by the peer (``resume_buffer_size``
+    #: bounds it); 0 on a link that does not resume.
+    resume_buffered: int = 0
 
 
 class Link:
@@ -144,6 +155,9 @@ class Link:
             credential=None if initiator is False else options.credential,
             defer_hello=self.authenticating,
             memory_budget=options.budget(),
+            # Resumption is not offered to a peer that must authenticate: a resuming
+            # connection would have to prove the same identity again (not built yet).
+            resume=None if self.authenticating else options.resume,
         )
         self.remote_addr = remote_addr
         #: What is known of the peer (for ``authenticate``).
@@ -198,6 +212,20 @@ class Link:
         self._pings = PingRecord()
         self.rtt: float | None = None
         self._last_heard = 0.0
+        # Resumption: the transport run now (None: detached), since when and why the
+        # link has been without one, and its record.
+        self._attachment: Attachment | None = None
+        self._detached_since: float | None = None
+        self._detach_reason = ""
+        self._detached_total = 0.0
+        self._detach_lot = trio.lowlevel.ParkingLot()
+        #: Times the link resumed over a new transport.
+        self.resumptions = 0
+        #: On an accepting link whose first HELLO was a resuming one: the token and the
+        #: peer's received position. The node hands the transport to the link named.
+        self.resume_request: tuple[bytes, int] | None = None
+        #: Called with the link once its handshake completed (before ``run`` reports).
+        self.on_ready: Callable[[Link], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Link {self.local_addr} <-> {self.remote_addr}>"
@@ -208,23 +236,26 @@ class Link:
         """Run the link until it closes; reports itself through ``task_status`` once the
         handshake completed. Raises :class:`ConnectionLost` if the handshake fails."""
         started = False
+        attachment = self._attachment = Attachment(self.transport, self.whole_messages)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._reader)
+                nursery.start_soon(self._attached, attachment)
                 with trio.move_on_after(self.options.handshake_timeout) as scope:
                     await self._handshake.wait()
                 if scope.cancelled_caught:
                     self._fail(ConnectionLost("handshake timed out"))
-                if self._error is None:
+                if self.resume_request is not None:
+                    # The node hands this transport to the link the request names.
+                    attachment.keep_open = True
+                elif self._error is None:
                     started = True
                     logger.info("link up: %s (local %s)", self.remote_addr, self.local_addr)
+                    attachment.ready.set()
+                    attachment.settled.set()
+                    if self.on_ready is not None:
+                        self.on_ready(self)
                     task_status.started(self)
-                    if self.options.keepalive_interval:
-                        nursery.start_soon(self._keepalive)
-                    if self.options.write_timeout is not None:
-                        nursery.start_soon(self._watch_writes)
                     if self.options.idle_timeout is not None:
                         nursery.start_soon(self._close_when_idle)
                     await self._closed.wait()
@@ -234,8 +265,11 @@ class Link:
             if started:
                 level = logging.INFO if self._clean_end else logging.WARNING
                 logger.log(level, "link down: %s: %s", self.remote_addr, _why(self._error))
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await trio.aclose_forcefully(self.transport)
+            if not attachment.keep_open:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await trio.aclose_forcefully(self.transport)
+        if self.resume_request is not None:
+            return
         if not started:
             error = self._error
             assert error is not None
@@ -278,6 +312,9 @@ class Link:
             + self._control_in_flight
             + conn.receive_buffer_size,
             memory_budget=self.options.budget(),
+            resumptions=self.resumptions,
+            detached_seconds=self.detached_seconds,
+            resume_buffered=conn.resume_held,
         )
 
     @property
@@ -405,6 +442,13 @@ class Link:
             self.conn.peer_goaway is not None and not isinstance(error, ProtocolError)
         )
         self._handshake.set()  # wake run() if it still waits for the handshake
+        attachment = self._attachment
+        if attachment is not None:
+            attachment.scope.cancel()
+            attachment.settled.set()
+        if self._detached_since is not None:
+            logger.warning("link %s ended while detached: %s", self.node_key, error)
+        self._detach_lot.unpark_all()
         for stream in list(self._streams.values()):
             stream.broken(error)
         self._streams.clear()
@@ -413,6 +457,8 @@ class Link:
         shared.open_lot.unpark_all()
         shared.writer_parked = False
         shared.writer_lot.unpark_all()
+        shared.writer_done = True
+        shared.drained_lot.unpark_all()
         self._closed.set()
         on_services = self.options.on_services
         if on_services is not None and self.peer_services:
@@ -421,6 +467,233 @@ class Link:
             self.peer_relayed = set()
             self._peer_service_bytes = 0
             on_services(self)
+
+    # -------------------------------------------------------------- transports
+
+    async def _attached(self, attachment: Attachment) -> None:
+        """Run the link over one transport: reader and writer, then, once its handshake
+        is done, keepalive and the write watchdog; until the transport is given up."""
+        try:
+            with attachment.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, attachment)
+                    nursery.start_soon(self._reader, attachment)
+                    await attachment.ready.wait()
+                    if self.options.keepalive_interval:
+                        nursery.start_soon(self._keepalive, attachment)
+                    if self.options.write_timeout is not None:
+                        nursery.start_soon(self._watch_writes, attachment)
+        finally:
+            # Given up for another transport: close it now. When the link ends, whoever
+            # handed it over (run, or the node's dial or accept) closes it, as before.
+            if not attachment.keep_open and self._error is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await trio.aclose_forcefully(attachment.transport)
+            attachment.done.set()
+
+    def _may_detach(self) -> bool:
+        """Whether losing the transport now detaches the link rather than ending it:
+        it resumes, is not over, and the peer has not said GOAWAY (after which a
+        closed connection is the peer's goodbye)."""
+        conn = self.conn
+        return (
+            self._error is None
+            and conn.resumable
+            and conn.peer_goaway is None
+            and not conn.closed
+            and self.resume_request is None
+        )
+
+    def _lose_transport(self, error: ConnectionLost, attachment: Attachment) -> None:
+        """``attachment``'s transport broke with ``error``: detach, or end the link."""
+        if self._attachment is not attachment or self._error is not None:
+            return
+        if self._may_detach():
+            self._detach(error)
+        else:
+            self._fail(error)
+
+    @property
+    def detached(self) -> bool:
+        """True while the link has lost its transport and waits to resume (a resuming
+        handshake may be under way)."""
+        return self._detached_since is not None
+
+    @property
+    def detached_seconds(self) -> float:
+        """Seconds spent detached so far, the current detachment included."""
+        total = self._detached_total
+        if self._detached_since is not None:
+            total += trio.current_time() - self._detached_since
+        return total
+
+    def _detach(self, error: ConnectionLost) -> None:
+        attachment = self._attachment
+        self._attachment = None
+        if attachment is not None:
+            attachment.scope.cancel()
+            attachment.settled.set()
+        self.conn.detach()
+        self._pings = PingRecord()
+        self._write_since = None
+        self._writing = False
+        if self._detached_since is None:
+            now = trio.current_time()
+            self._detached_since = now
+            self._detach_reason = str(error)
+            timeout = self.conn.resume_timeout
+            logger.info(
+                "link %s lost its transport (%s); resuming within %g s",
+                self.node_key,
+                error,
+                timeout,
+            )
+            if self._nursery is not None:
+                self._nursery.start_soon(self._expire_detached, now)
+        self._detach_lot.unpark_all()
+
+    async def _expire_detached(self, since: float) -> None:
+        timeout = self.conn.resume_timeout
+        assert timeout is not None
+        await trio.sleep_until(since + timeout)
+        if self._detached_since == since and self._error is None:
+            self._fail(
+                ConnectionLost(
+                    f"resumption failed: not resumed within resume_timeout ({timeout:g} s) "
+                    f"of losing the transport ({self._detach_reason})"
+                )
+            )
+
+    def _resumed(self, attachment: Attachment, replayed: int) -> None:
+        """The link carries on over ``attachment``'s transport."""
+        since = self._detached_since
+        self._detached_since = None
+        took = 0.0 if since is None else trio.current_time() - since
+        self._detached_total += took
+        self.resumptions += 1
+        attachment.ready.set()
+        attachment.settled.set()
+        logger.info(
+            "link %s resumed after %.3f s detached (resumption %d, %d bytes replayed)",
+            self.node_key,
+            took,
+            self.resumptions,
+            replayed,
+        )
+        # The replay freed the buffer up to the peer's position: senders may go on.
+        shared = self._shared
+        shared.window_lot.unpark_all()
+        for stream in self._streams.values():
+            if stream.window_lot:
+                stream.window_lot.unpark_all()
+        shared.kick_writer()
+
+    async def wait_detached(self) -> bool:
+        """Wait until the link loses its transport (True) or ends (False)."""
+        await trio.lowlevel.checkpoint()
+        while self._error is None and self._detached_since is None:
+            await self._detach_lot.park()
+        return self._error is None
+
+    async def resume_over(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        local_addr: str = "",
+        remote_addr: str = "",
+        whole_messages: bool = False,
+        task_status: trio.TaskStatus[Link] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The dialing side: resume the detached link over a new ``transport``.
+
+        Reports through ``task_status`` once the peer answered the resuming HELLO, then
+        runs until that transport is given up too. Raises :class:`ConnectionLost` if
+        it breaks or stays silent (``handshake_timeout``) before the answer (the
+        caller may dial again), or if the peer refused: the link has then ended."""
+        if self._error is not None:
+            raise self._error
+        if not self.conn.resumable or self._attachment is not None:
+            raise RuntimeError("only a detached link that resumes can be resumed")
+        attachment = self._attachment = Attachment(transport, whole_messages)
+        self.transport = transport
+        self.conn.begin_resume()
+        self._shared.kick_writer()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._attached, attachment)
+            with trio.move_on_after(self.options.handshake_timeout):
+                await attachment.settled.wait()
+            if attachment.ready.is_set():
+                if remote_addr:
+                    self.remote_addr, self.local_addr = remote_addr, local_addr
+                task_status.started(self)
+            else:
+                if self._attachment is attachment:
+                    self._detach(ConnectionLost("no answer to the resuming HELLO"))
+                attachment.scope.cancel()
+        # (Raised out here, not from inside the nursery, so it is not wrapped in a group.)
+        if not attachment.ready.is_set():
+            if self._error is not None:
+                raise self._error
+            raise ConnectionLost(
+                f"resuming over {remote_addr or 'a new connection'} failed: "
+                f"the transport broke or the peer did not answer in time"
+            )
+
+    def refuse_resume_from(self, position: int) -> str:
+        """The accepting side: the peer asked to resume from ``position``, which is no
+        longer held. The link ends; returns the reason (for the refusal)."""
+        message = (
+            f"resumption failed: the peer has received {position} bytes of this link, and "
+            f"what follows is no longer held (the resume buffer holds "
+            f"{self.conn.sent_position - self.conn.resume_held} to {self.conn.sent_position})"
+        )
+        self._fail(ConnectionLost(message))
+        return message
+
+    async def take_over(
+        self,
+        transport: trio.abc.Stream,
+        position: int,
+        unread: bytes,
+        *,
+        local_addr: str = "",
+        remote_addr: str = "",
+        whole_messages: bool = False,
+    ) -> None:
+        """The accepting side: a resuming HELLO for this link arrived on ``transport``,
+        with the peer's received ``position`` (check :meth:`can_resume_from` first)
+        and ``unread`` bytes after it. Answer, replay and run over it until it is
+        given up. A link still attached is detached first: the peer would not resume
+        a transport that works for it."""
+        if self._error is not None:
+            raise self._error
+        old = self._attachment
+        if old is not None:
+            self._lose_transport(
+                ConnectionLost("the peer resumed the link over a new connection"), old
+            )
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await old.done.wait()
+            if self._error is not None:
+                raise self._error
+        attachment = self._attachment = Attachment(transport, whole_messages)
+        self.transport = transport
+        if remote_addr:
+            self.remote_addr, self.local_addr = remote_addr, local_addr
+        replayed = self.conn.accept_resume(position)
+        self._resumed(attachment, replayed)
+        if unread:
+            try:
+                self._dispatch(self.conn.receive_data(unread))
+            except RemoteProtocolError as exc:
+                error = RemoteProtocolError(f"peer broke the protocol: {exc.message}", exc.code)
+                self._fail(error)
+                raise error from None
+        await self._attached(attachment)
+
+    def can_resume_from(self, position: int) -> bool:
+        """Whether the link can resume for a peer that has received ``position`` bytes."""
+        return self._error is None and self.conn.can_resume_from(position)
 
     # ----------------------------------------------------------------- streams
 
@@ -487,14 +760,14 @@ class Link:
 
     # ------------------------------------------------------------------ writer
 
-    async def _writer(self) -> None:
+    async def _writer(self, attachment: Attachment) -> None:
         conn = self.conn
-        transport = self.transport
+        transport = attachment.transport
         shared = self._shared
         write_timeout = self.options.write_timeout
         pings = self._pings
         try:
-            while True:
+            while self._attachment is attachment:
                 if not conn.outgoing_size:
                     if self._error is not None:
                         return
@@ -525,22 +798,31 @@ class Link:
                 if shared.drained_lot:
                     shared.drained_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(_lost("sending failed", exc))
+            self._lose_transport(_lost("sending failed", exc), attachment)
         finally:
-            shared.writer_done = True
-            shared.drained_lot.unpark_all()
+            self._writing = False
+            if self._error is not None or not self.conn.resumable:
+                shared.writer_done = True
+                shared.drained_lot.unpark_all()
 
     # ------------------------------------------------------------------ reader
 
-    async def _reader(self) -> None:
+    async def _reader(self, attachment: Attachment) -> None:
         conn = self.conn
-        transport = self.transport
+        transport = attachment.transport
         shared = self._shared
-        receive_size = None if self.whole_messages else _RECEIVE_SIZE
+        receive_size = None if attachment.whole_messages else _RECEIVE_SIZE
         try:
             while self._error is None:
                 data = await transport.receive_some(receive_size)
+                if self._attachment is not attachment:
+                    return  # given up while this read was in flight
                 self._last_heard = trio.current_time()
+                if not data and self._may_detach():
+                    self._lose_transport(
+                        ConnectionLost("the peer's end of the connection closed"), attachment
+                    )
+                    return
                 try:
                     events = conn.receive_data(data)
                     if conn.admission_pending:
@@ -552,9 +834,13 @@ class Link:
                 except RemoteProtocolError as exc:
                     if not conn.closed:
                         conn.go_away(exc.code, exc.message)
-                    error = RemoteProtocolError(
-                        f"peer broke the protocol: {exc.message}", exc.code
-                    )
+                    error: ConnectionLost
+                    if exc.code == ErrorCode.RESUME_REFUSED:
+                        error = ConnectionLost(exc.message)
+                    else:
+                        error = RemoteProtocolError(
+                            f"peer broke the protocol: {exc.message}", exc.code
+                        )
                     self._report(error)
                     # The connection is closed: its streams fail now, not once the
                     # GOAWAY is flushed (nothing can be sent on them any more).
@@ -562,6 +848,8 @@ class Link:
                         state.broken(error)
                     await self._flush_and_fail(error)
                     return
+                if self.resume_request is not None:
+                    return  # what follows belongs to the link being resumed
                 if conn.outgoing_size:
                     shared.kick_writer()
                     limit = self._outgoing_limit
@@ -573,7 +861,7 @@ class Link:
                         ):
                             await shared.drained_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(_lost("receiving failed", exc))
+            self._lose_transport(_lost("receiving failed", exc), attachment)
 
     async def _admission(self, events: list[Event]) -> list[Event] | None:
         """Judge the peer's credential (its HELLO is the last event): admit it and
@@ -634,6 +922,8 @@ class Link:
     async def _drain(self, limit: float) -> None:
         """Wait (at most ``limit`` seconds) until the writer sent everything queued."""
         shared = self._shared
+        if self._attachment is None:
+            return  # detached: nothing can be written
         shared.kick_writer()
         with trio.move_on_after(limit):
             while (self.conn.outgoing_size or self._writing) and not shared.writer_done:
@@ -692,6 +982,13 @@ class Link:
                         self.options.on_services(self)
                 case ConnectionTerminated():
                     self._on_terminated(event)
+                case ResumeRequested():
+                    self.resume_request = (event.token, event.position)
+                    self._handshake.set()
+                case Resumed():
+                    attachment = self._attachment
+                    if attachment is not None:
+                        self._resumed(attachment, event.replayed)
                 case _:
                     assert_never(event)
 
@@ -767,6 +1064,12 @@ class Link:
         self._peer_service_bytes += size
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
+        if event.code == ErrorCode.RESUME_REFUSED:
+            message = event.message
+            if not message.startswith("resumption failed"):
+                message = f"resumption failed: {message}"
+            self._fail(ConnectionLost(f"{message} (refused by the peer)"))
+            return
         where = self.joined_url or self.remote_addr or "the node"
         error = error_from_goaway(event.code, event.message, where)
         self._fail(error, clean=event.code == ErrorCode.OK)
@@ -845,7 +1148,7 @@ class Link:
 
     # --------------------------------------------------------------- keepalive
 
-    async def _keepalive(self) -> None:
+    async def _keepalive(self, attachment: Attachment) -> None:
         """PING every ``keepalive_interval``; the peer is lost when a PING we wrote
         stays unanswered for ``keepalive_timeout`` (``link._keepalive`` says how that
         is judged, and why a stall of our own loop does not count)."""
@@ -868,16 +1171,18 @@ class Link:
                 continue
             deadline = pings.deadline(timeout, self._last_heard, conn.bytes_received, allowance)
             if deadline is not None and now >= deadline:
-                self._fail(
-                    ConnectionLost(f"peer left a PING unanswered for {timeout:g} s (keepalive)")
+                self._lose_transport(
+                    ConnectionLost(f"peer left a PING unanswered for {timeout:g} s (keepalive)"),
+                    attachment,
                 )
                 return
             if now >= next_ping:
+                conn.confirm_position()
                 if not pings.outstanding:
                     self.ping()
                 next_ping = now + interval
 
-    async def _watch_writes(self) -> None:
+    async def _watch_writes(self, attachment: Attachment) -> None:
         """Declare the peer lost when one write (or one ``_WRITE_SLICE`` piece of a
         longer one) has not been taken for ``write_timeout`` seconds. A stall of our
         own loop restarts the clock, as for keepalive."""
@@ -898,11 +1203,12 @@ class Link:
                 continue
             since = self._write_since
             if since is not None and now - max(since, restarted) >= timeout:
-                self._fail(
+                self._lose_transport(
                     ConnectionLost(
                         f"peer took less than {_WRITE_SLICE >> 20} MiB of our data "
                         f"in write_timeout ({timeout:g} s)"
-                    )
+                    ),
+                    attachment,
                 )
                 return
 

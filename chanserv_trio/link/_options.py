@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..wire._connection import Settings, check_memory_budget
+from ..wire._resume import ResumeOptions
 from ._auth import Authenticator
 
 if TYPE_CHECKING:
@@ -139,3 +140,6 @@ class LinkOptions:
     #: Judges the credential of each peer on links we did not dial (see
     #: ``link._auth``); None: every peer is let in, with no identity.
     authenticate: Authenticator | None = None
+    #: Ask for resumption (``docs/protocol.md``, section 17); None: links end when
+    #: their transport breaks.
+    resume: ResumeOptions | None = None

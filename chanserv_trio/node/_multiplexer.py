@@ -43,6 +43,7 @@ from ..transports._schemes import dial, parse_url, reads_whole_messages, serve
 from ..wire._codec import ErrorCode
 from ..wire._compression import lz4_available
 from ..wire._connection import Settings
+from ..wire._resume import ResumeOptions
 from ._advertising import Advertising
 from ._backoff import Backoff
 from ._budgets import HostResetBudget
@@ -61,6 +62,11 @@ __all__ = [
 #: refused over ``max_links``, failed redials (WARNING). Links up and down are logged by
 #: ``chanserv_trio.link``.
 logger = logging.getLogger("chanserv_trio.node")
+
+
+async def _call_when_closed(link: Link, callback: Callable[[], None]) -> None:
+    await link.wait_closed()
+    callback()
 
 
 def message_limit(settings: Settings) -> int:
@@ -215,6 +221,16 @@ class Multiplexer:
     (unconsumed and unfinished messages, streams, names, queued replies); None:
     ``max_message_size`` + ``connection_window`` + 12 MiB (128 MiB with the default
     settings). See "Memory budget" in docs/errors.md for what happens at the edge.
+
+    ``resume_timeout`` (seconds; None, the default: off) asks for resumption on every
+    link (``docs/resumption.md``): when both ends set it, a link whose transport breaks
+    keeps its streams open, the dialing side redials the same URL with
+    ``redial_backoff`` and both replay what the other had not received, so every
+    message arrives once and in order. A link not resumed within the smaller of the two
+    ends' ``resume_timeout`` ends, and its streams with it, with
+    :class:`~chanserv_trio.ConnectionLost`. Each link holds at most
+    ``resume_buffer_size`` bytes of frames the peer has not confirmed; senders wait
+    when it is full. The resume token is a secret: resume over ``tls://`` or ``wss://``.
     """
 
     def __init__(
@@ -236,6 +252,8 @@ class Multiplexer:
         max_peer_service_bytes: int = MAX_PEER_SERVICE_BYTES,
         link_memory_budget: int | None = None,
         redial_backoff: tuple[float, float, float] = (0.5, 1.5, 60.0),
+        resume_timeout: float | None = None,
+        resume_buffer_size: int = 4 * 2**20,
         router: bool = False,
         registry: Registry | None = None,
         on_error: object = None,
@@ -279,8 +297,19 @@ class Multiplexer:
         self._host_resets = (
             None if host_reset_rate is None else HostResetBudget(host_reset_burst, host_reset_rate)
         )
+        #: Seconds a link whose transport broke waits to resume (None: no resumption).
+        self.resume_timeout = resume_timeout
+        self.resume_buffer_size = resume_buffer_size
+        resume = (
+            None
+            if resume_timeout is None
+            else ResumeOptions(timeout=resume_timeout, buffer_size=resume_buffer_size)
+        )
+        # Accepted links that may resume, by their resume token.
+        self._resumable: dict[bytes, Link] = {}
         # Everything that is the same for every link of this node, built once.
         self._link_options = LinkOptions(
+            resume=resume,
             settings=settings,
             handshake_timeout=handshake_timeout,
             keepalive_interval=keepalive_interval,
@@ -540,8 +569,16 @@ class Multiplexer:
             scheme=parse_url(budget.url).scheme,
             accept_offers=budget.accept_offers,
         )
+        link.on_ready = self._register_resumable
         try:
             await self._run_link(link)
+            if link.resume_request is not None:
+                # The connection carries a link this listener already counts.
+                budget.links -= 1
+                try:
+                    await self._resume_accepted(link, transport, local, remote)
+                finally:
+                    budget.links += 1
         except Exception as exc:
             if isinstance(exc, AuthenticationFailed):
                 self._auth_refused += 1
@@ -555,6 +592,47 @@ class Multiplexer:
         logger.warning("handshake failed: %s", exc)
         if self._on_error is not None:
             self._on_error(exc)
+
+    def _register_resumable(self, link: Link) -> None:
+        token = link.conn.resume_token
+        if token is None or not link.conn.resumable:
+            return
+        self._resumable[token] = link
+
+        def forget() -> None:
+            if self._resumable.get(token) is link:
+                del self._resumable[token]
+
+        assert self._nursery is not None
+        self._nursery.start_soon(_call_when_closed, link, forget)
+
+    async def _resume_accepted(
+        self, fresh: Link, transport: trio.abc.Stream, local: str, remote: str
+    ) -> None:
+        """A connection's first HELLO asks to resume a link: hand the transport to it,
+        or refuse with ``RESUME_REFUSED``."""
+        assert fresh.resume_request is not None
+        token, position = fresh.resume_request
+        target = self._resumable.get(token)
+        if target is None or not target.is_alive:
+            message = (
+                "resumption failed: this node holds no link with that resume token (it "
+                "may have restarted, or the link expired after resume_timeout)"
+            )
+        elif not target.can_resume_from(position):
+            message = target.refuse_resume_from(position)
+        else:
+            await target.take_over(
+                transport,
+                position,
+                fresh.conn.take_unread(),
+                local_addr=local,
+                remote_addr=remote,
+                whole_messages=reads_whole_messages(transport),
+            )
+            return
+        self.report_error(ConnectionLost(f"refused a resumption from {remote}: {message}"))
+        await refuse_link(transport, self.settings, ErrorCode.RESUME_REFUSED, message)
 
     async def join(self, url: str, *, redial: bool = True, **options: Any) -> Link:
         """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns
@@ -617,7 +695,52 @@ class Multiplexer:
                 **options,
             )
         )
+        if started.conn.resumable:
+            nursery.start_soon(self._keep_resumed, started, url, options)
         return started
+
+    async def _keep_resumed(self, link: Link, url: str, options: dict[str, Any]) -> None:
+        """Each time ``link`` loses its transport, redial ``url`` (at once, then with
+        the redial backoff) and resume it, until it resumed or ended."""
+        nursery = self._require_nursery()
+
+        async def run(
+            transport: trio.abc.Stream, local: str, remote: str, task_status: trio.TaskStatus[Link]
+        ) -> None:
+            await link.resume_over(
+                transport,
+                local_addr=local,
+                remote_addr=remote,
+                whole_messages=reads_whole_messages(transport),
+                task_status=task_status,
+            )
+
+        while await link.wait_detached():
+            if self.closing:
+                return  # the shutdown ends the link (or its resume_timeout does)
+            delays = self._redial.delays()
+            delay = 0.0
+            while link.is_alive and link.detached and not self.closing:
+                if delay:
+                    with trio.move_on_after(delay):
+                        await link.wait_closed()
+                    if not link.is_alive or self.closing:
+                        return
+                try:
+                    await nursery.start(
+                        partial(
+                            dial,
+                            url,
+                            run,
+                            max_message_size=message_limit(self.settings),
+                            handshake_timeout=self._link_options.handshake_timeout,
+                            **options,
+                        )
+                    )
+                except (ConnectionLost, OSError) as exc:
+                    if link.is_alive:
+                        self.report_error(exc)
+                delay = next(delays)
 
     async def _keep_joined(
         self, url: str, options: dict[str, Any], link: Link, scope: trio.CancelScope

@@ -42,6 +42,7 @@ __all__ = [
     "HelloField",
     "OpenFlags",
     "PingFlags",
+    "ResumeSetting",
     "ServiceFlags",
     "Setting",
     "Status",
@@ -169,6 +170,8 @@ class ErrorCode(enum.IntEnum):
     #: The service refused the request for the identity it came from (END of a master
     #: stream).
     PERMISSION_DENIED = 15
+    #: A resuming HELLO names a token or a position the receiver does not hold.
+    RESUME_REFUSED = 16
 
     @classmethod
     def coerce(cls, value: int) -> ErrorCode | int:
@@ -185,7 +188,8 @@ class HelloField(enum.IntEnum):
 
     #: Bytes the dialing side presents to be let in (``Multiplexer(credential=...)``).
     CREDENTIAL = 1
-    #: A token to resume an earlier connection (reserved; unused yet).
+    #: The link's resume token: issued in the accepting side's first HELLO, presented
+    #: in a resuming HELLO (``wire._resume``).
     RESUME_TOKEN = 2
 
 
@@ -200,6 +204,18 @@ class Setting(enum.IntEnum):
     MAX_CONCURRENT_STREAMS = 6
     #: 1: the sender can decompress LZ4 DATA payloads and asks for compression.
     COMPRESSION = 7
+
+
+class ResumeSetting(enum.IntEnum):
+    """Setting ids of resumption (``wire._resume``), carried in HELLO beside the
+    :class:`Setting` ids but not limits, so not part of ``Settings``."""
+
+    #: Milliseconds the sender keeps a detached link (sent only with resumption on).
+    RESUME_TIMEOUT = 8
+    #: Bytes of unconfirmed frames the sender keeps for replay.
+    RESUME_BUFFER = 9
+    #: In a resuming HELLO only: the sender's received position.
+    RESUME_POSITION = 10
 
 
 @attrs.frozen
@@ -449,6 +465,16 @@ class FrameDecoder:
         else:
             pending.append(data if type(data) is bytes else bytes(data))
         self._pending_size += size
+
+    def take_rest(self) -> bytes:
+        """Every byte fed and not yet returned as a frame; the decoder is left empty
+        (for handing a transport's further bytes to another decoder)."""
+        rest = b"".join([self._buffer[self._offset :], *self._pending])
+        self._buffer = b""
+        self._offset = 0
+        self._pending = []
+        self._pending_size = 0
+        return rest
 
     def _take_spanning(self, missing: int) -> bytes:
         """The payload of the frame whose header starts the buffer and whose last

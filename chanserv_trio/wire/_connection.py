@@ -46,6 +46,7 @@ from ._codec import (
     HelloField,
     OpenFlags,
     PingFlags,
+    ResumeSetting,
     ServiceFlags,
     Status,
     decode_goaway,
@@ -53,6 +54,7 @@ from ._codec import (
     decode_open,
     decode_status,
     decode_u32,
+    encode_frame,
     encode_goaway,
     encode_hello,
     encode_open,
@@ -67,11 +69,22 @@ from ._events import (
     HandshakeCompleted,
     MessageReceived,
     PingAcknowledged,
+    Resumed,
+    ResumeRequested,
     ServiceAdvertised,
     StreamEnded,
     StreamOpened,
     StreamReset,
     WindowOpened,
+)
+from ._resume import (
+    MIN_RESUME_BUFFER,
+    POSITION_WINDOW,
+    TOKEN_SIZE,
+    ResumeBuffer,
+    ResumeOptions,
+    new_token,
+    pack_position_window,
 )
 from ._settings import MAX_WINDOW, MIN_FRAME_PAYLOAD, Settings
 from ._state import (
@@ -149,6 +162,11 @@ _KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
 _OK = Status(ErrorCode.OK)
+#: The resume room of a link that does not resume: no limit.
+_NO_LIMIT = 1 << 62
+_RESUME_TIMEOUT = int(ResumeSetting.RESUME_TIMEOUT)
+_RESUME_BUFFER = int(ResumeSetting.RESUME_BUFFER)
+_RESUME_POSITION = int(ResumeSetting.RESUME_POSITION)
 
 
 def _reserve(settings: Settings) -> int:
@@ -309,15 +327,59 @@ class Connection:
         credential: bytes | None = None,
         defer_hello: bool = False,
         memory_budget: int | None = None,
+        resume: ResumeOptions | None = None,
     ) -> None:
         #: The nonce our HELLO carries.
         self.nonce = role_nonce(initiator)
         self._credential = credential
-        # Our HELLO waits for admit(): until then nothing is written, and nothing the
-        # peer sent after its HELLO is processed.
-        self._hello_deferred = defer_hello
+        # Authentication: our HELLO waits for admit(); until then nothing is written,
+        # and nothing the peer sent after its HELLO is processed.
+        self._admission_required = defer_hello
         #: The peer's HELLO arrived and waits for :meth:`admit` or :meth:`refuse`.
         self.admission_pending = False
+        # Resumption (wire._resume): asked for only by a side of a fixed role.
+        self._resume_options = None if initiator is None else resume
+        #: Both HELLOs agreed to resumption: the link may move to a new transport.
+        self.resumable = False
+        #: The link's resume token (None: not resumable).
+        self.resume_token: bytes | None = None
+        #: Seconds a detached link is kept: the smaller of both sides' (resumable only).
+        self.resume_timeout: float | None = None
+        #: On an accepting connection whose first HELLO was a resuming one: the token
+        #: and the peer's received position (the connection reads nothing more).
+        self.resume_request: tuple[bytes, int] | None = None
+        #: The transport broke; :meth:`begin_resume` / :meth:`accept_resume` undo it.
+        self.detached = False
+        # Frames sent and unconfirmed (kept from the first frame after our HELLO, so
+        # that the handshake may still say the link resumes; dropped if not).
+        self._resume_buffer = None if self._resume_options is None else ResumeBuffer()
+        # DATA may fill the buffer up to this; the last eighth is kept for control
+        # frames, which are always queued.
+        self._resume_limit = (
+            _NO_LIMIT
+            if self._resume_options is None
+            else self._resume_options.buffer_size - self._resume_options.buffer_size // 8
+        )
+        self._unconfirmed = 0
+        # Bytes fed to the current decoder, and the received position's offset from it.
+        self._fed = 0
+        self._recv_base = 0
+        # The received position we last told the peer, and how often we must.
+        self._told = 0
+        self._confirm_every = MIN_RESUME_BUFFER // 4
+        # What goes out before the frames of the stream and is never replayed: a HELLO,
+        # and after a resuming one, the replay.
+        self._preamble: list[bytes | memoryview] = []
+        self._preamble_size = 0
+        # Our HELLO waits: for admit() (authentication), or, on an accepting side that
+        # resumes, until it read the peer's.
+        self._hello_deferred = defer_hello or (
+            self._resume_options is not None and initiator is False
+        )
+        # We sent a resuming HELLO and wait for its answer: nothing else goes out.
+        self._resume_wait = False
+        # The answer was a plain HELLO: a refusal (GOAWAY) follows.
+        self._refusal_expected = False
         #: True once the handshake gave us the odd stream ids (the dialing side's role),
         #: False for the even ones; None until the peer's HELLO arrives.
         self.initiator: bool | None = None
@@ -368,7 +430,7 @@ class Connection:
         self.bytes_sent = 0
         self.messages_received = 0
         self.messages_sent = 0
-        if not defer_hello:
+        if not self._hello_deferred:
             self._queue_hello()
 
     # ------------------------------------------------------------------ queries
@@ -405,8 +467,10 @@ class Connection:
 
     @property
     def outgoing_size(self) -> int:
-        """Bytes queued for writing (none while our HELLO is deferred: they are held)."""
-        return 0 if self._hello_deferred else self._outgoing_size
+        """Bytes queued for writing (and that :meth:`take_outgoing` would return)."""
+        if self._hello_deferred or self._resume_wait:
+            return self._preamble_size
+        return self._outgoing_size + self._preamble_size
 
     @property
     def control_queued(self) -> int:
@@ -443,6 +507,35 @@ class Connection:
             # Credit the budget withheld (otherwise it went out with the bytes' arrival).
             self._grant_connection()
 
+    @property
+    def received_position(self) -> int:
+        """Bytes of whole frames received and processed after the peer's first HELLO."""
+        return self._recv_base + self._fed - self._decoder.buffered
+
+    @property
+    def sent_position(self) -> int:
+        """Bytes of frames handed out by :meth:`take_outgoing` after our first HELLO
+        (resumable links only; 0 otherwise)."""
+        buffer = self._resume_buffer
+        return 0 if buffer is None else buffer.end
+
+    @property
+    def resume_held(self) -> int:
+        """Bytes of frames after our HELLO not yet confirmed by the peer: sent and
+        held for replay, or queued (what ``resume_buffer_size`` bounds)."""
+        if self._resume_buffer is None:
+            return 0
+        return self._unconfirmed + self._outgoing_size
+
+    @property
+    def resume_peak(self) -> int:
+        """The most bytes the resume buffer held at once."""
+        return 0 if self._resume_buffer is None else self._resume_buffer.peak
+
+    def _resume_room(self) -> int:
+        """DATA payload bytes that fit the resume buffer now (a frame header aside)."""
+        return max(0, self._resume_limit - self._unconfirmed - self._outgoing_size - 10)
+
     def can_open_stream(self) -> bool:
         """Whether a stream may be opened now: the state allows it (handshake done, no
         GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
@@ -468,10 +561,16 @@ class Connection:
         """Bytes of DATA we may send on the stream right now."""
         if not self.can_send(stream_id):
             return 0
-        return min(self._streams[stream_id].windows.send, self._windows.send)
+        window = min(self._streams[stream_id].windows.send, self._windows.send)
+        if self._resume_limit != _NO_LIMIT:
+            window = min(window, self._resume_room())
+        return window
 
     def connection_send_window(self) -> int:
-        """The connection-wide send credit left."""
+        """The connection-wide send credit left (on a resumable link, no more than the
+        room left in the resume buffer)."""
+        if self._resume_limit != _NO_LIMIT:
+            return min(self._windows.send, self._resume_room())
         return self._windows.send
 
     def buffered_bytes(self) -> int:
@@ -481,15 +580,31 @@ class Connection:
     # ---------------------------------------------------------------- outgoing
 
     def take_outgoing(self) -> list[bytes | memoryview]:
-        """Everything queued for the wire, in order; the queue is emptied (nothing is
-        taken while our HELLO is deferred)."""
-        if self._hello_deferred:
-            return []
+        """Everything queued for the wire, in order; the queue is emptied. On a link
+        that may resume, the frames after our HELLO are also held for replay until
+        the peer confirms them."""
+        if self._hello_deferred or self._resume_wait:
+            # Only a HELLO may go out now; the frames wait behind it.
+            out = self._preamble
+            self.bytes_sent += self._preamble_size
+            self._preamble = []
+            self._preamble_size = 0
+            return out
         out = self._outgoing
+        size = self._outgoing_size
         self._outgoing = []
-        self.bytes_sent += self._outgoing_size
         self._outgoing_size = 0
         self._control_queued = 0
+        buffer = self._resume_buffer
+        if buffer is not None and size:
+            buffer.extend(out, size)
+            self._unconfirmed = buffer.size
+        if self._preamble:
+            out = self._preamble + out
+            size += self._preamble_size
+            self._preamble = []
+            self._preamble_size = 0
+        self.bytes_sent += size
         return out
 
     def _queue(self, ftype: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
@@ -515,10 +630,27 @@ class Connection:
         room = self._peer_frame_limit() - 6 - len(kind.encode())
         return encode_status(Status(status.code, kind, _clip(status.message, room)))
 
-    def _queue_hello(self) -> None:
-        fields = {} if self._credential is None else {HelloField.CREDENTIAL: self._credential}
-        hello = encode_hello(self.local_settings.to_wire(), nonce=self.nonce, fields=fields)
-        self._queue(FrameType.HELLO, 0, 0, hello)
+    def _queue_hello(self, *, token: bytes | None = None, position: int | None = None) -> None:
+        """Queue our HELLO ahead of every frame: with our credential if we have one, the
+        resumption settings when we ask for it, the token when one is issued or
+        presented, the received position in a resuming HELLO."""
+        settings = {int(key): value for key, value in self.local_settings.to_wire().items()}
+        options = self._resume_options
+        if options is not None:
+            settings[_RESUME_TIMEOUT] = options.timeout_ms
+            settings[_RESUME_BUFFER] = options.buffer_size
+            if position is not None:
+                settings[_RESUME_POSITION] = position
+        fields: dict[HelloField, bytes] = {}
+        if self._credential is not None:
+            fields[HelloField.CREDENTIAL] = self._credential
+        if token is not None:
+            fields[HelloField.RESUME_TOKEN] = token
+        frame = encode_frame(
+            FrameType.HELLO, 0, 0, encode_hello(settings, nonce=self.nonce, fields=fields)
+        )
+        self._preamble.append(frame)
+        self._preamble_size += len(frame)
 
     # -------------------------------------------------------------- admission
 
@@ -531,11 +663,8 @@ class Connection:
             raise LocalProtocolError("no peer is waiting to be admitted")
         self.admission_pending = False
         self._hello_deferred = False
-        held, held_size = self._outgoing, self._outgoing_size
-        self._outgoing, self._outgoing_size = [], 0
-        self._queue_hello()
-        self._outgoing.extend(held)
-        self._outgoing_size += held_size
+        # Our HELLO goes out ahead of what was queued meanwhile (take_outgoing).
+        self._queue_hello(token=self.resume_token)
         events: list[Event] = [HandshakeCompleted(self.version)]
         self._process(events)
         return events
@@ -658,6 +787,8 @@ class Connection:
             raise LocalProtocolError("DATA exceeds the flow-control window")
         if size > self.peer_settings.max_frame_payload:
             raise LocalProtocolError("DATA exceeds the peer's max_frame_payload")
+        if size and self._resume_limit != _NO_LIMIT and size > self._resume_room():
+            raise LocalProtocolError("DATA exceeds the room left in the resume buffer")
         stream.windows.spend(size)
         self._windows.spend(size)
         self._queue_data(stream_id, data, _MORE if more else 0)
@@ -682,6 +813,7 @@ class Connection:
             size > windows.send
             or size > connection.send
             or size > self.peer_settings.max_frame_payload
+            or size + 10 > self._resume_limit - self._unconfirmed - self._outgoing_size
         ):
             return False
         # Windows.spend, inline on this hot path.
@@ -855,6 +987,7 @@ class Connection:
                 self.go_away(ErrorCode.PROTOCOL_ERROR, foreign)
                 raise RemoteProtocolError(foreign, ErrorCode.PROTOCOL_ERROR)
         self.bytes_received += len(data)
+        self._fed += len(data)
         self._decoder.feed(data)
         if not self.admission_pending:
             self._process(events)
@@ -865,6 +998,10 @@ class Connection:
         waits for admission (its later frames stay buffered)."""
         on_data = self._on_data
         try:
+            if (self._resume_wait or self._refusal_expected) and not self._receive_resuming(
+                events
+            ):
+                return
             for ftype, flags, stream_id, payload in self._decoder.frames():
                 if ftype == _DATA:
                     on_data(flags, stream_id, payload, events)
@@ -872,11 +1009,18 @@ class Connection:
                 self._handle_frame(ftype, flags, stream_id, payload, events)
                 if self._state == _CLOSED or self.admission_pending:
                     break
+                if self.resume_request is not None:
+                    break
         except RemoteProtocolError as exc:
-            if self._hello_deferred:
+            if self.admission_pending or (self._hello_deferred and self._admission_required):
                 # Nothing of ours went out yet: the GOAWAY goes alone.
                 self.admission_pending = self._hello_deferred = False
                 self._outgoing, self._outgoing_size = [], 0
+            if exc.code == ErrorCode.RESUME_REFUSED:
+                # Nothing queued for the stream may reach the peer unreplayed.
+                self._outgoing = []
+                self._outgoing_size = 0
+                self._resume_wait = False
             self.go_away(exc.code, exc.message)
             raise
         if self._may_credit:
@@ -886,20 +1030,28 @@ class Connection:
         """Grant the connection credit owed (once it reaches a quarter of the window),
         as far as the memory budget has room for it: what is held plus what the peer
         may send never exceeds the budget. Past that the peer waits (back-pressure)
-        until the application consumes; what is withheld is granted then."""
+        until the application consumes; what is withheld is granted then. On a
+        resumable link the same WINDOW frame confirms our received position, which
+        also goes out alone once the peer's buffer needs it (``wire._resume``)."""
         windows = self._windows
         owed = windows.owed
         quarter = windows.size >> 2
-        if owed < quarter:
-            return
-        room = self._budget - self._held - windows.receive
-        if room < owed:
-            if room < quarter:
-                return
-            owed = room
-        windows.owed -= owed
-        windows.receive += owed
-        self._queue(FrameType.WINDOW, 0, 0, owed.to_bytes(4, "big"))
+        increment = 0
+        if owed >= quarter:
+            room = self._budget - self._held - windows.receive
+            if room < owed:
+                owed = room if room >= quarter else 0
+            if owed:
+                windows.owed -= owed
+                windows.receive += owed
+                increment = owed
+        if self.resumable:
+            position = self.received_position
+            if increment or position - self._told >= self._confirm_every:
+                self._told = position
+                self._queue(FrameType.WINDOW, 0, 0, pack_position_window(increment, position))
+        elif increment:
+            self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
 
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
@@ -948,6 +1100,23 @@ class Connection:
 
     def _on_hello(self, payload: bytes, events: list[Event]) -> None:
         hello = decode_hello(payload)
+        token = hello.fields.get(HelloField.RESUME_TOKEN)
+        if self._hello_deferred and token is not None:
+            # A resuming HELLO: the node finds the link it names (and answers for it).
+            position = hello.settings.get(_RESUME_POSITION)
+            if position is None or len(token) != TOKEN_SIZE:
+                raise RemoteProtocolError(
+                    "resuming HELLO without a received position or with a malformed token",
+                    ErrorCode.PROTOCOL_ERROR,
+                )
+            self.resume_request = (token, position)
+            events.append(ResumeRequested(token, position))
+            return
+        if token is not None and self.nonce == ACCEPTING_NONCE and not self._resume_options:
+            raise RemoteProtocolError(
+                "resumption failed: resumption is off on this node (resume_timeout=None)",
+                ErrorCode.RESUME_REFUSED,
+            )
         peer_settings = Settings.from_wire(hello.settings)
         if hello.nonce == self.nonce:
             raise RemoteProtocolError(
@@ -963,6 +1132,7 @@ class Connection:
         }
         self.version = min(hello.version, PROTOCOL_VERSION)
         self.peer_settings = peer_settings
+        self._settle_resumption(hello.settings, token)
         self._windows.send = self.peer_settings.connection_window
         #: Both ends asked for compression (and both have lz4): DATA may be compressed.
         self.compressing = (
@@ -978,6 +1148,166 @@ class Connection:
             events.append(AdmissionRequested(self.peer_fields.get(HelloField.CREDENTIAL, b"")))
             return
         events.append(HandshakeCompleted(self.version))
+
+    # -------------------------------------------------------------- resumption
+
+    def _settle_resumption(self, settings: dict[int, int], token: bytes | None) -> None:
+        """The peer's first HELLO says whether the link resumes (``wire._resume``)."""
+        options = self._resume_options
+        peer_timeout = settings.get(_RESUME_TIMEOUT)
+        if options is not None and peer_timeout:
+            if self._hello_deferred:
+                self.resume_token = new_token()
+            elif token is not None and len(token) == TOKEN_SIZE:
+                self.resume_token = token
+        if self.resume_token is not None and options is not None and peer_timeout:
+            self.resumable = True
+            self.resume_timeout = min(options.timeout, peer_timeout / 1000)
+            peer_buffer = max(settings.get(_RESUME_BUFFER, MIN_RESUME_BUFFER), MIN_RESUME_BUFFER)
+            self._confirm_every = peer_buffer // 4
+            # Position 0 is right after the peer's HELLO.
+            self._recv_base = -(self._fed - self._decoder.buffered)
+        else:
+            self._resume_buffer = None
+            self._resume_limit = _NO_LIMIT
+            self._unconfirmed = 0
+        if self._hello_deferred and not self._admission_required:
+            self._hello_deferred = False
+            self._queue_hello(token=self.resume_token)
+
+    def detach(self) -> None:
+        """The transport broke: forget its partial frames and anything not yet written
+        of a resuming handshake; the streams and everything queued stay. Resumable
+        links only."""
+        assert self.resumable
+        self._recv_base = self.received_position
+        self._fed = 0
+        self._decoder = FrameDecoder(MAX_HELLO_SIZE)
+        self._preamble = []
+        self._preamble_size = 0
+        self._resume_wait = False
+        self._refusal_expected = False
+        self.detached = True
+
+    def begin_resume(self) -> None:
+        """The dialing side, over a new transport: queue a resuming HELLO. Nothing else
+        goes out until the answer arrives (:class:`Resumed`)."""
+        if not self.detached:
+            self.detach()
+        assert self.resume_token is not None
+        self._queue_hello(token=self.resume_token, position=self.received_position)
+        self._resume_wait = True
+
+    def can_resume_from(self, position: int) -> bool:
+        """Whether every frame after the peer's received ``position`` is still held."""
+        buffer = self._resume_buffer
+        return buffer is not None and buffer.holds(position)
+
+    def accept_resume(self, position: int) -> int:
+        """The accepting side, over a new transport whose resuming HELLO gave the
+        peer's ``position`` (checked with :meth:`can_resume_from`): queue our answer,
+        then the replay, ahead of what was queued meanwhile. Feed the new transport's
+        bytes to :meth:`receive_data` from then on. Returns the bytes replayed."""
+        if not self.detached:
+            self.detach()
+        self._decoder.max_payload = self._frame_limit()
+        self._queue_hello(token=self.resume_token, position=self.received_position)
+        replayed = self._replay(position)
+        self.detached = False
+        return replayed
+
+    def confirm_position(self) -> bool:
+        """Tell the peer our received position if it grew since we last did (with each
+        keepalive PING); True if a frame was queued."""
+        if not self.resumable or not self._may_credit or self.detached:
+            return False
+        position = self.received_position
+        if position == self._told:
+            return False
+        self._told = position
+        self._queue(FrameType.WINDOW, 0, 0, pack_position_window(0, position))
+        return True
+
+    def take_unread(self) -> bytes:
+        """Bytes received on this connection after its last processed frame (after a
+        :class:`ResumeRequested`: what the resumed link must read next)."""
+        return self._decoder.take_rest()
+
+    def _frame_limit(self) -> int:
+        local = self.local_settings
+        return max(local.max_frame_payload, local.max_open_payload + OPEN_OVERHEAD)
+
+    def _replay(self, position: int) -> int:
+        buffer = self._resume_buffer
+        assert buffer is not None
+        chunks = buffer.replay(position)
+        self._unconfirmed = buffer.size
+        self._told = self.received_position
+        size = buffer.size
+        self._preamble.extend(chunks)
+        self._preamble_size += size
+        return size
+
+    def _receive_resuming(self, events: list[Event]) -> bool:
+        """The frames that answer our resuming HELLO; True once it is answered and the
+        rest is read as usual."""
+        for ftype, _flags, stream_id, payload in self._decoder.frames():
+            if ftype == FrameType.HELLO and self._resume_wait and not self._refusal_expected:
+                self._on_resume_answer(payload, events)
+                if not self._resume_wait:
+                    return True
+            elif ftype == FrameType.GOAWAY:
+                self._on_goaway(stream_id, payload, events)
+                return False
+            elif not self._refusal_expected:
+                raise RemoteProtocolError(
+                    f"expected the answer to our resuming HELLO, got frame type {ftype}",
+                    ErrorCode.PROTOCOL_ERROR,
+                )
+            # (After a plain HELLO, frames until the refusal's GOAWAY are skipped.)
+        return False
+
+    def _on_resume_answer(self, payload: bytes, events: list[Event]) -> None:
+        hello = decode_hello(payload)
+        token = hello.fields.get(HelloField.RESUME_TOKEN)
+        position = hello.settings.get(_RESUME_POSITION)
+        # Its HELLO is not part of the stream: position 0 of this transport is after it.
+        self._recv_base -= self._fed - self._decoder.buffered
+        self._decoder.max_payload = self._frame_limit()
+        if token is None or position is None:
+            self._refusal_expected = True  # a GOAWAY says why
+            return
+        if token != self.resume_token:
+            raise RemoteProtocolError(
+                "the answer to our resuming HELLO carries another token",
+                ErrorCode.PROTOCOL_ERROR,
+            )
+        if not self.can_resume_from(position):
+            raise RemoteProtocolError(
+                f"resumption failed: the peer has received {position} bytes, and we no "
+                f"longer hold what follows (we hold {self._held_range()})",
+                ErrorCode.RESUME_REFUSED,
+            )
+        self._resume_wait = False
+        replayed = self._replay(position)
+        self.detached = False
+        events.append(Resumed(position, replayed))
+
+    def _held_range(self) -> str:
+        buffer = self._resume_buffer
+        return "nothing" if buffer is None else f"bytes {buffer.start} to {buffer.end}"
+
+    def _confirmed(self, position: int) -> int:
+        buffer = self._resume_buffer
+        assert buffer is not None
+        try:
+            dropped = buffer.confirm(position)
+        except ValueError as exc:
+            raise RemoteProtocolError(
+                f"confirmed position: {exc}", ErrorCode.PROTOCOL_ERROR
+            ) from None
+        self._unconfirmed = buffer.size
+        return dropped
 
     def _is_peer_id(self, stream_id: int) -> bool:
         return (stream_id % 2 == 0) == self.initiator
@@ -1220,6 +1550,20 @@ class Connection:
         events.append(StreamReset(stream_id, status))
 
     def _on_window(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id == 0 and self.resumable:
+            if len(payload) != POSITION_WINDOW.size:
+                raise RemoteProtocolError(
+                    "WINDOW on stream 0 of a resumable link must be 12 bytes",
+                    ErrorCode.PROTOCOL_ERROR,
+                )
+            increment, position = POSITION_WINDOW.unpack(payload)
+            if self._confirmed(position) or increment:
+                if increment and not self._windows.granted(increment):
+                    raise RemoteProtocolError(
+                        "connection window overflow", ErrorCode.FLOW_CONTROL_ERROR
+                    )
+                events.append(WindowOpened(0))
+            return
         increment = decode_u32(payload, "WINDOW")
         if increment == 0:
             raise RemoteProtocolError("WINDOW increment of 0", ErrorCode.PROTOCOL_ERROR)

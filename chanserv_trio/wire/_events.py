@@ -20,6 +20,8 @@ __all__ = [
     "HandshakeCompleted",
     "MessageReceived",
     "PingAcknowledged",
+    "ResumeRequested",
+    "Resumed",
     "ServiceAdvertised",
     "StreamEnded",
     "StreamOpened",
@@ -155,6 +157,29 @@ class ConnectionTerminated:
     message: str
 
 
+@attrs.frozen
+class ResumeRequested:
+    """The first HELLO on this (accepting) connection is a resuming one: the link it
+    names, if the node holds it, carries on over this transport
+    (``docs/protocol.md``, section 17). Nothing else is read on this connection."""
+
+    #: The link's resume token, as the peer presented it.
+    token: bytes
+    #: The peer's received position.
+    position: int
+
+
+@attrs.frozen
+class Resumed:
+    """The peer answered our resuming HELLO: the frames it had not received are queued
+    again, before anything queued since."""
+
+    #: The peer's received position.
+    position: int
+    #: Bytes queued again for the peer.
+    replayed: int
+
+
 #: Every event a Connection returns (a driver's dispatch over it can be checked exhaustive).
 Event: TypeAlias = (
     HandshakeCompleted
@@ -168,4 +193,6 @@ Event: TypeAlias = (
     | ServiceAdvertised
     | GoAwayReceived
     | ConnectionTerminated
+    | ResumeRequested
+    | Resumed
 )
