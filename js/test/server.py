@@ -234,7 +234,9 @@ async def main() -> None:
     with trio.move_on_after(lifetime):
         async with (
             trio.open_nursery() as nursery,
-            cs.Multiplexer(settings=settings, router=True) as mpx,
+            # Resumption on: the JavaScript client declines it (its HELLO asks for none),
+            # so every test here also shows it keeps working against a resuming node.
+            cs.Multiplexer(settings=settings, router=True, resume_timeout=30.0) as mpx,
         ):
             # JavaScript nodes join here to serve: a router trusts their offers.
             url = await mpx.listen("ws://127.0.0.1:0/", accept_offers=True)
