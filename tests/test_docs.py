@@ -735,7 +735,7 @@ def test_resumption_page_names_the_arguments_and_messages_the_code_has() -> None
     import inspect
 
     import chanserv_trio as cs
-    from chanserv_trio.link import _link
+    from chanserv_trio.link import _auth, _link
     from chanserv_trio.node import _multiplexer
     from chanserv_trio.wire import _connection
 
@@ -744,7 +744,9 @@ def test_resumption_page_names_the_arguments_and_messages_the_code_has() -> None
     assert parameters["resume_timeout"].default is None and "resume_timeout" in page
     assert parameters["resume_buffer_size"].default == 4 * 2**20
     assert "resume_buffer_size` (default `4 * 2**20`" in page
-    sources = "".join(inspect.getsource(module) for module in (_link, _multiplexer, _connection))
+    sources = "".join(
+        inspect.getsource(module) for module in (_auth, _link, _multiplexer, _connection)
+    )
     # Messages split over adjacent string literals read as one.
     code = " ".join(re.sub(r'"\s*\n\s*f?"', "", sources).split())
     for quoted in re.findall(r'^- "(?:… )?([^"…]+)', page, flags=re.M):

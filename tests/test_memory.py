@@ -198,7 +198,7 @@ async def test_a_stream_nobody_reads_stalls_only_itself() -> None:
         def echoed_count() -> int:
             return sum(isinstance(e, MessageReceived) for e in peer.events)
 
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while peer.conn.send_window(stuck) >= len(chunk):
                 peer.conn.send_data(stuck, chunk)
             await peer.flush()

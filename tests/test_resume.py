@@ -418,9 +418,10 @@ class CuttableMemory(MemoryTransport):
         return ours
 
     async def cut(self) -> None:
-        for stream in self.open:
+        # Only the connections open now: a redial during the cut is not cut too.
+        streams, self.open = self.open, []
+        for stream in streams:
             await trio.aclose_forcefully(stream)
-        self.open = []
 
 
 @asynccontextmanager
@@ -526,3 +527,118 @@ def test_the_arguments_are_checked() -> None:
     assert (mpx.resume_timeout, mpx.resume_buffer_size) == (5, 1 << 20)
     stats = cs.LinkStatistics(0, 0, 0, 0, 0, 0, 0, 0, None)
     assert (stats.resumptions, stats.detached_seconds, stats.resume_buffered) == (0, 0.0, 0)
+
+
+# ------------------------------------------------- resumption and authentication
+
+#: Credentials and the identities they are let in as (``b"evil"`` is refused).
+KEYS = {b"alice-1": "alice", b"alice-2": "alice", b"bob": "bob"}
+
+
+def by_key(credential: bytes, peer: cs.PeerInfo) -> cs.Identity | None:
+    name = KEYS.get(credential)
+    return None if name is None else cs.Identity(name)
+
+
+@asynccontextmanager
+async def authenticated_pair(
+    errors: list[BaseException],
+) -> AsyncIterator[tuple[CuttableMemory, cs.Multiplexer, cs.Multiplexer]]:
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(authenticate=by_key, on_error=errors.append, **options) as server,
+        cs.Multiplexer(credential=b"alice-1", **options) as client,
+    ):
+        server.handle("echo", echo)
+        await server.listen("mem://node")
+        await client.join("mem://node", redial=False)
+        yield memory, server, client
+
+
+async def test_an_authenticated_link_resumes_for_its_own_identity(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    errors: list[BaseException] = []
+    async with authenticated_pair(errors) as (memory, server, client):
+        stream = await echo_once(client)
+        assert the_link(client).conn.resumable
+        (held,) = server.links
+        assert held.identity == cs.Identity("alice")
+        # Another credential of the same identity (a rotated key) may resume too.
+        the_link(client).conn._credential = b"alice-2"
+        await memory.cut()
+        with trio.fail_after(5):
+            await stream.send(b"after the cut")
+            assert await stream.receive() == b"after the cut"
+        assert the_link(client).statistics().resumptions == 1
+        assert server.links == [held]
+        assert held.statistics().resumptions == 1
+        assert server.statistics().auth_refused == 0
+        assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("credential", "why"),
+    [
+        (b"bob", "presented with another identity than the link's"),
+        (b"evil", "resumption failed: credential refused"),
+        (b"", "resumption failed: a credential is required"),
+    ],
+    ids=["another-identity", "refused", "none"],
+)
+async def test_only_the_links_identity_can_resume_it(
+    autojump_clock: trio.testing.MockClock, credential: bytes, why: str
+) -> None:
+    errors: list[BaseException] = []
+    async with authenticated_pair(errors) as (memory, server, client):
+        stream = await echo_once(client)
+        (held,) = server.links
+        # Whoever holds the token but not alice's credential (it is repeated in the
+        # resuming HELLO) may not take her link over.
+        the_link(client).conn._credential = credential or None
+        cut = trio.current_time()
+        await memory.cut()
+        with trio.fail_after(60), pytest.raises(cs.ConnectionLost) as caught:
+            await stream.receive()
+        assert trio.current_time() - cut <= 1.0  # refused at once, no timeout
+        assert why in str(caught.value)
+        assert why in " ".join(str(error) for error in errors)
+        # The link waits for its owner, untouched, until its timeout.
+        assert server.links == [held]
+        assert held.detached
+        assert held.statistics().resumptions == 0
+        assert server.statistics().auth_refused == (0 if credential == b"bob" else 1)
+        await held.wait_closed()
+        assert 30.0 <= trio.current_time() - cut <= 31.0
+
+
+async def test_an_authenticate_that_raises_on_resuming_refuses_and_reports_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls = 0
+
+    def flaky(credential: bytes, peer: cs.PeerInfo) -> cs.Identity | None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("the key store is down")
+        return by_key(credential, peer)
+
+    errors: list[BaseException] = []
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(authenticate=flaky, on_error=errors.append, **options) as server,
+        cs.Multiplexer(credential=b"alice-1", **options) as client,
+    ):
+        server.handle("echo", echo)
+        await server.listen("mem://node")
+        await client.join("mem://node", redial=False)
+        stream = await echo_once(client)
+        await memory.cut()
+        with trio.fail_after(5), pytest.raises(cs.ConnectionLost, match="authentication failed"):
+            await stream.receive()
+        assert any(
+            isinstance(error, RuntimeError) and "key store" in str(error) for error in errors
+        )

@@ -8,6 +8,7 @@ to let the peer in, or None to refuse it (GOAWAY ``AUTHENTICATION_FAILED``).
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
@@ -15,7 +16,9 @@ from typing import Any, TypeAlias
 import attrs
 import trio
 
-__all__ = ["Authenticator", "Identity", "PeerInfo", "peer_certificate"]
+from .._errors import AuthenticationFailed
+
+__all__ = ["Authenticator", "Identity", "PeerInfo", "Verdict", "judge", "peer_certificate"]
 
 
 @attrs.frozen
@@ -75,3 +78,37 @@ def peer_certificate(stream: trio.abc.Stream) -> tuple[dict[str, Any] | None, by
             return (decoded or None), der
         current = getattr(current, "transport_stream", None) or getattr(current, "stream", None)
     return None, None
+
+
+@attrs.frozen
+class Verdict:
+    """What :func:`judge` decided: the peer's :class:`Identity`, or why it was refused
+    (and the exception ``authenticate`` raised, if it did)."""
+
+    identity: Identity | None
+    reason: str = ""
+    cause: BaseException | None = None
+
+
+async def judge(authenticate: Authenticator, credential: bytes, peer: PeerInfo) -> Verdict:
+    """Run ``authenticate(credential, peer)`` (plain or async) and interpret what it
+    returned or raised: an :class:`Identity` lets the peer in; None, a raised
+    :class:`~chanserv_trio.AuthenticationFailed` (its reason is kept) or any other
+    exception (kept as the cause) refuses it. Used for a link's first HELLO and for
+    every resuming one, so that only the identity that owns a link can resume it."""
+    reason = "credential refused" if credential else "a credential is required"
+    try:
+        verdict: object = authenticate(credential, peer)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is not None and not isinstance(verdict, Identity):
+            raise TypeError(
+                f"authenticate must return an Identity or None, not {type(verdict).__name__}"
+            )
+    except AuthenticationFailed as exc:
+        return Verdict(None, exc.reason or str(exc) or reason)
+    except Exception as exc:
+        return Verdict(None, "authentication failed", exc)
+    if verdict is None:
+        return Verdict(None, reason)
+    return Verdict(verdict)

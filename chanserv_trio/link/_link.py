@@ -15,7 +15,6 @@ cancels. What is the same for every link of a node comes in one ``LinkOptions``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections import deque
@@ -52,7 +51,7 @@ from ..wire._events import (
     StreamReset,
     WindowOpened,
 )
-from ._auth import Identity, PeerInfo
+from ._auth import Identity, PeerInfo, judge
 from ._keepalive import STALL, PingRecord
 from ._options import CONTROL_LIMIT, LinkOptions
 from ._resume import Attachment
@@ -155,9 +154,10 @@ class Link:
             credential=None if initiator is False else options.credential,
             defer_hello=self.authenticating,
             memory_budget=options.budget(),
-            # Resumption is not offered to a peer that must authenticate: a resuming
-            # connection would have to prove the same identity again (not built yet).
-            resume=None if self.authenticating else options.resume,
+            # With authentication on, a resuming connection proves its identity again
+            # (its HELLO carries the credential): the node judges it before handing the
+            # transport to the link (``Multiplexer``).
+            resume=options.resume,
         )
         self.remote_addr = remote_addr
         #: What is known of the peer (for ``authenticate``).
@@ -224,6 +224,8 @@ class Link:
         #: On an accepting link whose first HELLO was a resuming one: the token and the
         #: peer's received position. The node hands the transport to the link named.
         self.resume_request: tuple[bytes, int] | None = None
+        #: The credential that resuming HELLO carried (judged again by the node).
+        self.resume_credential = b""
         #: Called with the link once its handshake completed (before ``run`` reports).
         self.on_ready: Callable[[Link], None] | None = None
 
@@ -871,29 +873,13 @@ class Link:
         assert isinstance(request, AdmissionRequested)
         authenticate = self.options.authenticate
         assert authenticate is not None
-        reason = "credential refused" if request.credential else "a credential is required"
-        cause: BaseException | None = None
-        verdict: object = None
-        try:
-            verdict = authenticate(request.credential, self.peer)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-            if verdict is not None and not isinstance(verdict, Identity):
-                raise TypeError(
-                    f"authenticate must return an Identity or None, not {type(verdict).__name__}"
-                )
-        except AuthenticationFailed as exc:
-            verdict = None
-            reason = exc.reason or str(exc) or reason
-        except Exception as exc:
-            verdict = None
-            cause = exc
-            reason = "authentication failed"
-        if isinstance(verdict, Identity):
-            self.identity = verdict
-            if verdict.may_offer:
+        verdict = await judge(authenticate, request.credential, self.peer)
+        if verdict.identity is not None:
+            self.identity = verdict.identity
+            if verdict.identity.may_offer:
                 self.accepts_offers = True
             return self.conn.admit()
+        reason, cause = verdict.reason, verdict.cause
         self.conn.refuse(reason)
         error = AuthenticationFailed(
             f"refused a link from {self.remote_addr or 'peer'}: {reason}", reason
@@ -984,6 +970,7 @@ class Link:
                     self._on_terminated(event)
                 case ResumeRequested():
                     self.resume_request = (event.token, event.position)
+                    self.resume_credential = event.credential
                     self._handshake.set()
                 case Resumed():
                     attachment = self._attachment

@@ -28,7 +28,7 @@ from .._errors import (
     ProtocolError,
     ServiceNotFound,
 )
-from ..link._auth import Authenticator, PeerInfo, peer_certificate
+from ..link._auth import Authenticator, PeerInfo, Verdict, judge, peer_certificate
 from ..link._link import Link, LinkStream, StreamHandler
 from ..link._options import (
     KEEPALIVE_INTERVAL,
@@ -231,6 +231,8 @@ class Multiplexer:
     :class:`~chanserv_trio.ConnectionLost`. Each link holds at most
     ``resume_buffer_size`` bytes of frames the peer has not confirmed; senders wait
     when it is full. The resume token is a secret: resume over ``tls://`` or ``wss://``.
+    With ``authenticate`` on, a resuming connection's credential is judged again and
+    the link resumes only for the :class:`~chanserv_trio.Identity` it was admitted with.
     """
 
     def __init__(
@@ -619,6 +621,10 @@ class Multiplexer:
                 "resumption failed: this node holds no link with that resume token (it "
                 "may have restarted, or the link expired after resume_timeout)"
             )
+        elif (refusal := await self._judge_resumption(fresh, target)) is not None:
+            message = refusal
+        elif not target.is_alive:
+            message = "resumption failed: the link ended while its credential was judged"
         elif not target.can_resume_from(position):
             message = target.refuse_resume_from(position)
         else:
@@ -633,6 +639,30 @@ class Multiplexer:
             return
         self.report_error(ConnectionLost(f"refused a resumption from {remote}: {message}"))
         await refuse_link(transport, self.settings, ErrorCode.RESUME_REFUSED, message)
+
+    async def _judge_resumption(self, fresh: Link, target: Link) -> str | None:
+        """With ``authenticate`` on, a resuming connection's credential is judged like a
+        new link's: the link resumes only for the identity it was admitted with. None
+        if it may resume; otherwise why not."""
+        authenticate = self._link_options.authenticate
+        if authenticate is None:
+            return None
+        verdict: Verdict | None = None
+        with trio.move_on_after(self._link_options.handshake_timeout):
+            verdict = await judge(authenticate, fresh.resume_credential, fresh.peer)
+        if verdict is None:
+            return "resumption failed: authentication timed out"
+        if verdict.identity is None:
+            self._auth_refused += 1
+            if verdict.cause is not None:
+                self.report_error(verdict.cause)
+            return f"resumption failed: {verdict.reason}"
+        if verdict.identity != target.identity:
+            return (
+                "resumption failed: the resume token was presented with another identity "
+                "than the link's"
+            )
+        return None
 
     async def join(self, url: str, *, redial: bool = True, **options: Any) -> Link:
         """Link to the node listening at ``url`` (any URL :meth:`listen` takes); returns

@@ -1110,7 +1110,8 @@ class Connection:
                     ErrorCode.PROTOCOL_ERROR,
                 )
             self.resume_request = (token, position)
-            events.append(ResumeRequested(token, position))
+            credential = hello.fields.get(HelloField.CREDENTIAL, b"")
+            events.append(ResumeRequested(token, position, credential))
             return
         if token is not None and self.nonce == ACCEPTING_NONCE and not self._resume_options:
             raise RemoteProtocolError(

@@ -167,6 +167,9 @@ class ResumeRequested:
     token: bytes
     #: The peer's received position.
     position: int
+    #: The credential the resuming HELLO carried (``b""``: none); a node that
+    #: authenticates judges it again and resumes only for the link's own identity.
+    credential: bytes = b""
 
 
 @attrs.frozen
