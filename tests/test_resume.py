@@ -642,3 +642,71 @@ async def test_an_authenticate_that_raises_on_resuming_refuses_and_reports_it(
         assert any(
             isinstance(error, RuntimeError) and "key store" in str(error) for error in errors
         )
+
+
+# ------------------------------------------------- resumption, the cap and the pick
+
+
+async def test_a_listener_at_max_links_still_takes_a_resuming_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    errors: list[BaseException] = []
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(on_error=errors.append, **options) as server,
+        cs.Multiplexer(**options) as client,
+        cs.Multiplexer(**options) as other,
+    ):
+        server.handle("echo", echo)
+        await server.listen("mem://node", max_links=1)
+        await client.join("mem://node", redial=False)
+        stream = await echo_once(client)
+        with trio.fail_after(5), pytest.raises(cs.ProtocolError, match="too many links"):
+            await other.join("mem://node", redial=False)
+        memory.down = True
+        await memory.cut()
+        await wait_until(lambda: the_link(server).detached)
+        memory.down = False
+        # The slot held for the detached link admits only its resuming connection: a
+        # plain one (which dials before the client's next redial) is refused...
+        with trio.fail_after(5), pytest.raises(cs.ProtocolError, match="too many links"):
+            await other.join("mem://node", redial=False)
+        assert other.links == []
+        # ...and the link resumes over the cap.
+        with trio.fail_after(5):
+            await stream.send(b"over the cap")
+            assert await stream.receive() == b"over the cap"
+        assert the_link(client).statistics().resumptions == 1
+        assert len(server.links) == 1
+        assert server.statistics().links_refused == 2
+        assert [str(error) for error in errors] == [
+            "refused a link from mem://node: mem://node already carries 1 links (max_links)"
+        ] * 2
+
+
+async def test_new_streams_go_where_a_transport_is_while_a_link_waits_to_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
+    async with (
+        memory_transport() as memory,
+        cs.Multiplexer(**options) as a,
+        cs.Multiplexer(**options) as b,
+        cs.Multiplexer(**options) as client,
+    ):
+        for server, url in ((a, "mem://a"), (b, "mem://b")):
+            server.handle("echo", echo)
+            await server.listen(url)
+            await client.join(url, redial=False)
+        await wait_until(lambda: len(client.links_offering("echo")) == 2)
+        to_a = next(link for link in client.links if link.joined_url == "mem://a")
+        memory.down = True
+        await trio.aclose_forcefully(to_a.transport)
+        await wait_until(lambda: to_a.detached)
+        streams = [await client.open_stream("echo", b"") for _ in range(20)]
+        assert all(stream.link is not to_a for stream in streams)
+        # With a route key the same node is picked, waiting or not: the key's stream
+        # waits for the link to resume.
+        keyed = {(await client.open_stream("echo", b"", route_key=k)).link for k in "pqrstu"}
+        assert to_a in keyed

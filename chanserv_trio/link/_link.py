@@ -138,6 +138,7 @@ class Link:
         whole_messages: bool = False,
         peer: PeerInfo | None = None,
         accept_offers: bool = True,
+        resume_only: bool = False,
     ) -> None:
         self.transport = transport
         #: The transport hands out one whole message per read (WebSocket): it is read
@@ -148,11 +149,15 @@ class Link:
         #: The peer's credential is judged by ``options.authenticate`` before anything
         #: else of its is processed: on every link we did not dial.
         self.authenticating = options.authenticate is not None and initiator is not True
+        #: A connection admitted over its listener's ``max_links`` because a link of the
+        #: listener waits to resume: only a resuming HELLO is answered; a plain one is
+        #: refused with ``ENHANCE_YOUR_CALM`` before anything of the peer's is processed.
+        self.resume_only = resume_only and initiator is False
         self.conn = Connection(
             initiator=initiator,
             settings=options.settings,
             credential=None if initiator is False else options.credential,
-            defer_hello=self.authenticating,
+            defer_hello=self.authenticating or self.resume_only,
             memory_budget=options.budget(),
             # With authentication on, a resuming connection proves its identity again
             # (its HELLO carries the credential): the node judges it before handing the
@@ -871,6 +876,16 @@ class Link:
         ``AUTHENTICATION_FAILED`` and fail the link (None)."""
         request = events[-1]
         assert isinstance(request, AdmissionRequested)
+        if self.resume_only:
+            self.conn.refuse("too many links", ErrorCode.ENHANCE_YOUR_CALM)
+            await self._refused(
+                ProtocolError(
+                    f"refused a link from {self.remote_addr or 'peer'}: too many links "
+                    f"(max_links), and its HELLO does not resume a link",
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                )
+            )
+            return None
         authenticate = self.options.authenticate
         assert authenticate is not None
         verdict = await judge(authenticate, request.credential, self.peer)
@@ -885,6 +900,12 @@ class Link:
             f"refused a link from {self.remote_addr or 'peer'}: {reason}", reason
         )
         error.__cause__ = cause
+        await self._refused(error)
+        return None
+
+    async def _refused(self, error: ChanservError) -> None:
+        """The peer waiting for admission was refused (our GOAWAY is queued): send it,
+        let the peer read it, and fail the link with ``error``."""
         await self._drain(1.0)
         # Closing with the peer's bytes unread would reset the connection, which can
         # destroy our GOAWAY before the peer reads it: wait (briefly) for it to hang up.
@@ -899,7 +920,6 @@ class Link:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         self._fail(error)
-        return None
 
     async def _flush_and_fail(self, error: ChanservError) -> None:
         await self._drain(1.0)

@@ -91,6 +91,16 @@ def pick_by_key(links: list[Link], key: str | bytes) -> Link:
     return max(links, key=lambda link: (_score(key, link.node_key), link.node_key))
 
 
+def pick_link(links: list[Link], key: bytes) -> Link:
+    """The link a new stream goes on: by ``key`` when there is one (the same node for
+    the same key, even while its link waits to resume: the stream waits with it);
+    otherwise one at random, among those with a transport when any has one."""
+    if key:
+        return pick_by_key(links, key)
+    attached = [link for link in links if not link.detached]
+    return random.choice(attached or links)
+
+
 #: Links one listener carries at once by default. Each costs a socket, two tasks and a
 #: few KiB when idle; 10,000 is far beyond what one node usually serves, and keeps a
 #: flood of connections from exhausting file descriptors and memory.
@@ -106,6 +116,17 @@ class _ListenerBudget:
     links: int = 0
     #: Peers on this listener may offer services without an identity that may.
     accept_offers: bool = False
+    #: The links this listener carries (those waiting to resume included).
+    held: set[Link] = attrs.field(factory=set)
+    #: Connections admitted over the cap, each for a link that waits to resume.
+    provisional: int = 0
+
+    def spare_for_resuming(self) -> bool:
+        """At the cap, whether one more connection may be admitted because it may
+        resume one of this listener's links (detached, or about to find out that it
+        is): it is refused unless its HELLO resumes one."""
+        resumable = sum(1 for link in self.held if link.conn.resumable)
+        return self.provisional < resumable
 
 
 class _Lifetime(enum.Enum):
@@ -455,6 +476,7 @@ class Multiplexer:
         remote: str,
         scheme: str = "",
         accept_offers: bool = True,
+        resume_only: bool = False,
     ) -> Link:
         certificate, der = peer_certificate(transport)
         return Link(
@@ -466,6 +488,7 @@ class Multiplexer:
             whole_messages=reads_whole_messages(transport),
             peer=PeerInfo(remote, scheme, certificate, der),
             accept_offers=accept_offers,
+            resume_only=resume_only,
         )
 
     async def _run_link(
@@ -549,6 +572,12 @@ class Multiplexer:
         if self._lifetime is not _Lifetime.RUNNING:
             await trio.aclose_forcefully(transport)
             return
+        resume_only = False
+        if budget.max_links is not None and budget.links >= budget.max_links:
+            resume_only = budget.spare_for_resuming()
+        if resume_only:
+            await self._accept_resuming(budget, transport, local, remote)
+            return
         if budget.max_links is not None and budget.links >= budget.max_links:
             self._links_refused += 1
             refusal = ProtocolError(
@@ -572,6 +601,7 @@ class Multiplexer:
             accept_offers=budget.accept_offers,
         )
         link.on_ready = self._register_resumable
+        budget.held.add(link)
         try:
             await self._run_link(link)
             if link.resume_request is not None:
@@ -588,6 +618,45 @@ class Multiplexer:
             self._handshake_failed(exc)
         finally:
             budget.links -= 1
+            budget.held.discard(link)
+
+    async def _accept_resuming(
+        self, budget: _ListenerBudget, transport: trio.abc.Stream, local: str, remote: str
+    ) -> None:
+        """A connection over the listener's cap while one of its links waits to resume:
+        it may carry that link's resuming HELLO. Anything else is refused with
+        ``ENHANCE_YOUR_CALM`` once its HELLO is read, as over the cap."""
+        link = self._new_link(
+            transport,
+            initiator=False,
+            local=local,
+            remote=remote,
+            scheme=parse_url(budget.url).scheme,
+            accept_offers=budget.accept_offers,
+            resume_only=True,
+        )
+        budget.provisional += 1
+        try:
+            try:
+                await self._run_link(link)
+            finally:
+                budget.provisional -= 1
+            if link.resume_request is not None:
+                await self._resume_accepted(link, transport, local, remote)
+        except ProtocolError as exc:
+            if exc.code != ErrorCode.ENHANCE_YOUR_CALM:
+                self._handshake_failed(exc)
+                return
+            self._links_refused += 1
+            refusal = ProtocolError(
+                f"refused a link from {remote}: {budget.url} already carries "
+                f"{budget.links} links (max_links)",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+            logger.warning("%s", refusal)
+            self.report_error(refusal)
+        except Exception as exc:
+            self._handshake_failed(exc)
 
     def _handshake_failed(self, exc: BaseException) -> None:
         """A connection to one of our listeners failed its transport or link handshake."""
@@ -880,7 +949,7 @@ class Multiplexer:
             )
             return
         key = inbound.route_key
-        target = pick_by_key(candidates, key) if key else random.choice(candidates)
+        target = pick_link(candidates, key)
         try:
             outbound = await target.open_stream(
                 inbound.service,
@@ -955,7 +1024,8 @@ class Multiplexer:
 
         ``header`` may be a function, called once a peer is found (so a deadline it
         carries counts the time spent waiting). Among several peers offering it, one
-        is picked at random; with a non-empty ``route_key`` (bytes; a ``str`` counts as
+        is picked at random (one whose link has its transport, when a link waits to
+        resume: ``resume_timeout``); with a non-empty ``route_key`` (bytes; a ``str`` counts as
         its UTF-8) the pick is by rendezvous hashing of the key over the peers' names
         (:attr:`Link.node_key`), so the same key reaches the same node from every
         client while the set of nodes is unchanged, and about 1/N of keys move when a
@@ -968,7 +1038,7 @@ class Multiplexer:
             while True:
                 candidates = self.links_offering(service)
                 if candidates:
-                    link = pick_by_key(candidates, key) if key else random.choice(candidates)
+                    link = pick_link(candidates, key)
                     try:
                         return await link.open_stream(
                             service,
