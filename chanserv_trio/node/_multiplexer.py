@@ -47,6 +47,7 @@ from ..wire._resume import ResumeOptions
 from ._advertising import Advertising
 from ._backoff import Backoff
 from ._budgets import HostResetBudget
+from ._loglimit import LogLimit
 from ._registry import Registry, RegistryNode
 from ._router import relay
 
@@ -313,6 +314,9 @@ class Multiplexer:
         #: The most links each listener carries at once, unless ``listen`` says (None: no cap).
         self.max_links = max_links
         self._links_refused = 0
+        # Warnings a peer causes once per connection (failed handshakes, refusals over
+        # max_links): a flood of connections must not flood the log.
+        self._connection_log = LogLimit(logger)
         self._auth_refused = 0
         self._lifetime = _Lifetime.NEW
         self._on_error = on_error if callable(on_error) else None
@@ -585,7 +589,7 @@ class Multiplexer:
                 f"{budget.links} links (max_links)",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
-            logger.warning("%s", refusal)
+            self._connection_log.warning("%s", refusal)
             self.report_error(refusal)
             await refuse_link(
                 transport, self.settings, ErrorCode.ENHANCE_YOUR_CALM, "too many links"
@@ -653,14 +657,14 @@ class Multiplexer:
                 f"{budget.links} links (max_links)",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
-            logger.warning("%s", refusal)
+            self._connection_log.warning("%s", refusal)
             self.report_error(refusal)
         except Exception as exc:
             self._handshake_failed(exc)
 
     def _handshake_failed(self, exc: BaseException) -> None:
         """A connection to one of our listeners failed its transport or link handshake."""
-        logger.warning("handshake failed: %s", exc)
+        self._connection_log.warning("handshake failed: %s", exc)
         if self._on_error is not None:
             self._on_error(exc)
 
