@@ -2,13 +2,16 @@
 
 Run as ``python -m benchmarks.attacks [--only NAME ...]``. For each attack a fresh
 server (a ``Multiplexer`` with default settings and budget, LZ4 asked for, a chanserv
-``Server`` and a handler that never reads) runs in its own process; this process
-attacks it over TCP loopback with a raw peer built from the wire ``Connection``, lets it
+``Server`` and a handler that never reads) runs in its own process, listening on TCP,
+on TCP with ``accept_offers=True`` and on WebSocket; this process attacks it over
+loopback with a raw peer built from the wire ``Connection`` (or wsproto), lets it
 settle, reads the server's ``VmRSS`` from ``/proc/<pid>/status`` and asks it for its
-links' ``bytes_held`` and ``memory_budget`` (``LinkStatistics``). A well-behaved client
-then posts a request to the same server and checks every frame of the answer while the
-attacker's link is still up. The "today" column is the figure the hardening issue
-measured on the tree before the budget.
+links' ``bytes_held`` and ``memory_budget`` (``LinkStatistics``), the names they hold,
+the requests it started, the resets it refused and its CPU time. The router attacks
+run a router process in front of a backend process (the router dials it) and read the
+router. A well-behaved client then posts a request to the same server and checks every
+frame of the answer while the attacker's link is still up. The "today" column is the
+figure the hardening issue measured on the tree before the budget.
 """
 
 from __future__ import annotations
