@@ -410,6 +410,46 @@ async def rst_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str
     )
 
 
+async def close_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str]:
+    """As ``rst_churn``, but resetting nothing: each link opens 100 requests and hangs
+    up 50 ms later, and is replaced at once."""
+    links_at_once, seconds, batch = 33, 10.0, 100
+    crowd = Crowd()
+    before = await target.stats()
+    started = trio.current_time()
+
+    async def attacker() -> None:
+        while trio.current_time() - started < seconds:
+            try:
+                peer = await connect(target.tcp, nursery)
+            except (OSError, trio.BrokenResourceError, cs.ChanservError):
+                crowd.closed["refused at connect"] += 1
+                await trio.sleep(0.01)
+                continue
+            crowd.links += 1
+            with contextlib.suppress(cs.LocalProtocolError):
+                for _ in range(batch):
+                    peer.conn.open_stream(SERVICE, request(body=b"slow"))
+            await peer.flush()
+            await trio.sleep(0.05)
+            if trio.current_time() - started >= seconds:
+                return  # time is up: this link stays
+            if peer.closed.is_set():
+                crowd.closed[peer.outcome()] += 1
+            await peer.stream.aclose()
+
+    async with trio.open_nursery() as attackers:
+        for _ in range(links_at_once):
+            attackers.start_soon(attacker)
+    after = await target.stats()
+    elapsed = trio.current_time() - started
+    requests = int(after["requests"]) - int(before["requests"])  # type: ignore[call-overload]
+    return crowd, (
+        f"{crowd.links} links in {elapsed:.0f} s: {requests:,} requests started, "
+        f"{requests / elapsed:,.0f}/s"
+    )
+
+
 async def router_names(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str]:
     return await names_to_router(target, target.tcp, nursery)
 
@@ -618,6 +658,12 @@ ATTACKS: list[Attack] = [
         "RST-churns requests over 33 reconnecting links (10 s)",
         "4,974 requests started/s (per-link budget 100/s)",
         rst_churn,
+    ),
+    Attack(
+        "hangup-churn",
+        "opens 100 requests a link and hangs up, over 33 reconnecting links (10 s)",
+        "(not measured)",
+        close_churn,
     ),
     Attack(
         "router",
