@@ -640,6 +640,49 @@ async def test_names_advertised_to_a_router_cost_it_work_in_proportion_to_them()
         print(f"{names} names advertised to a router: {work} name looks, {gone} to withdraw")
 
 
+async def test_names_a_router_does_not_trust_cost_it_nothing_and_reach_no_one() -> None:
+    # The same 3,000 names from a peer the router accepted without trusting its offers
+    # (a default listener): before, they were held and relayed to every other peer.
+    names = 3000
+    async with (
+        cs.Multiplexer(router=True) as router,
+        cs.Multiplexer() as backend,
+        cs.Multiplexer() as client,
+    ):
+        backend.handle("backend-service", _echo)
+        for node in (backend, client):
+            ours, theirs = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(router.attach, theirs, initiator=False))
+                await node.attach(ours, initiator=True)
+        with trio.fail_after(30):
+            await wait_until(lambda: "backend-service" in client.links[0].peer_services)
+            before = router._advertising.evaluations
+            ours, theirs = trio.testing.memory_stream_pair()
+            peer = RawPeer(Connection(initiator=True), ours)
+            await peer.send(b"".join(peer.conn.take_outgoing()))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.pump)
+                link = await router.attach(theirs, initiator=False, accept_offers=False)
+                held = link.statistics().bytes_held
+                for index in range(names):
+                    peer.conn.advertise(f"offered-{index:04d}")
+                peer.conn.ping(b"all read")  # answered once every name was read
+                await peer.send(b"".join(peer.conn.take_outgoing()))
+                await wait_until(lambda: any(isinstance(e, PingAcknowledged) for e in peer.events))
+                assert link.is_alive
+                assert link.offers_ignored == names
+                assert router.statistics().offers_ignored == names
+                assert not link.peer_services
+                assert link.statistics().bytes_held <= held
+                # The new link heard the one name there was; no name was looked at for
+                # the others, and none is advertised to them.
+                assert router._advertising.evaluations - before <= 1
+                told = {name for other in router.links for name in other.advertised}
+                assert told == {"backend-service"}
+                nursery.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------- write timeout
 
 
