@@ -570,6 +570,40 @@ async def test_a_peer_advertising_100_000_names_is_closed_at_the_limit() -> None
     assert [event.code for event in terminated] == [ErrorCode.ENHANCE_YOUR_CALM]
 
 
+async def test_names_a_router_relays_past_the_limit_are_ignored_and_the_link_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A router passes on what its other peers offer: a backend with many names must not
+    # cost every client its link to the router. Its own names still close it (above).
+    options = LinkOptions(max_peer_services=10, max_peer_service_bytes=1000)
+    async with raw_peer(options) as (link, peer):
+        with trio.fail_after(10):
+            for index in range(25):
+                peer.conn.advertise(f"relayed-{index:02d}", relayed=True)
+            peer.conn.advertise("x" * 990, relayed=True)  # past the bytes, not the count
+            peer.conn.ping(b"names-01")
+            await peer.send(b"".join(peer.conn.take_outgoing()))
+            await wait_until(lambda: any(isinstance(e, PingAcknowledged) for e in peer.events))
+        assert link.is_alive
+        assert link.peer_services == {f"relayed-{index:02d}" for index in range(10)}
+        assert link.peer_relayed == link.peer_services
+        assert link.relayed_names_ignored == 16
+        held = link.statistics().bytes_held
+        # Withdrawing a held name makes room for the next one relayed.
+        peer.conn.advertise("relayed-00", False, relayed=True)
+        peer.conn.advertise("relayed-late", relayed=True)
+        peer.conn.ping(b"names-02")
+        await peer.send(b"".join(peer.conn.take_outgoing()))
+        with trio.fail_after(10):
+            await wait_until(
+                lambda: sum(isinstance(e, PingAcknowledged) for e in peer.events) == 2
+            )
+        assert "relayed-late" in link.peer_services and "relayed-00" not in link.peer_services
+        assert link.statistics().bytes_held <= held + 64
+    warned = [r for r in caplog.records if "relays more service names" in r.getMessage()]
+    assert len(warned) == 1  # once per link, not once per name
+
+
 async def test_names_count_against_their_bytes_too() -> None:
     options = LinkOptions(max_peer_services=1000, max_peer_service_bytes=10_000)
     async with raw_peer(options) as (link, peer):

@@ -174,6 +174,9 @@ class Link:
         self.accepts_offers = accept_offers
         #: SERVICE frames ignored because the peer may not offer.
         self.offers_ignored = 0
+        #: Names the peer relays that were ignored past ``max_peer_services``,
+        #: ``max_peer_service_bytes`` or the memory budget (the link stays up).
+        self.relayed_names_ignored = 0
         self.local_addr = local_addr
         self._reset_tokens = float(options.reset_burst)
         self._reset_time = 0.0
@@ -1032,7 +1035,8 @@ class Link:
         services = self.peer_services
         if event.available:
             if name not in services:
-                self._count_peer_service(name)
+                if not self._count_peer_service(name, event.relayed):
+                    return
                 services.add(name)
             if event.relayed:
                 self.peer_relayed.add(name)
@@ -1049,26 +1053,42 @@ class Link:
             self._service_changes.add(name)
             on_services(self)
 
-    def _count_peer_service(self, name: str) -> None:
-        """Hold one more advertised name against the limits, or close the link."""
+    def _count_peer_service(self, name: str, relayed: bool) -> bool:
+        """Hold one more advertised name against the limits (True). Past them, a name
+        the peer relays (a router passing on what its other peers offer, which it does
+        not choose) is ignored and counted (False); any other closes the link."""
         options = self.options
         size = len(name.encode())
-        if (
+        over = (
             len(self.peer_services) >= options.max_peer_services
             or self._peer_service_bytes + size > options.max_peer_service_bytes
-        ):
+        )
+        if relayed and (over or not self.conn.hold(size + _NAME_COST)):
+            if not self.relayed_names_ignored:
+                logger.warning(
+                    "%s relays more service names than this node holds "
+                    "(max_peer_services %d, max_peer_service_bytes %d, or the memory "
+                    "budget): the names past them are ignored",
+                    self.remote_addr,
+                    options.max_peer_services,
+                    options.max_peer_service_bytes,
+                )
+            self.relayed_names_ignored += 1
+            return False
+        if over:
             raise RemoteProtocolError(
                 f"peer advertised more than {options.max_peer_services} service names or "
                 f"{options.max_peer_service_bytes} bytes of names "
                 f"(max_peer_services, max_peer_service_bytes)",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
-        if not self.conn.hold(size + _NAME_COST):
+        if not relayed and not self.conn.hold(size + _NAME_COST):
             raise RemoteProtocolError(
                 "peer advertised more service names than the link's memory budget holds",
                 ErrorCode.ENHANCE_YOUR_CALM,
             )
         self._peer_service_bytes += size
+        return True
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
         if event.code == ErrorCode.RESUME_REFUSED:

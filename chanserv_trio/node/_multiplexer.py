@@ -222,8 +222,10 @@ class Multiplexer:
     the links each listener carries at once (see :meth:`listen`; None: no cap).
     ``max_peer_services`` and ``max_peer_service_bytes`` bound the service names one
     peer may advertise (their number and their UTF-8 bytes); one more closes its link
-    with ``ENHANCE_YOUR_CALM``. The peers of a router hear every name its other peers
-    serve: raise these on them when a router relays more.
+    with ``ENHANCE_YOUR_CALM``, except a name the peer relays (a router passes on its
+    other peers' names): past the limits those are ignored and the link stays up. The
+    peers of a router hear every name its other peers serve: raise these on them when a
+    router relays more.
 
     Trust: ``credential`` (bytes) is presented in the handshake on every link this
     node dials (:meth:`join`, registry joins, and :meth:`attach` unless
