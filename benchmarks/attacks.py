@@ -190,12 +190,24 @@ class Peer:
         return self.up
 
 
+#: Where the churning attackers connect from: another loopback address than the
+#: well-behaved client's (127.0.0.1), as a real attacker's differs from the clients'.
+#: A client sharing the attacker's address shares its budget (and is refused with it).
+CHURN_SOURCE = "127.0.0.2"
+
+
 async def connect(
-    address: str, nursery: trio.Nursery, *, compression: bool = False, reading: bool = True
+    address: str,
+    nursery: trio.Nursery,
+    *,
+    compression: bool = False,
+    reading: bool = True,
+    source: str | None = None,
 ) -> Peer:
-    """A raw peer linked to ``address`` (handshake done), read by a task of ``nursery``."""
+    """A raw peer linked to ``address`` (handshake done), read by a task of ``nursery``;
+    from the local address ``source`` if given."""
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    stream = await trio.open_tcp_stream(host, int(port), local_address=source)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     settings = cs.Settings(compression=compression)
     peer = Peer(Connection(initiator=True, settings=settings), stream)
@@ -360,7 +372,7 @@ class Crowd:
 
 
 async def rst_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str]:
-    """33 links at a time from 127.0.0.1: each opens requests and resets them at once,
+    """33 links at a time from 127.0.0.2 (``CHURN_SOURCE``): each opens requests and resets them at once,
     50 every 10 ms; a link closed for it is replaced a quarter of a second later. The
     last links stay up."""
     links_at_once, seconds, batch, redial = 33, 10.0, 50, 0.25
@@ -371,7 +383,7 @@ async def rst_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str
     async def attacker() -> None:
         while trio.current_time() - started < seconds:
             try:
-                peer = await connect(target.tcp, nursery)
+                peer = await connect(target.tcp, nursery, source=CHURN_SOURCE)
             except (OSError, trio.BrokenResourceError, cs.ChanservError):
                 crowd.closed["refused at connect"] += 1
                 await trio.sleep(redial)
@@ -421,7 +433,7 @@ async def close_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, s
     async def attacker() -> None:
         while trio.current_time() - started < seconds:
             try:
-                peer = await connect(target.tcp, nursery)
+                peer = await connect(target.tcp, nursery, source=CHURN_SOURCE)
             except (OSError, trio.BrokenResourceError, cs.ChanservError):
                 crowd.closed["refused at connect"] += 1
                 await trio.sleep(0.01)

@@ -458,7 +458,13 @@ async def test_a_multiplexer_closes_every_link_of_an_address_over_its_reset_budg
                 async with await trio.open_tcp_stream(host, int(port)) as stream:
                     conn = Connection(initiator=True)
                     await stream.send_all(b"".join(conn.take_outgoing()))
-                    conn.receive_data(await stream.receive_some())
+                    events = conn.receive_data(await stream.receive_some())
+                    if conn.closed:  # refused at once: the address has no token left
+                        outcomes.append(
+                            [e.code for e in events if isinstance(e, ConnectionTerminated)]
+                        )
+                        refused.append(server.statistics().resets_refused)
+                        continue
                     for _ in range(15):
                         sid = conn.open_stream("svc", b"", local_open=False)
                         conn.reset_stream(sid, Status(ErrorCode.CANCEL))
@@ -467,10 +473,11 @@ async def test_a_multiplexer_closes_every_link_of_an_address_over_its_reset_budg
                     await stream.send_all(b"".join(conn.take_outgoing()))
                     outcomes.append(await _closed_or_answered(stream, conn))
                     refused.append(server.statistics().resets_refused)
-        # The first link's 15 resets fit the address's 20; the second ran out after 5,
-        # the third at its first.
+        # The first link's 15 resets fit the address's 20; the second ran out after 5;
+        # the third connection is refused before it starts a link.
         assert outcomes == [[], [ErrorCode.ENHANCE_YOUR_CALM], [ErrorCode.ENHANCE_YOUR_CALM]]
-        assert refused == [0, 1, 2]
+        assert refused == [0, 1, 1]
+        assert server.statistics().links_refused == 1
     # (A link that fails right after its handshake may be reported twice: by its reader
     # and by the listener, which saw it fail before it was up.)
     calm = [e for e in errors if isinstance(e, cs.ProtocolError)]
@@ -800,3 +807,64 @@ async def test_a_peer_that_takes_nothing_is_lost_one_write_timeout_after_the_wri
             await link.wait_closed()
     assert "write_timeout" in str(link.error)
     assert trio.current_time() - start == pytest.approx(7.0, abs=0.01)
+
+
+async def test_hanging_up_on_streams_costs_the_address_what_resetting_them_does(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The churn the reset budget did not see: open requests, then hang up instead of
+    # resetting them, and reconnect. The streams left open are charged to the address.
+    from test_transport_interface import MemoryTransport
+
+    from chanserv_trio.transports._base import register_transport, unregister_transport
+
+    async def hang(stream: cs.LinkStream) -> None:
+        await trio.sleep_forever()
+
+    transport = MemoryTransport()
+    register_transport(transport)
+    errors: list[BaseException] = []
+    try:
+        async with cs.Multiplexer(
+            host_reset_burst=10, host_reset_rate=1.0, on_error=errors.append
+        ) as server:
+            server.handle("hang", hang)
+            await server.listen("mem://node")
+            with trio.fail_after(60):
+                async with cs.Multiplexer() as churner:
+                    link = await churner.join("mem://node", redial=False)
+                    for _ in range(10):
+                        await churner.open_stream("hang", b"")
+                    await wait_until(lambda: server.statistics().open_streams == 10)
+                    await trio.aclose_forcefully(link.transport)  # hang up on all ten
+                    await wait_until(lambda: not server.links)
+                    with pytest.raises(cs.ProtocolError, match="reset or abandoned") as caught:
+                        await churner.join("mem://node", redial=False)
+                    assert caught.value.code == ErrorCode.ENHANCE_YOUR_CALM
+                assert server.statistics().links_refused == 1
+                assert any("reset or abandoned" in str(error) for error in errors)
+                # One token a second: the address may connect again once it has one.
+                await trio.sleep(1.0)
+                async with cs.Multiplexer() as later:
+                    await later.join("mem://node", redial=False)
+                    assert len(server.links) == 1
+    finally:
+        unregister_transport(transport)
+
+
+def test_a_charge_may_put_the_address_in_debt_but_no_deeper_than_its_burst() -> None:
+    async def main() -> None:
+        budget = HostResetBudget(burst=10, rate=2.0)
+        assert budget.admits("tcp://10.0.0.1:1")
+        budget.charge("tcp://10.0.0.1:1", 25)
+        assert budget.tokens("tcp://10.0.0.1:2") == -10.0  # the host, any port
+        assert not budget.admits("tcp://10.0.0.1:3")
+        assert budget.admits("tcp://10.0.0.2:1")  # another host
+        budget.charge("attached", 100)  # exempt
+        assert budget.admits("attached")
+        await trio.sleep(5.0)  # 10 tokens back: at 0, still short of one
+        assert not budget.admits("tcp://10.0.0.1:1")
+        await trio.sleep(0.5)
+        assert budget.admits("tcp://10.0.0.1:1")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

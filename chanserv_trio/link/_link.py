@@ -229,6 +229,10 @@ class Link:
         self._detach_lot = trio.lowlevel.ParkingLot()
         #: Times the link resumed over a new transport.
         self.resumptions = 0
+        #: Streams the peer opened that were still open when the link ended other than
+        #: by our own close (the peer hung up on them); a node charges them to the
+        #: peer's address as resets.
+        self.abandoned = 0
         #: On an accepting link whose first HELLO was a resuming one: the token and the
         #: peer's received position. The node hands the transport to the link named.
         self.resume_request: tuple[bytes, int] | None = None
@@ -459,6 +463,14 @@ class Link:
         if self._detached_since is not None:
             logger.warning("link %s ended while detached: %s", self.node_key, error)
         self._detach_lot.unpark_all()
+        initiator = self.conn.initiator
+        if not self._closing and initiator is not None:
+            # The streams the peer opened and left open: it hung up on them.
+            theirs = 0 if initiator else 1
+            self.abandoned = sum(1 for stream_id in self._streams if stream_id % 2 == theirs)
+            host_resets = self.options.host_resets
+            if self.abandoned and host_resets is not None and initiator is False:
+                host_resets.charge(self.remote_addr, self.abandoned)
         for stream in list(self._streams.values()):
             stream.broken(error)
         self._streams.clear()

@@ -10,7 +10,7 @@ keep the options they started with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_PEER_SERVICES",
     "MAX_PEER_SERVICE_BYTES",
     "WRITE_TIMEOUT",
+    "HostBudget",
     "LinkOptions",
     "default_memory_budget",
 ]
@@ -69,6 +70,19 @@ def default_memory_budget(settings: Settings) -> int:
     return settings.max_message_size + settings.connection_window + _BUDGET_ROOM
 
 
+class HostBudget(Protocol):
+    """A budget of stream resets per remote host, shared by a node's links
+    (``node._budgets.HostResetBudget``)."""
+
+    def __call__(self, remote_addr: str) -> bool:
+        """Take a token for one reset by the peer at ``remote_addr``; False if none."""
+        ...
+
+    def charge(self, remote_addr: str, streams: int) -> None:
+        """Charge ``streams`` abandoned by the peer at ``remote_addr`` (a hang-up)."""
+        ...
+
+
 @attrs.frozen
 class LinkOptions:
     """How a link runs: what it announces, how long it waits, what it tolerates, whom
@@ -100,9 +114,10 @@ class LinkOptions:
     max_peer_service_bytes: int = MAX_PEER_SERVICE_BYTES
     #: Consulted with the link's remote address each time its peer resets a stream it
     #: opened (after the link's own budget): False closes the link with
-    #: ``ENHANCE_YOUR_CALM``. A node shares one across its links, so that reconnecting
-    #: does not refill it (None: no such budget).
-    host_resets: Callable[[str], bool] | None = None
+    #: ``ENHANCE_YOUR_CALM``; and charged, on a link we accepted, with the streams its
+    #: peer left open when the link ended. A node shares one across its links, so that
+    #: reconnecting does not refill it (None: no such budget).
+    host_resets: HostBudget | None = None
     #: Bytes of control frames (WINDOW, PING answers, RESET, ...) queued or being
     #: written past which the reader stops reading until the writer caught up; None:
     #: ``CONTROL_LIMIT`` (256 KiB).

@@ -7,8 +7,11 @@ reached 4,974 streams started and reset per second against a per-link budget of 
 node has or had with that host. Each link consults it, through
 ``LinkOptions.host_resets``, whenever its peer resets a stream the peer opened; once
 the host's bucket is empty, the link whose peer reset is closed with
-``ENHANCE_YOUR_CALM``, and so is each new link from that host at its first reset until
-the bucket refills.
+``ENHANCE_YOUR_CALM``, and a new connection from that host is refused (``ENHANCE_YOUR_CALM``
+"too many streams reset or abandoned") until the bucket refills. A link that ends with
+streams its peer opened still open (the peer hung up on them rather than reset them)
+charges them to the host too (:meth:`HostResetBudget.charge`), so reconnecting and
+hanging up costs what resetting does.
 
 A host is the remote IP address without the port; IPv6 addresses count by their /64
 prefix (one host usually holds a whole /64, and could otherwise pick a fresh address
@@ -86,6 +89,27 @@ class HostResetBudget:
         if len(self._buckets) >= self._prune_at:
             self._prune(now)
         return True
+
+    def charge(self, remote_addr: str, streams: int) -> None:
+        """The peer at ``remote_addr`` left ``streams`` of the streams it opened open
+        when its link ended (it hung up on them instead of resetting them): each costs
+        the host a token, as a reset does. The bucket may go into debt, down to
+        ``-burst``: an address that abandons many streams at once waits in proportion."""
+        host = host_of(remote_addr)
+        if host is None or streams <= 0:
+            return
+        now = trio.current_time()
+        tokens, then = self._buckets.get(host, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        self._buckets[host] = (max(-float(self.burst), tokens - streams), now)
+        if len(self._buckets) >= self._prune_at:
+            self._prune(now)
+
+    def admits(self, remote_addr: str) -> bool:
+        """Whether a new connection from ``remote_addr`` may start a link: its host has a
+        token left (one that spent its budget waits until the bucket refills)."""
+        # (A bucket refilled to exactly one token by the clock may read a hair short.)
+        return not self._buckets or self.tokens(remote_addr) >= 1.0 - 1e-9
 
     def tokens(self, remote_addr: str) -> float:
         """The tokens left now to the host of ``remote_addr`` (``burst`` when unseen)."""

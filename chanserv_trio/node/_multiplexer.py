@@ -578,6 +578,24 @@ class Multiplexer:
         if self._lifetime is not _Lifetime.RUNNING:
             await trio.aclose_forcefully(transport)
             return
+        resets = self._host_resets
+        if resets is not None and not resets.admits(remote):
+            self._links_refused += 1
+            refusal = ProtocolError(
+                f"refused a link from {remote}: its address reset or abandoned more "
+                f"streams than this node allows one address (host_reset_burst, "
+                f"host_reset_rate); it may connect again once its budget refills",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+            self._connection_log.warning("%s", refusal)
+            self.report_error(refusal)
+            await refuse_link(
+                transport,
+                self.settings,
+                ErrorCode.ENHANCE_YOUR_CALM,
+                "too many streams reset or abandoned from this address",
+            )
+            return
         resume_only = False
         if budget.max_links is not None and budget.links >= budget.max_links:
             resume_only = budget.spare_for_resuming()
