@@ -372,9 +372,9 @@ class Crowd:
 
 
 async def rst_churn(target: Target, nursery: trio.Nursery) -> tuple[Outcome, str]:
-    """33 links at a time from 127.0.0.2 (``CHURN_SOURCE``): each opens requests and resets them at once,
-    50 every 10 ms; a link closed for it is replaced a quarter of a second later. The
-    last links stay up."""
+    """33 links at a time from 127.0.0.2 (``CHURN_SOURCE``): each opens requests and
+    resets them at once, 50 every 10 ms; a link closed for it is replaced a quarter of a
+    second later. The last links stay up."""
     links_at_once, seconds, batch, redial = 33, 10.0, 50, 0.25
     crowd = Crowd()
     before = await target.stats()
