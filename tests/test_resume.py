@@ -542,12 +542,12 @@ def by_key(credential: bytes, peer: cs.PeerInfo) -> cs.Identity | None:
 
 @asynccontextmanager
 async def authenticated_pair(
-    errors: list[BaseException],
+    errors: list[BaseException], authenticate: cs.Authenticator = by_key
 ) -> AsyncIterator[tuple[CuttableMemory, cs.Multiplexer, cs.Multiplexer]]:
     options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
     async with (
         memory_transport() as memory,
-        cs.Multiplexer(authenticate=by_key, on_error=errors.append, **options) as server,
+        cs.Multiplexer(authenticate=authenticate, on_error=errors.append, **options) as server,
         cs.Multiplexer(credential=b"alice-1", **options) as client,
     ):
         server.handle("echo", echo)
@@ -626,15 +626,7 @@ async def test_an_authenticate_that_raises_on_resuming_refuses_and_reports_it(
         return by_key(credential, peer)
 
     errors: list[BaseException] = []
-    options: dict[str, Any] = {"resume_timeout": 30.0, **FAST}
-    async with (
-        memory_transport() as memory,
-        cs.Multiplexer(authenticate=flaky, on_error=errors.append, **options) as server,
-        cs.Multiplexer(credential=b"alice-1", **options) as client,
-    ):
-        server.handle("echo", echo)
-        await server.listen("mem://node")
-        await client.join("mem://node", redial=False)
+    async with authenticated_pair(errors, flaky) as (memory, _, client):
         stream = await echo_once(client)
         await memory.cut()
         with trio.fail_after(5), pytest.raises(cs.ConnectionLost, match="authentication failed"):

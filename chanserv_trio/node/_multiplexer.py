@@ -122,6 +122,10 @@ class _ListenerBudget:
     #: Connections admitted over the cap, each for a link that waits to resume.
     provisional: int = 0
 
+    def over_cap(self) -> str:
+        """Why a connection over the cap is refused."""
+        return f"{self.url} already carries {self.links} links (max_links)"
+
     def spare_for_resuming(self) -> bool:
         """At the cap, whether one more connection may be admitted because it may
         resume one of this listener's links (detached, or about to find out that it
@@ -580,15 +584,12 @@ class Multiplexer:
             return
         resets = self._host_resets
         if resets is not None and not resets.admits(remote):
-            self._links_refused += 1
-            refusal = ProtocolError(
-                f"refused a link from {remote}: its address reset or abandoned more "
-                f"streams than this node allows one address (host_reset_burst, "
-                f"host_reset_rate); it may connect again once its budget refills",
-                ErrorCode.ENHANCE_YOUR_CALM,
+            self._refused_link(
+                remote,
+                "its address reset or abandoned more streams than this node allows one "
+                "address (host_reset_burst, host_reset_rate); it may connect again once "
+                "its budget refills",
             )
-            self._connection_log.warning("%s", refusal)
-            self.report_error(refusal)
             await refuse_link(
                 transport,
                 self.settings,
@@ -596,34 +597,17 @@ class Multiplexer:
                 "too many streams reset or abandoned from this address",
             )
             return
-        resume_only = False
         if budget.max_links is not None and budget.links >= budget.max_links:
-            resume_only = budget.spare_for_resuming()
-        if resume_only:
-            await self._accept_resuming(budget, transport, local, remote)
-            return
-        if budget.max_links is not None and budget.links >= budget.max_links:
-            self._links_refused += 1
-            refusal = ProtocolError(
-                f"refused a link from {remote}: {budget.url} already carries "
-                f"{budget.links} links (max_links)",
-                ErrorCode.ENHANCE_YOUR_CALM,
-            )
-            self._connection_log.warning("%s", refusal)
-            self.report_error(refusal)
+            if budget.spare_for_resuming():
+                await self._accept_resuming(budget, transport, local, remote)
+                return
+            self._refused_link(remote, budget.over_cap())
             await refuse_link(
                 transport, self.settings, ErrorCode.ENHANCE_YOUR_CALM, "too many links"
             )
             return
         budget.links += 1
-        link = self._new_link(
-            transport,
-            initiator=False,
-            local=local,
-            remote=remote,
-            scheme=parse_url(budget.url).scheme,
-            accept_offers=budget.accept_offers,
-        )
+        link = self._accepted_link(budget, transport, local, remote)
         link.on_ready = self._register_resumable
         budget.held.add(link)
         try:
@@ -650,15 +634,7 @@ class Multiplexer:
         """A connection over the listener's cap while one of its links waits to resume:
         it may carry that link's resuming HELLO. Anything else is refused with
         ``ENHANCE_YOUR_CALM`` once its HELLO is read, as over the cap."""
-        link = self._new_link(
-            transport,
-            initiator=False,
-            local=local,
-            remote=remote,
-            scheme=parse_url(budget.url).scheme,
-            accept_offers=budget.accept_offers,
-            resume_only=True,
-        )
+        link = self._accepted_link(budget, transport, local, remote, resume_only=True)
         budget.provisional += 1
         try:
             try:
@@ -671,16 +647,38 @@ class Multiplexer:
             if exc.code != ErrorCode.ENHANCE_YOUR_CALM:
                 self._handshake_failed(exc)
                 return
-            self._links_refused += 1
-            refusal = ProtocolError(
-                f"refused a link from {remote}: {budget.url} already carries "
-                f"{budget.links} links (max_links)",
-                ErrorCode.ENHANCE_YOUR_CALM,
-            )
-            self._connection_log.warning("%s", refusal)
-            self.report_error(refusal)
+            self._refused_link(remote, budget.over_cap())
         except Exception as exc:
             self._handshake_failed(exc)
+
+    def _accepted_link(
+        self,
+        budget: _ListenerBudget,
+        transport: trio.abc.Stream,
+        local: str,
+        remote: str,
+        *,
+        resume_only: bool = False,
+    ) -> Link:
+        return self._new_link(
+            transport,
+            initiator=False,
+            local=local,
+            remote=remote,
+            scheme=parse_url(budget.url).scheme,
+            accept_offers=budget.accept_offers,
+            resume_only=resume_only,
+        )
+
+    def _refused_link(self, remote: str, why: str) -> None:
+        """Count, log (rate-limited) and report a connection refused with
+        ``ENHANCE_YOUR_CALM`` for ``why``."""
+        self._links_refused += 1
+        refusal = ProtocolError(
+            f"refused a link from {remote}: {why}", ErrorCode.ENHANCE_YOUR_CALM
+        )
+        self._connection_log.warning("%s", refusal)
+        self.report_error(refusal)
 
     def _handshake_failed(self, exc: BaseException) -> None:
         """A connection to one of our listeners failed its transport or link handshake."""
