@@ -21,6 +21,12 @@ def about() -> dict[str, str]:
     return {PACKAGE: imported_package()}
 
 
+def multiplexer_options(resume_timeout: float | None) -> dict[str, Any]:
+    """The ``Multiplexer`` arguments of a benchmark process: ``resume_timeout`` only when
+    resumption is asked for (a ``--baseline`` tree may predate the argument)."""
+    return {} if resume_timeout is None else {"resume_timeout": resume_timeout}
+
+
 #: Fields of ``Multiplexer.statistics()`` that count bytes the library holds: received and not
 #: yet consumed, and queued for the transport. Any that exist are added up.
 _HELD_FIELDS = ("bytes_buffered", "bytes_queued")

@@ -453,6 +453,8 @@ class ClientArguments:
     scheme: str
     #: Wait for a line on stdin before each timed run.
     paced: bool
+    #: ours: ``Multiplexer(resume_timeout=...)``, seconds (None: resumption off).
+    resume_timeout: float | None = None
 
 
 def client_arguments(argv: list[str] | None = None) -> ClientArguments:
@@ -467,6 +469,13 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
     parser.add_argument(
         "--paced", action="store_true", help="wait for a line on stdin before each timed run"
     )
+    parser.add_argument(
+        "--resume-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="ours: turn resumption on, keeping a detached link S seconds (default: off)",
+    )
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,
@@ -474,4 +483,5 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
         settings=Settings(runs=args.runs, budget=args.budget, quick=args.quick),
         scheme=args.scheme,
         paced=args.paced,
+        resume_timeout=args.resume_timeout,
     )
