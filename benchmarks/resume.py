@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,9 @@ class Delivery:
 # ---------------------------------------------------------------- the latency server
 
 
-async def serve(resume_timeout: float) -> None:
-    """The latency server's process: serve ``ticks`` until stdin closes."""
+async def serve_ticks(mpx: cs.Multiplexer, make: Callable[[int, int], bytes] = tick) -> None:
+    """Offer ``ticks`` on ``mpx``: one source of frames ``make(seq, size)`` at a steady
+    rate, until a ``ticks-stop`` request, whose source's header says how many were sent."""
     stop = trio.Event()
     finished = trio.Event()
     sent = 0
@@ -134,7 +135,7 @@ async def serve(resume_timeout: float) -> None:
                     # On a steady schedule: frames due while the link is detached are sent
                     # (queued for replay) as soon as their time comes.
                     await trio.sleep_until(began + seq * interval)
-                    yield tick(seq, size)
+                    yield make(seq, size)
                     sent = seq + 1
             finally:
                 finished.set()
@@ -146,10 +147,15 @@ async def serve(resume_timeout: float) -> None:
         await finished.wait()
         yield cs.Source(json.dumps({"sent": sent}).encode())
 
+    server = cs.Server(mpx)
+    await server.listen_and_serve(TICKS, ticks_fn)
+    await server.listen_and_serve(STOP, stop_fn)
+
+
+async def serve(resume_timeout: float) -> None:
+    """The latency server's process: serve ``ticks`` until stdin closes."""
     async with cs.Multiplexer(resume_timeout=resume_timeout) as mpx:
-        server = cs.Server(mpx)
-        await server.listen_and_serve(TICKS, ticks_fn)
-        await server.listen_and_serve(STOP, stop_fn)
+        await serve_ticks(mpx)
         address = await mpx.listen("tcp://127.0.0.1:0")
         print(address, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)
@@ -253,6 +259,19 @@ async def measure_cuts(address: str, count: int, seed: int) -> Cuts:
     """Cut the link to the ticks server at ``address`` ``count`` times while its frames
     flow; every frame is checked. DeliveryError if one was lost, repeated or damaged,
     or if the link did not resume every time."""
+    try:
+        return await _measure_cuts(address, count, seed)
+    except BaseExceptionGroup as group:
+        # Raised in a task: the first DeliveryError in the group, if there is one.
+        found: BaseException | None = group.subgroup(DeliveryError)
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if found is None:
+            raise
+        raise found from group
+
+
+async def _measure_cuts(address: str, count: int, seed: int) -> Cuts:
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     relay = CuttingRelay((host, int(port)))
     rng = random.Random(seed)
@@ -360,7 +379,7 @@ def throughput_table(results: dict[str, dict[str, Outcome]]) -> str:
     ]
     for scenario, by_peer in results.items():
         metric = SCENARIOS[scenario].metrics[0]
-        cells = []
+        cells: list[str] = []
         for peer in ("off", "on"):
             outcome = by_peer.get(peer)
             figures = None if outcome is None else spread(outcome, metric)
