@@ -455,6 +455,8 @@ class ClientArguments:
     paced: bool
     #: ours: ``Multiplexer(resume_timeout=...)``, seconds (None: resumption off).
     resume_timeout: float | None = None
+    #: ours: ``Multiplexer(resume_buffer_size=...)`` (None: the default).
+    resume_buffer_size: int | None = None
 
 
 def client_arguments(argv: list[str] | None = None) -> ClientArguments:
@@ -476,6 +478,13 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
         metavar="S",
         help="ours: turn resumption on, keeping a detached link S seconds (default: off)",
     )
+    parser.add_argument(
+        "--resume-buffer-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="ours, with --resume-timeout: Multiplexer(resume_buffer_size=...) (default: its own)",
+    )
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,
@@ -484,4 +493,5 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
         scheme=args.scheme,
         paced=args.paced,
         resume_timeout=args.resume_timeout,
+        resume_buffer_size=args.resume_buffer_size,
     )

@@ -81,13 +81,17 @@ async def fetch_with(client: cs.Client, shape: Shape, throttle: Throttle | None)
 
 class OursClient:
     def __init__(
-        self, port: int, scheme: str = "tcp", resume_timeout: float | None = None
+        self,
+        port: int,
+        scheme: str = "tcp",
+        resume_timeout: float | None = None,
+        resume_buffer_size: int | None = None,
     ) -> None:
         self._url = f"{scheme}://127.0.0.1:{port}{ours_service.PATHS[scheme]}"
         #: With a value, the multiplexers ask for resumption (the server must offer it too).
         self._resume_timeout = resume_timeout
         # Passed only when set: a --baseline tree may predate the argument.
-        self._options = ours_service.multiplexer_options(resume_timeout)
+        self._options = ours_service.multiplexer_options(resume_timeout, resume_buffer_size)
         self._client: cs.Client | None = None
         self._nursery: trio.Nursery | None = None
         self._sampler: ours_service.PeakSampler | None = None
@@ -159,7 +163,12 @@ if __name__ == "__main__":
     emit_json({"event": "about", "about": ours_service.about()})
     trio.run(
         drive,
-        OursClient(arguments.port, arguments.scheme, arguments.resume_timeout),
+        OursClient(
+            arguments.port,
+            arguments.scheme,
+            arguments.resume_timeout,
+            arguments.resume_buffer_size,
+        ),
         arguments.scenario,
         arguments.settings,
         trio_harness(arguments.paced),

@@ -53,13 +53,29 @@ from ._scenarios import SCENARIOS, Settings, number, percentile
 THROUGHPUT_SCENARIOS = ("flood", "heavy")
 #: ``resume_timeout`` of both ends when on (long enough never to expire in a run).
 RESUME_TIMEOUT = 30.0
-#: The two peers: the main suite's ``ours``, without and with resumption.
-PEERS = {
-    "on": Peer("on", "ours", ("--resume-timeout", f"{RESUME_TIMEOUT:g}")),
-    "off": Peer("off", "ours"),
-}
-#: Runs are taken in this order, one of each in turn.
-TURNS = ["on", "off"]
+
+
+def peer_table(buffer_sizes: list[int] | None = None) -> dict[str, Peer]:
+    """The main suite's ``ours`` with resumption on (``on``) and off (``off``), and on
+    with each of ``buffer_sizes`` as ``resume_buffer_size`` (``on-<size>``), in the
+    order their runs take turns."""
+    resume = ("--resume-timeout", f"{RESUME_TIMEOUT:g}")
+    peers = [Peer("on", "ours", resume)]
+    for size in buffer_sizes or []:
+        name = f"on-{size_name(size)}"
+        peers.append(Peer(name, "ours", (*resume, "--resume-buffer-size", str(size))))
+    peers.append(Peer("off", "ours"))
+    return {peer.name: peer for peer in peers}
+
+
+def size_name(size: int) -> str:
+    """``16MiB``, ``512KiB``, or bytes."""
+    for shift, unit in ((20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size}B"
+
+
 #: The largest slowdown the issue allows resumption (on / off of a rate).
 TARGET = 0.90
 
@@ -372,28 +388,37 @@ def latency_run(count: int, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output
 
 
-def throughput_table(results: dict[str, dict[str, Outcome]]) -> str:
-    lines = [
-        "| scenario | figure | resumption off | resumption on | on/off | target |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def _label(peer: str) -> str:
+    if peer == "off":
+        return "resumption off"
+    if peer == "on":
+        return "resumption on"
+    return f"on, {peer.removeprefix('on-')} buffer"
+
+
+def throughput_table(results: dict[str, dict[str, Outcome]], peers: list[str]) -> str:
+    """Per scenario: each peer's median (min..max), then each ``on`` peer / ``off``."""
+    columns = ["off", *(peer for peer in peers if peer != "off")]
+    ons = columns[1:]
+    heading = ["scenario", "figure", *map(_label, columns)]
+    heading += [f"{peer}/off" for peer in ons] + ["target"]
+    lines = ["| " + " | ".join(heading) + " |", "|" + " --- |" * len(heading)]
     for scenario, by_peer in results.items():
         metric = SCENARIOS[scenario].metrics[0]
-        cells: list[str] = []
-        for peer in ("off", "on"):
+        row = [scenario, f"{metric.label} ({metric.unit})"]
+        for peer in columns:
             outcome = by_peer.get(peer)
             figures = None if outcome is None else spread(outcome, metric)
             if figures is None:
-                cells.append(outcome.status if outcome is not None else "-")
+                row.append(outcome.status if outcome is not None else "-")
             else:
                 low, high = number(figures.low), number(figures.high)
-                cells.append(f"{number(figures.median)} ({low}..{high})")
-        value = median_ratio(by_peer, metric, "on", "off")
-        shown = "-" if value is None else f"{value:.2f}x"
-        lines.append(
-            f"| {scenario} | {metric.label} ({metric.unit}) | {cells[0]} | {cells[1]} "
-            f"| {shown} | >= {TARGET:.2f}x |"
-        )
+                row.append(f"{number(figures.median)} ({low}..{high})")
+        for peer in ons:
+            value = median_ratio(by_peer, metric, peer, "off")
+            row.append("-" if value is None else f"{value:.2f}x")
+        row.append(f">= {TARGET:.2f}x")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -442,6 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cuts", type=int, default=None, help="cuts (default 200; quick 20)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the frames cuts fall on")
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        action="append",
+        default=[],
+        metavar="BYTES",
+        help="also run resumption on with this resume_buffer_size (repeatable), beside the "
+        "default's",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where the results go")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -460,12 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     progress(f"load average (1 min) {load_before} on {os.cpu_count()} CPUs")
     results: dict[str, dict[str, Outcome]] = {}
+    peers = peer_table(args.buffer_size)
+    turns = list(peers)
     if args.scenarios:
         progress(
             f"{', '.join(args.scenarios)}: resumption on beside off, {settings.runs} runs each "
             f"in turns, about {settings.budget:g} s of timed runs per side"
         )
-        results = run_suite(args.scenarios, TURNS, settings, progress, PEERS)
+        results = run_suite(args.scenarios, turns, settings, progress, peers)
     progress(f"latency: {cuts} cuts, a frame of {FRAME_SIZE} B every {INTERVAL * 1e3:g} ms")
     failure = ""
     latency: dict[str, Any] = {}
@@ -474,17 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     except DeliveryError as error:
         failure = f"cut to resumed delivery FAILED: {error}"
     load_after = load_average()
-    content = document(results, TURNS, settings, started, load_before)
+    content = document(results, turns, settings, started, load_before)
     for scenario, by_peer in results.items():
-        key = SCENARIOS[scenario].metrics[0].key
-        value = median_ratio(by_peer, SCENARIOS[scenario].metrics[0], "on", "off")
-        content["scenarios"][scenario]["ratios"][key] = {"on/off": value}
+        metric = SCENARIOS[scenario].metrics[0]
+        content["scenarios"][scenario]["ratios"][metric.key] = {
+            f"{peer}/off": median_ratio(by_peer, metric, peer, "off")
+            for peer in turns
+            if peer != "off"
+        }
     content["latency"] = latency or {"failed": failure}
     path = args.json or RESULTS / f"resume-{started:%Y%m%d-%H%M%S}.json"
     write_json(path, content)
     if results:
         print("Resumption on beside off (median (min..max) of the runs):\n")
-        print(throughput_table(results))
+        print(throughput_table(results, turns))
         print()
     if latency:
         print(
