@@ -2,13 +2,14 @@
 off, and the time from a cut to resumed delivery.
 
 Run as ``python -m benchmarks.resume [--quick] [--runs N] [--budget S] [--scenarios a,b]
-[--cuts N]``.
+[--buffer-size B ...] [--cuts N] [--seed N] [--json PATH]`` (benchmarks/README.md).
 
 - **On beside off**: the main suite's flood and heavy scenarios (``server_ours`` and
   ``client_ours``, the same processes and workload as the main table), once as they are
   and once with ``--resume-timeout`` on both ends, so that both multiplexers agree on
   resumption; the runs of the two are taken in turns. The client checks that its link is
-  resumable exactly when asked to be.
+  resumable exactly when asked to be. ``--buffer-size B`` adds a side with resumption on
+  and ``resume_buffer_size=B``, in the same turns.
 - **Cut to resumed delivery**: a server in its own process (``--serve``) offers
   ``ticks``, one source whose frames carry their sequence number and go out at a steady
   rate; this process joins it through a relay of its own on TCP loopback and, while the
@@ -78,6 +79,12 @@ def size_name(size: int) -> str:
 
 #: The largest slowdown the issue allows resumption (on / off of a rate).
 TARGET = 0.90
+#: Frames per source of every request (not calibrated: each side runs the same ones):
+#: flood 1,000 sources x 100 x 64 B, heavy 10 sources x 100 x 1 MiB.
+FRAMES = {"flood": 100, "heavy": 100}
+QUICK_FRAMES = {"flood": 10, "heavy": 10}
+#: Seconds a timed run may take beyond 30 s, times four (the runner's bound).
+RUN_BOUND = 15.0
 
 #: The service of the latency server, and the one that stops its ticks.
 TICKS = "ticks"
@@ -456,9 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--runs", type=int, default=None, help="timed runs (default 7; quick 3)")
-    parser.add_argument(
-        "--budget", type=float, default=None, help="seconds of timed runs per scenario and side"
-    )
+    for scenario in THROUGHPUT_SCENARIOS:
+        parser.add_argument(
+            f"--{scenario}-frames",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"frames per source of every {scenario} request, on every side (default "
+            f"{FRAMES[scenario]}; quick {QUICK_FRAMES[scenario]})",
+        )
     parser.add_argument(
         "--scenarios",
         type=_scenarios,
@@ -482,14 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         trio.run(serve, RESUME_TIMEOUT)
         return 0
-    settings = Settings(
-        runs=args.runs or (3 if args.quick else 7),
-        budget=args.budget or (1.0 if args.quick else 14.0),
-        quick=args.quick,
-    )
+    runs = args.runs or (3 if args.quick else 7)
+    frames = {
+        scenario: getattr(args, f"{scenario}_frames")
+        or (QUICK_FRAMES if args.quick else FRAMES)[scenario]
+        for scenario in THROUGHPUT_SCENARIOS
+    }
     cuts = args.cuts if args.cuts is not None else (20 if args.quick else 200)
-    if settings.runs < 1 or settings.budget <= 0 or cuts < 1:
-        parser.error("--runs, --budget and --cuts must be positive")
+    if runs < 1 or cuts < 1 or min(frames.values()) < 1:
+        parser.error("--runs, --cuts and the frames must be positive")
+    # Every side runs the same requests (no calibration); the budget only bounds how long
+    # the runner waits for a run (30 s + 4 x budget / runs).
+    settings = Settings(runs=runs, budget=RUN_BOUND * runs, quick=args.quick)
     started = datetime.datetime.now(datetime.UTC)
     load_before = load_average()
     progress(f"load average (1 min) {load_before} on {os.cpu_count()} CPUs")
@@ -499,9 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenarios:
         progress(
             f"{', '.join(args.scenarios)}: resumption on beside off, {settings.runs} runs each "
-            f"in turns, about {settings.budget:g} s of timed runs per side"
+            "in turns, the same requests on every side"
         )
-        results = run_suite(args.scenarios, turns, settings, progress, peers)
+        for scenario in args.scenarios:
+            fixed = attrs.evolve(settings, frames=frames[scenario])
+            results.update(run_suite([scenario], turns, fixed, progress, peers))
     progress(f"latency: {cuts} cuts, a frame of {FRAME_SIZE} B every {INTERVAL * 1e3:g} ms")
     failure = ""
     latency: dict[str, Any] = {}

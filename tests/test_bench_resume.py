@@ -81,7 +81,7 @@ async def test_a_frame_lost_repeated_or_damaged_fails_the_run(
 @pytest.mark.slow
 def test_the_command_prints_both_tables_and_writes_the_figures(tmp_path: Path) -> None:
     output = tmp_path / "resume.json"
-    tiny = ["--quick", "--runs", "1", "--budget", "0.2", "--scenarios", "flood", "--cuts", "3"]
+    tiny = ["--quick", "--runs", "1", "--flood-frames", "2", "--scenarios", "flood", "--cuts", "3"]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.resume", *tiny, "--json", str(output)],
         cwd=trees.ROOT,
@@ -102,6 +102,16 @@ def test_the_command_prints_both_tables_and_writes_the_figures(tmp_path: Path) -
     peers = content["scenarios"]["flood"]["peers"]
     assert {peers[side]["status"] for side in ("on", "off")} == {"ok"}
     assert len(peers["on"]["runs"]) == len(peers["off"]["runs"]) == 1
+    # Not calibrated: both sides ran the very same requests.
+    assert (
+        peers["on"]["params"]
+        == peers["off"]["params"]
+        == {
+            "sources": 1000,
+            "frames": 2,
+            "size": 64,
+        }
+    )
     assert content["scenarios"]["flood"]["ratios"]["frames_per_s"]["on/off"] > 0
     latency = content["latency"]
     assert latency["cuts"] == latency["resumptions"] == 3
