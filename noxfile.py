@@ -56,11 +56,13 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON[0])
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: ours beside the trio ceiling, gRPC and pyzmq (benchmarks/README.md)."""
+    """The benchmark suite: ours beside the trio ceiling, gRPC and pyzmq, then memory, attacks
+    and resumption (benchmarks/README.md)."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.memory")
     session.run("python", "-m", "benchmarks.attacks")
+    session.run("python", "-m", "benchmarks.resume")
 
 
 @nox.session(python=False)

@@ -21,6 +21,19 @@ def about() -> dict[str, str]:
     return {PACKAGE: imported_package()}
 
 
+def multiplexer_options(
+    resume_timeout: float | None, resume_buffer_size: int | None = None
+) -> dict[str, Any]:
+    """The ``Multiplexer`` arguments of a benchmark process: the resumption ones only when
+    given (a ``--baseline`` tree may predate them)."""
+    options: dict[str, Any] = {}
+    if resume_timeout is not None:
+        options["resume_timeout"] = resume_timeout
+    if resume_buffer_size is not None:
+        options["resume_buffer_size"] = resume_buffer_size
+    return options
+
+
 #: Fields of ``Multiplexer.statistics()`` that count bytes the library holds: received and not
 #: yet consumed, and queued for the transport. Any that exist are added up.
 _HELD_FIELDS = ("bytes_buffered", "bytes_queued")

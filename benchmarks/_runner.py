@@ -265,6 +265,8 @@ class ClientProcess:
         ]
         if settings.quick:
             arguments.append("--quick")
+        if settings.frames is not None:
+            arguments += ["--frames", str(settings.frames)]
         cwd, env = trees.launch(peer.tree, workdir)
         with self._errors.open("wb") as stderr:
             self._process = subprocess.Popen(

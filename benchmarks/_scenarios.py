@@ -181,6 +181,9 @@ class Settings:
     #: Seconds the timed runs of one scenario take together, for one peer.
     budget: float
     quick: bool
+    #: flood and heavy: frames per source of every run, not calibrated (None: calibrated),
+    #: so that peers compared run the very same requests.
+    frames: int | None = None
 
     @property
     def per_run(self) -> float:
@@ -240,6 +243,21 @@ async def calibrate(
     return Scale(cap, max(1, round(target / (elapsed * cap / count))))
 
 
+async def fixed_or_calibrated(
+    measure: Callable[[int], Awaitable[float]],
+    settings: Settings,
+    start: int,
+    cap: int,
+) -> Scale:
+    """``settings.frames`` if set, after two warm-up requests of that size; else
+    :func:`calibrate` to a run of ``settings.per_run`` seconds."""
+    if settings.frames is None:
+        return await calibrate(measure, start, cap, settings.per_run)
+    for _ in range(2):
+        await measure(settings.frames)
+    return Scale(settings.frames)
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     """Nearest-rank percentile of ``samples``."""
     ordered = sorted(samples)
@@ -292,7 +310,7 @@ async def run_flood(client: PeerClient, settings: Settings, harness: Harness) ->
     async def measure(frames: int) -> float:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
-    scale = await calibrate(measure, 1, 5_000, settings.per_run)
+    scale = await fixed_or_calibrated(measure, settings, 1, 5_000)
     harness.emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
         await harness.turn()
@@ -313,7 +331,7 @@ async def run_heavy(client: PeerClient, settings: Settings, harness: Harness) ->
     async def measure(frames: int) -> float:
         return check_complete(shape(frames), await client.fetch(shape(frames))).elapsed
 
-    scale = await calibrate(measure, 1, 500, settings.per_run)
+    scale = await fixed_or_calibrated(measure, settings, 1, 500)
     harness.emit({"event": "calibrated", "params": _params(shape(scale.count), scale)})
     for index in range(settings.runs):
         await harness.turn()
@@ -453,6 +471,10 @@ class ClientArguments:
     scheme: str
     #: Wait for a line on stdin before each timed run.
     paced: bool
+    #: ours: ``Multiplexer(resume_timeout=...)``, seconds (None: resumption off).
+    resume_timeout: float | None = None
+    #: ours: ``Multiplexer(resume_buffer_size=...)`` (None: the default).
+    resume_buffer_size: int | None = None
 
 
 def client_arguments(argv: list[str] | None = None) -> ClientArguments:
@@ -467,11 +489,37 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
     parser.add_argument(
         "--paced", action="store_true", help="wait for a line on stdin before each timed run"
     )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="flood and heavy: N frames per source in every run, after two warm-up requests "
+        "(default: calibrated to the budget)",
+    )
+    parser.add_argument(
+        "--resume-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="ours: turn resumption on, keeping a detached link S seconds (default: off)",
+    )
+    parser.add_argument(
+        "--resume-buffer-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="ours, with --resume-timeout: Multiplexer(resume_buffer_size=...) (default: its own)",
+    )
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,
         scenario=args.scenario,
-        settings=Settings(runs=args.runs, budget=args.budget, quick=args.quick),
+        settings=Settings(
+            runs=args.runs, budget=args.budget, quick=args.quick, frames=args.frames
+        ),
         scheme=args.scheme,
         paced=args.paced,
+        resume_timeout=args.resume_timeout,
+        resume_buffer_size=args.resume_buffer_size,
     )

@@ -15,15 +15,38 @@ class ServerArguments:
     port: int
     #: Transport, for peers that have more than one (ours: tcp or ws).
     scheme: str
+    #: ours: ``Multiplexer(resume_timeout=...)``, seconds (None: resumption off).
+    resume_timeout: float | None = None
+    #: ours: ``Multiplexer(resume_buffer_size=...)`` (None: the default).
+    resume_buffer_size: int | None = None
 
 
 def server_arguments(argv: list[str] | None = None) -> ServerArguments:
-    """Parse ``--port`` (0 picks a free one) and ``--scheme``."""
+    """Parse ``--port`` (0 picks a free one), ``--scheme`` and the resumption options."""
     parser = argparse.ArgumentParser(description="One peer's benchmark server, on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
     parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
+    parser.add_argument(
+        "--resume-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="ours: turn resumption on, keeping a detached link S seconds (default: off)",
+    )
+    parser.add_argument(
+        "--resume-buffer-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="ours, with --resume-timeout: Multiplexer(resume_buffer_size=...) (default: its own)",
+    )
     args = parser.parse_args(argv)
-    return ServerArguments(port=args.port, scheme=args.scheme)
+    return ServerArguments(
+        port=args.port,
+        scheme=args.scheme,
+        resume_timeout=args.resume_timeout,
+        resume_buffer_size=args.resume_buffer_size,
+    )
 
 
 def announce(port: int, about: dict[str, str] | None = None) -> None:

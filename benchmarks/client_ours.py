@@ -80,8 +80,18 @@ async def fetch_with(client: cs.Client, shape: Shape, throttle: Throttle | None)
 
 
 class OursClient:
-    def __init__(self, port: int, scheme: str = "tcp") -> None:
+    def __init__(
+        self,
+        port: int,
+        scheme: str = "tcp",
+        resume_timeout: float | None = None,
+        resume_buffer_size: int | None = None,
+    ) -> None:
         self._url = f"{scheme}://127.0.0.1:{port}{ours_service.PATHS[scheme]}"
+        #: With a value, the multiplexers ask for resumption (the server must offer it too).
+        self._resume_timeout = resume_timeout
+        # Passed only when set: a --baseline tree may predate the argument.
+        self._options = ours_service.multiplexer_options(resume_timeout, resume_buffer_size)
         self._client: cs.Client | None = None
         self._nursery: trio.Nursery | None = None
         self._sampler: ours_service.PeakSampler | None = None
@@ -89,8 +99,18 @@ class OursClient:
 
     @contextlib.asynccontextmanager
     async def connected(self) -> AsyncIterator[None]:
-        async with cs.Multiplexer() as multiplexer, trio.open_nursery() as nursery:
-            await multiplexer.join(self._url)
+        async with (
+            cs.Multiplexer(**self._options) as multiplexer,
+            trio.open_nursery() as nursery,
+        ):
+            link = await multiplexer.join(self._url)
+            asked = self._resume_timeout is not None
+            resumable = getattr(link.conn, "resumable", False)
+            if resumable != asked:
+                raise RuntimeError(
+                    f"resumption {'asked for' if asked else 'off'} here, but the link's is "
+                    f"{'on' if resumable else 'off'} (does the server agree?)"
+                )
             self._client = cs.Client(multiplexer, dial_timeout=DIAL_TIMEOUT)
             self._sampler = ours_service.PeakSampler(multiplexer)
             self._nursery = nursery
@@ -105,7 +125,7 @@ class OursClient:
 
     async def cold_fetch(self, shape: Shape) -> float:
         began = time.perf_counter()
-        async with cs.Multiplexer() as multiplexer:
+        async with cs.Multiplexer(**self._options) as multiplexer:
             await multiplexer.join(self._url)
             await fetch_with(cs.Client(multiplexer, dial_timeout=DIAL_TIMEOUT), shape, None)
             return time.perf_counter() - began
@@ -143,7 +163,12 @@ if __name__ == "__main__":
     emit_json({"event": "about", "about": ours_service.about()})
     trio.run(
         drive,
-        OursClient(arguments.port, arguments.scheme),
+        OursClient(
+            arguments.port,
+            arguments.scheme,
+            arguments.resume_timeout,
+            arguments.resume_buffer_size,
+        ),
         arguments.scenario,
         arguments.settings,
         trio_harness(arguments.paced),

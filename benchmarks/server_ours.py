@@ -2,7 +2,9 @@
 
 Registers ``bench`` (the workload) and ``bench-stats`` (begin/end sampling the multiplexer's
 buffered bytes, where ``statistics()`` tells them).
-Run as ``python -m benchmarks.server_ours --port 0 [--scheme ws]``; prints the bound port.
+Run as ``python -m benchmarks.server_ours --port 0 [--scheme ws] [--resume-timeout S]
+[--resume-buffer-size B]``; prints the bound port. With ``--resume-timeout`` its multiplexer
+offers resumption.
 """
 
 from __future__ import annotations
@@ -61,8 +63,14 @@ def report(error: BaseException) -> None:
     print(f"server_ours: {type(error).__name__}: {error}", file=sys.stderr)
 
 
-async def main(port: int, scheme: str) -> None:
-    async with cs.Multiplexer() as multiplexer:
+async def main(
+    port: int,
+    scheme: str,
+    resume_timeout: float | None = None,
+    resume_buffer_size: int | None = None,
+) -> None:
+    options = ours_service.multiplexer_options(resume_timeout, resume_buffer_size)
+    async with cs.Multiplexer(**options) as multiplexer:
         address = await multiplexer.listen(
             f"{scheme}://127.0.0.1:{port}{ours_service.PATHS[scheme]}"
         )
@@ -79,4 +87,10 @@ async def main(port: int, scheme: str) -> None:
 
 if __name__ == "__main__":
     arguments = server_arguments()
-    trio.run(main, arguments.port, arguments.scheme)
+    trio.run(
+        main,
+        arguments.port,
+        arguments.scheme,
+        arguments.resume_timeout,
+        arguments.resume_buffer_size,
+    )

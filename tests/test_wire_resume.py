@@ -242,6 +242,59 @@ def test_the_buffer_replays_from_inside_a_chunk() -> None:
         buffer.confirm(7)
 
 
+def test_a_confirmation_drops_whole_batches_and_splits_one() -> None:
+    buffer = ResumeBuffer()
+    first: list[bytes | memoryview] = [b"ab", b"", b"cd"]
+    second: list[bytes | memoryview] = [b"ef", memoryview(b"ghij")]
+    buffer.extend(first, 4)
+    buffer.extend([], 0)  # nothing sent: nothing held
+    buffer.extend(second, 6)
+    assert buffer.confirm(7) == 7  # all of the first batch, and 3 bytes into the second
+    assert [bytes(chunk) for chunk in buffer.replay(7)] == [b"hij"]
+    assert buffer.confirm(10) == 3 and buffer.size == 0
+    assert buffer.replay(10) == []
+    # The lists handed over are held as they are, never changed.
+    assert first == [b"ab", b"", b"cd"] and [bytes(c) for c in second] == [b"ef", b"ghij"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.binary(max_size=7), max_size=6).map(lambda chunks: ("send", chunks)),
+            st.tuples(st.just("confirm"), st.floats(0, 1)),
+            st.tuples(st.just("replay"), st.floats(0, 1)),
+        ),
+        max_size=40,
+    )
+)
+def test_the_buffer_holds_what_a_plain_byte_string_would(steps: list[Any]) -> None:
+    buffer = ResumeBuffer()
+    sent = b""  # everything sent; the buffer must hold sent[start:]
+    for kind, argument in steps:
+        if kind == "send":
+            chunks: list[bytes | memoryview] = [
+                memoryview(chunk) if index % 2 else chunk for index, chunk in enumerate(argument)
+            ]
+            size = sum(map(len, chunks))
+            buffer.extend(chunks, size)
+            sent += b"".join(argument)
+            continue
+        # Anywhere from a stale position to the end.
+        position = round(argument * len(sent))
+        before = buffer.start
+        if kind == "confirm":
+            assert buffer.confirm(position) == max(0, position - before)
+        else:
+            assert buffer.holds(position) == (position >= before)
+            if position < before:
+                continue
+            assert b"".join(buffer.replay(position)) == sent[position:]
+        assert buffer.start == max(before, position)
+        assert (buffer.end, buffer.size) == (len(sent), len(sent) - buffer.start)
+    assert b"".join(buffer.replay(buffer.start)) == sent[buffer.start :]
+
+
 def test_a_confirmation_beyond_what_was_sent_is_a_protocol_error() -> None:
     client, _ = pair()
     with pytest.raises(RemoteProtocolError) as caught:

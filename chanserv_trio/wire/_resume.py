@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import secrets
 import struct
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate, chain
 from typing import Final
 
 import attrs
@@ -72,13 +74,17 @@ class ResumeBuffer:
     Positions are byte offsets in the stream of frames after the first HELLO:
     :attr:`start` is the first byte still held (everything before it was confirmed),
     :attr:`end` the sent position. Chunks are kept as the connection queued them
-    (``bytes``, or ``memoryview`` of immutable ``bytes``), never copied.
+    (``bytes``, or ``memoryview`` of immutable ``bytes``), never copied, in batches:
+    each :meth:`extend` is one batch (its list is held as it is, never changed), so a
+    confirmation drops whole batches at a time and splits at most one.
     """
 
-    __slots__ = ("_chunks", "end", "peak", "start")
+    __slots__ = ("_batches", "_sizes", "end", "peak", "start")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes | memoryview] = deque()
+        self._batches: deque[list[bytes | memoryview]] = deque()
+        #: Bytes of each batch still held (the first may have lost a confirmed part).
+        self._sizes: deque[int] = deque()
         #: The position of the first byte held.
         self.start = 0
         #: The sent position: one past the last byte held.
@@ -92,8 +98,12 @@ class ResumeBuffer:
         return self.end - self.start
 
     def extend(self, chunks: list[bytes | memoryview], size: int) -> None:
-        """Hold ``chunks`` (``size`` bytes in all), just handed to the transport."""
-        self._chunks.extend(chunks)
+        """Hold ``chunks`` (``size`` bytes in all), just handed to the transport. The
+        list is kept, not copied: the caller must not change it afterwards."""
+        if not size:
+            return
+        self._batches.append(chunks)
+        self._sizes.append(size)
         self.end += size
         held = self.end - self.start
         if held > self.peak:
@@ -107,16 +117,24 @@ class ResumeBuffer:
         drop = position - self.start
         if drop <= 0:
             return 0
-        chunks = self._chunks
+        batches, sizes = self._batches, self._sizes
         left = drop
-        while left:
-            first = chunks[0]
-            if len(first) <= left:
-                chunks.popleft()
-                left -= len(first)
-            else:
-                chunks[0] = memoryview(first)[left:]
-                left = 0
+        while left >= sizes[0]:
+            left -= sizes.popleft()
+            batches.popleft()
+            if not left:
+                break
+        if left:
+            # Split the first batch: keep the chunks from the one ``left`` falls in.
+            batch = batches[0]
+            ends = list(accumulate(map(len, batch)))
+            index = bisect_right(ends, left)
+            rest = batch[index:]
+            cut = left - (ends[index - 1] if index else 0)
+            if cut:
+                rest[0] = memoryview(rest[0])[cut:]
+            batches[0] = rest
+            sizes[0] -= left
         self.start = position
         return drop
 
@@ -128,4 +146,4 @@ class ResumeBuffer:
         """Every chunk after ``position`` (which the caller checked with :meth:`holds`),
         and drop what comes before it: the peer has it."""
         self.confirm(position)
-        return list(self._chunks)
+        return list(chain.from_iterable(self._batches))
