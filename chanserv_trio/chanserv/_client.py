@@ -94,7 +94,8 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
 
     async def receive(self) -> bytes:
         """The next frame; raises ``trio.EndOfChannel`` after the last one."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         timeout = self._client.frame_read_timeout
         counters = self._request.counters
         try:

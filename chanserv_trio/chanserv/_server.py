@@ -547,13 +547,14 @@ class Server:
         frames = source.frames
         write_timeout = self.frame_write_timeout
         counters = record.counters
+        send = child.send
         try:
             with child.cancel_on_reset():
                 try:
                     async for frame in frames:
-                        data = frame_bytes(frame)
+                        data = frame if type(frame) is bytes else frame_bytes(frame)
                         if write_timeout is None:  # the hot path: no wrapper per frame
-                            await child.send(data)
+                            await send(data)
                         else:
                             await _within(
                                 write_timeout,

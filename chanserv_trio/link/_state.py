@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..wire._connection import Connection
     from ._stream import LinkStream
 
-__all__ = ["QUEUE_LIMIT", "LinkState", "StreamState"]
+__all__ = ["QUEUE_LIMIT", "SCHEDULE_EVERY", "LinkState", "StreamState"]
 
 #: A task that sends or receives without having to wait still yields to the scheduler
 #: once every this many calls on a link (it checks for cancellation on every call).

@@ -17,7 +17,7 @@ import trio
 
 from .._errors import ChanservError, MessageTooLarge
 from ..wire._codec import ErrorCode, Status
-from ._state import QUEUE_LIMIT, LinkState, StreamState
+from ._state import QUEUE_LIMIT, SCHEDULE_EVERY, LinkState, StreamState
 from ._status import error_from_status
 
 if TYPE_CHECKING:
@@ -141,13 +141,19 @@ class LinkStream(trio.abc.Channel[bytes]):
             # (the connection window would bound it, but far above what is useful).
             await shared.wait_queue_below_limit()
             self._check_sendable()
-        max_chunk = conn.peer_settings.max_frame_payload
         if conn.try_send_message(self.stream_id, data):
-            shared.kick_writer()
-            if shared.spend():
-                await _cancel_shielded_checkpoint()
+            # LinkState.kick_writer and LinkState.spend, inline on the hot path.
+            if shared.writer_parked:
+                shared.kick_writer()
+            budget = shared.budget - 1
+            if budget > 0:
+                shared.budget = budget
+                return
+            shared.budget = SCHEDULE_EVERY
+            await _cancel_shielded_checkpoint()
             return
         self._check_sendable()
+        max_chunk = conn.peer_settings.max_frame_payload
         self._sending = True
         view = memoryview(data)
         offset = 0
@@ -264,9 +270,21 @@ class LinkStream(trio.abc.Channel[bytes]):
         inbox = state.inbox
         if inbox and not state.closed_locally:
             data, credit = inbox.popleft()
-            self._consumed(credit)
-            if self._shared.spend():
-                await _cancel_shielded_checkpoint()
+            # _consumed, inline on the hot path while the batch is not complete.
+            unacked = state.unacked + credit
+            if unacked < self._ack_batch and inbox:
+                self._shared.unacked_total += credit
+                state.unacked = unacked
+                state.unacked_messages += 1
+            else:
+                self._consumed(credit)
+            shared = self._shared
+            budget = shared.budget - 1  # LinkState.spend, inline
+            if budget > 0:
+                shared.budget = budget
+                return data
+            shared.budget = SCHEDULE_EVERY
+            await _cancel_shielded_checkpoint()
             return data
         parked = False
         while True:
