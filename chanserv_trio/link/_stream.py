@@ -203,7 +203,10 @@ class LinkStream(trio.abc.Channel[bytes]):
 
     def reset(self, code: int = ErrorCode.CANCEL, message: str = "", kind: str = "") -> None:
         """Abort the stream in both directions; a no-op if it is already gone."""
-        self._shared.reset(self._state, Status(code, kind, message))
+        shared = self._shared
+        # (A stream gone from the connection sends nothing: no status to make.)
+        status = Status(code, kind, message) if shared.conn.is_open(self.stream_id) else None
+        shared.reset(self._state, status)
 
     async def aclose(self) -> None:
         """Reset the stream if it is still open (cancelling the peer's work on it)."""
@@ -427,9 +430,7 @@ class _CancelOnReset:
         scope = self._scope.__enter__()
         if state.error is not None:
             scope.cancel()
-        if state.scopes is None:
-            state.scopes = []
-        state.scopes.append(scope)
+        state.add_scope(scope)
         return scope
 
     def __exit__(
@@ -438,7 +439,5 @@ class _CancelOnReset:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        scopes = self._state.scopes
-        if scopes is not None:
-            scopes.remove(self._scope)
+        self._state.remove_scope(self._scope)
         return self._scope.__exit__(exc_type, exc, tb)

@@ -934,11 +934,29 @@ class Multiplexer:
         """
         self._require_nursery()
         key = route_key.encode() if isinstance(route_key, str) else route_key or b""
+        candidates = self.links_offering(service)
+        if candidates:
+            # The usual case: a link offers it and has room for a stream now, so
+            # nothing below waits and no timeout scope is needed.
+            link = _pick(candidates, key)
+            if link.conn.can_open_stream():
+                try:
+                    return await link.open_stream(
+                        service,
+                        header() if callable(header) else header,
+                        local_open=local_open,
+                        remote_open=remote_open,
+                        route_key=key,
+                    )
+                except ConnectionLost:
+                    if link.is_alive:
+                        raise
+                    # That link died in between: look again, with the timeout.
         with trio.move_on_after(dial_timeout):
             while True:
                 candidates = self.links_offering(service)
                 if candidates:
-                    link = pick_by_key(candidates, key) if key else random.choice(candidates)
+                    link = _pick(candidates, key)
                     try:
                         return await link.open_stream(
                             service,
@@ -989,6 +1007,11 @@ class Multiplexer:
             auth_refused=self._auth_refused,
             offers_ignored=sum(link.offers_ignored for link in self.links),
         )
+
+
+def _pick(candidates: list[Link], key: bytes) -> Link:
+    """The link a new stream goes on: by rendezvous hashing of a route key, else at random."""
+    return pick_by_key(candidates, key) if key else random.choice(candidates)
 
 
 def _counted(link: Link) -> tuple[int, ...]:
