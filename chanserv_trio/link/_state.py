@@ -260,6 +260,7 @@ class LinkState:
             stream.unacked = 0
             if stream.lot:
                 stream.lot.unpark_all()
-            self.open_lot.unpark()
+            if self.open_lot:  # (an empty lot's unpark still costs a generator)
+                self.open_lot.unpark()
             if self.released_lot:
                 self.released_lot.unpark_all()

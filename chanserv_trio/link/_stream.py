@@ -196,9 +196,11 @@ class LinkStream(trio.abc.Channel[bytes]):
         if state.error is not None or state.closed_locally:
             return
         shared = self._shared
-        if shared.conn.can_send(self.stream_id):
-            shared.conn.end_stream(self.stream_id, status)
-            shared.kick_writer()
+        conn = shared.conn
+        if conn.can_send(self.stream_id):
+            conn.end_stream(self.stream_id, status)
+            if shared.writer_parked:
+                shared.kick_writer()
         shared.release_if_closed(state)
 
     def reset(self, code: int = ErrorCode.CANCEL, message: str = "", kind: str = "") -> None:
