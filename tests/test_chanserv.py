@@ -548,6 +548,50 @@ async def test_a_thousand_sources_consumed_concurrently() -> None:
         assert frames_got == [struct.pack(">II", index, seq) for seq in range(3)]
 
 
+async def test_leaving_the_block_cancels_sources_still_open_among_many_finished() -> None:
+    # Sources read to their end are forgotten by the request as it goes; the ones
+    # still open, announced before or after, are all cancelled on leaving.
+    count = 300
+    watch = Watch()
+
+    async def frames(index: int) -> AsyncIterator[bytes]:
+        with watched(watch, f"frames {index}"):
+            yield b"first of %d" % index
+            if index % 3 == 0:
+                await trio.sleep_forever()
+
+    async def source_fn(request: bytes) -> AsyncIterator[cs.Source]:
+        for index in range(count):
+            yield cs.Source(header=b"%d" % index, frames=frames(index))
+
+    async with chanserv_nodes() as (server_mpx, client_mpx):
+        await serve(server_mpx, source_fn)
+        client = cs.Client(client_mpx, dial_timeout=5)
+        held = []
+        with trio.fail_after(20):
+            async with client.lookup_and_post(SERVICE, b"") as sources:
+                async for source in sources:
+                    index = int(source.header)
+                    assert source.meta == cs.SourceMeta(
+                        client_mpx.links[0].remote_addr, SERVICE, source.meta.stream_id
+                    )
+                    assert await source.receive() == b"first of %d" % index
+                    if index % 3:
+                        assert await drain(source) == []
+                    else:
+                        held.append(source)
+                assert len(held) == count // 3
+            await watch.wait(*(f"frames {index}" for index in range(count)))
+            await wait_quiet(server_mpx, client_mpx)
+    for index in range(count):
+        name = f"frames {index}"
+        if index % 3:
+            assert watch.raised[name] is None, (name, watch.raised[name])
+        else:
+            assert watch.stopped(name), (name, watch.raised[name])
+    assert len({source.meta.stream_id for source in held}) == count // 3
+
+
 FIFTY_MIB = 50 << 20
 
 

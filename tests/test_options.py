@@ -206,3 +206,30 @@ async def test_time_spent_waiting_for_the_service_counts_against_the_deadline(
                     await sources.receive()
     # The server got what was left after the 3 s spent waiting for it, not 5 s.
     assert remaining and remaining[0] == pytest.approx(2.0, abs=0.01)
+
+
+async def test_a_post_waiting_for_room_on_the_link_is_bounded_by_dial_timeout(
+    autojump_clock: object,
+) -> None:
+    # The peer takes one stream of ours at a time: a second request waits for room
+    # within dial_timeout like one waiting for a node, then goes when there is room.
+    async def one(request: bytes) -> AsyncIterator[cs.Source]:
+        yield cs.Source(b"one", endless_frames())
+        await trio.sleep_forever()  # the request stays open
+
+    async with linked_pair(settings=cs.Settings(max_concurrent_streams=1)) as pair:
+        server, client, _, _ = pair
+        await cs.Server(server).listen_and_serve("svc", one)
+        poster = cs.Client(client, dial_timeout=2.0)
+        with trio.fail_after(30):
+            async with poster.lookup_and_post("svc") as sources:
+                held = await sources.receive()
+                assert await held.receive() == FRAME
+                started = trio.current_time()
+                with pytest.raises(cs.ServiceNotFound, match=r"waited 2\.0 s"):
+                    async with poster.lookup_and_post("svc"):
+                        pass  # pragma: no cover - never reached
+                assert trio.current_time() - started == pytest.approx(2.0)
+            async with poster.lookup_and_post("svc") as sources:
+                again = await sources.receive()
+                assert await again.receive() == FRAME

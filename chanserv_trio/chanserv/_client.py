@@ -23,6 +23,8 @@ __all__ = ["Client", "RemoteSource", "SourceChannel", "SourceMeta"]
 #: Requests and sources that ended in an error (DEBUG: the error is raised to the
 #: application too, which decides what it is worth).
 logger = logging.getLogger("chanserv_trio.client")
+#: A request's list of sources handed out is first pruned at this length.
+_PRUNE_AT = 64
 
 
 @attrs.frozen
@@ -46,24 +48,54 @@ class RemoteSource(trio.abc.ReceiveChannel[bytes]):
     source on the server without touching its siblings.
     """
 
+    # (Slots: one exists for every open source.)
+    __slots__ = (
+        "_client",
+        "_closed",
+        "_meta",
+        "_remote_addr",
+        "_request",
+        "_service",
+        "_stream",
+        "header",
+    )
+
     def __init__(
-        self, stream: LinkStream, meta: SourceMeta, client: Client, request: _Request
+        self,
+        stream: LinkStream,
+        meta: SourceMeta | None,
+        client: Client,
+        request: _Request,
+        service: str = "",
     ) -> None:
         self._stream = stream
         self._client = client
         self._request = request
         #: The header the server announced the source with.
         self.header: bytes = stream.header
-        #: Where it came from.
-        self.meta = meta
+        self._meta = meta
+        # Where the link led when the source was announced (it may resume elsewhere).
+        self._remote_addr = stream.remote_addr
+        self._service = service
         self._closed = False
+
+    @property
+    def meta(self) -> SourceMeta:
+        """Where it came from (made on first use)."""
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = SourceMeta(
+                self._remote_addr, self._service, self._stream.stream_id
+            )
+        return meta
 
     def __repr__(self) -> str:
         return f"<RemoteSource {self.header[:32]!r} from {self.meta.remote_addr}>"
 
     async def receive(self) -> bytes:
         """The next frame; raises ``trio.EndOfChannel`` after the last one."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         timeout = self._client.frame_read_timeout
         counters = self._request.counters
         try:
@@ -131,7 +163,10 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         self._client = client
         self._service = service
         self._request = request or _Request(client._counters_for(service))
+        # The sources handed out that may still be open (finished ones are dropped
+        # whenever the list has doubled since it was last pruned).
         self._sources: list[RemoteSource] = []
+        self._prune_at = _PRUNE_AT
         window = client.source_buffer_size
         #: Credits for accepted sources go back in batches of this many (0: not asked).
         self._credit_batch = 0 if window is None else max(1, window // 2)
@@ -170,11 +205,14 @@ class SourceChannel(trio.abc.ReceiveChannel[RemoteSource]):
         if self._client.frame_buffer_size is not None:
             child.set_receive_window(self._client.frame_buffer_size)
         child.refuse_children()  # a source has frames, not streams of its own
-        meta = SourceMeta(child.remote_addr, self._service, child.stream_id)
-        source = RemoteSource(child, meta, self._client, self._request)
+        source = RemoteSource(child, None, self._client, self._request, self._service)
         self._request.counters.sources += 1
-        self._sources = [s for s in self._sources if not s._stream.is_finished]
-        self._sources.append(source)
+        sources = self._sources
+        if len(sources) >= self._prune_at:
+            # Amortized: a pass over the list once it has doubled, not one a source.
+            sources = self._sources = [s for s in sources if not s._stream.is_finished]
+            self._prune_at = max(_PRUNE_AT, 2 * len(sources))
+        sources.append(source)
         return source
 
     def _abort(

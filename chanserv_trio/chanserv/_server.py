@@ -404,7 +404,8 @@ class Server:
                 service=name or master.service,
                 identity=identity,
                 remote_addr=master.link.remote_addr,
-                tags=types.MappingProxyType(dict(request.tags)),
+                # (The decoded request's own dict: nothing else holds it.)
+                tags=types.MappingProxyType(request.tags),
                 deadline=None if deadline == float("inf") else deadline,
             )
         )
@@ -423,18 +424,20 @@ class Server:
         record: _Record,
     ) -> None:
         ok = True
-        with trio.CancelScope(deadline=deadline) as request_scope:
-            async with trio.open_nursery() as nursery:
-                credit = None
-                if window is not None:
-                    credit = _SourceCredit(window)
-                    nursery.start_soon(credit.collect, master)
-                ok = await self._announce(
-                    master, source_fn, body, nursery, deadline, record, credit
-                )
-                if credit is not None:
-                    credit.scope.cancel()
+        # One scope for the request: the nursery's, with the request's deadline. (When
+        # _announce cancels it, the master stream is finished and the request already
+        # failed: the deadline branch below then changes nothing.)
+        async with trio.open_nursery() as nursery:
+            request_scope = nursery.cancel_scope
+            if deadline != float("inf"):
+                request_scope.deadline = deadline
+            credit = None
+            if window is not None:
+                credit = _SourceCredit(window)
+                nursery.start_soon(credit.collect, master)
+            ok = await self._announce(master, source_fn, body, nursery, deadline, record, credit)
             if credit is not None:
+                credit.scope.cancel()
                 # The client ends its half once it has taken every source; resetting it
                 # sooner could overtake our own END on its way (through a router).
                 await master.wait_remote_end()
@@ -466,26 +469,39 @@ class Server:
                     "(an async generator: use 'yield'), not a coroutine"
                 )
             iterator = aiter(sources)
+            sourcing_timeout = self.sourcing_timeout
+            write_timeout = self.master_write_timeout
+            pump = self._pump
+            start_soon = nursery.start_soon
             while True:
-                source = await _within(
-                    self.sourcing_timeout,
-                    f"no source announced within sourcing_timeout ({self.sourcing_timeout} s)",
-                    anext(iterator, None),
-                )
+                # The hot path (no timeouts, no source window) awaits the steps
+                # themselves: no wrapper coroutine, no message made per source.
+                if sourcing_timeout is None:
+                    source = await anext(iterator, None)
+                else:
+                    source = await _within(
+                        sourcing_timeout,
+                        f"no source announced within sourcing_timeout ({sourcing_timeout} s)",
+                        anext(iterator, None),
+                    )
                 if source is None:
                     break
-                if not isinstance(source, Source):
+                if type(source) is not Source and not isinstance(source, Source):
                     raise TypeError(
                         f"a source function must yield Source, not {type(source).__name__}"
                     )
-                child = await _within(
-                    self.master_write_timeout,
-                    f"a source could not be announced within master_write_timeout "
-                    f"({self.master_write_timeout} s): the client holds too many open",
-                    self._open_source(master, bytes(source.header), credit),
-                )
+                header = bytes(source.header)
+                if write_timeout is None and credit is None:
+                    child = await master.open_child(header)
+                else:
+                    child = await _within(
+                        write_timeout,
+                        f"a source could not be announced within master_write_timeout "
+                        f"({write_timeout} s): the client holds too many open",
+                        self._open_source(master, header, credit),
+                    )
                 counters.sources += 1
-                nursery.start_soon(self._pump, child, source, deadline, record)
+                start_soon(pump, child, source, deadline, record)
         except _TimedOut as exc:
             logger.warning("request to %r from %s: %s", master.service, master.remote_addr, exc)
             self._report(exc.error, counters)
@@ -531,13 +547,14 @@ class Server:
         frames = source.frames
         write_timeout = self.frame_write_timeout
         counters = record.counters
+        send = child.send
         try:
             with child.cancel_on_reset():
                 try:
                     async for frame in frames:
-                        data = frame_bytes(frame)
+                        data = frame if type(frame) is bytes else frame_bytes(frame)
                         if write_timeout is None:  # the hot path: no wrapper per frame
-                            await child.send(data)
+                            await send(data)
                         else:
                             await _within(
                                 write_timeout,

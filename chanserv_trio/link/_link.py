@@ -795,6 +795,11 @@ class Link:
                         return
                     shared.writer_parked = True
                     await shared.writer_lot.park()
+                    # Woken by the first frame queued in this scheduling round: let the
+                    # tasks that run in the same round queue theirs too (a request's
+                    # OPEN and END, then its source's DATA and END), so they go out in
+                    # one write rather than one each.
+                    await _cancel_shielded_checkpoint()
                     continue
                 self._writing = True
                 self._control_in_flight = conn.control_queued

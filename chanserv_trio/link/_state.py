@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..wire._connection import Connection
     from ._stream import LinkStream
 
-__all__ = ["QUEUE_LIMIT", "LinkState", "StreamState"]
+__all__ = ["QUEUE_LIMIT", "SCHEDULE_EVERY", "LinkState", "StreamState"]
 
 #: A task that sends or receives without having to wait still yields to the scheduler
 #: once every this many calls on a link (it checks for cancellation on every call).
@@ -79,8 +79,10 @@ class StreamState:
         self.unacked_messages = 0
         #: Child streams the peer opens under this one are reset at once.
         self.refuse_children = False
-        #: Cancel scopes that a RESET from the peer, or the link dying, cancels.
-        self.scopes: list[trio.CancelScope] | None = None
+        #: The cancel scope that a RESET from the peer, or the link dying, cancels; a
+        #: list when there are several (usually there is one, a source's or a
+        #: handler's: no list per stream then).
+        self.scopes: trio.CancelScope | list[trio.CancelScope] | None = None
 
     def parking(self) -> trio.lowlevel.ParkingLot:
         """Where a reader waits (made on first use)."""
@@ -129,8 +131,32 @@ class StreamState:
         if self.error is None:
             self.error = error
         self.wake_all()
-        for scope in self.scopes or ():
-            scope.cancel()
+        scopes = self.scopes
+        if scopes is None:
+            return
+        if isinstance(scopes, list):
+            for scope in scopes:
+                scope.cancel()
+        else:
+            scopes.cancel()
+
+    def add_scope(self, scope: trio.CancelScope) -> None:
+        """Have ``scope`` cancelled when the stream breaks."""
+        scopes = self.scopes
+        if scopes is None:
+            self.scopes = scope
+        elif isinstance(scopes, list):
+            scopes.append(scope)
+        else:
+            self.scopes = [scopes, scope]
+
+    def remove_scope(self, scope: trio.CancelScope) -> None:
+        """Undo :meth:`add_scope`."""
+        scopes = self.scopes
+        if scopes is scope:
+            self.scopes = None
+        elif isinstance(scopes, list):
+            scopes.remove(scope)
 
 
 class LinkState:
@@ -210,13 +236,13 @@ class LinkState:
             self.kick_writer()
             await self.drained_lot.park()
 
-    def reset(self, stream: StreamState, status: Status) -> None:
+    def reset(self, stream: StreamState, status: Status | None) -> None:
         """Abort ``stream`` in both directions from our side (no-op on the wire if it
-        is already gone) and forget it."""
+        is already gone, or with no ``status``: the caller saw it gone) and forget it."""
         stream.closed_locally = True
         # Nothing more is read from it: what it buffered goes now.
         stream.inbox = None
-        if self.conn.reset_stream(stream.stream_id, status):
+        if status is not None and self.conn.reset_stream(stream.stream_id, status):
             self.kick_writer()
         self.release(stream)
         stream.wake_all()
@@ -234,6 +260,7 @@ class LinkState:
             stream.unacked = 0
             if stream.lot:
                 stream.lot.unpark_all()
-            self.open_lot.unpark()
+            if self.open_lot:  # (an empty lot's unpark still costs a generator)
+                self.open_lot.unpark()
             if self.released_lot:
                 self.released_lot.unpark_all()

@@ -17,7 +17,7 @@ import trio
 
 from .._errors import ChanservError, MessageTooLarge
 from ..wire._codec import ErrorCode, Status
-from ._state import QUEUE_LIMIT, LinkState, StreamState
+from ._state import QUEUE_LIMIT, SCHEDULE_EVERY, LinkState, StreamState
 from ._status import error_from_status
 
 if TYPE_CHECKING:
@@ -141,13 +141,19 @@ class LinkStream(trio.abc.Channel[bytes]):
             # (the connection window would bound it, but far above what is useful).
             await shared.wait_queue_below_limit()
             self._check_sendable()
-        max_chunk = conn.peer_settings.max_frame_payload
         if conn.try_send_message(self.stream_id, data):
-            shared.kick_writer()
-            if shared.spend():
-                await _cancel_shielded_checkpoint()
+            # LinkState.kick_writer and LinkState.spend, inline on the hot path.
+            if shared.writer_parked:
+                shared.kick_writer()
+            budget = shared.budget - 1
+            if budget > 0:
+                shared.budget = budget
+                return
+            shared.budget = SCHEDULE_EVERY
+            await _cancel_shielded_checkpoint()
             return
         self._check_sendable()
+        max_chunk = conn.peer_settings.max_frame_payload
         self._sending = True
         view = memoryview(data)
         offset = 0
@@ -190,14 +196,19 @@ class LinkStream(trio.abc.Channel[bytes]):
         if state.error is not None or state.closed_locally:
             return
         shared = self._shared
-        if shared.conn.can_send(self.stream_id):
-            shared.conn.end_stream(self.stream_id, status)
-            shared.kick_writer()
+        conn = shared.conn
+        if conn.can_send(self.stream_id):
+            conn.end_stream(self.stream_id, status)
+            if shared.writer_parked:
+                shared.kick_writer()
         shared.release_if_closed(state)
 
     def reset(self, code: int = ErrorCode.CANCEL, message: str = "", kind: str = "") -> None:
         """Abort the stream in both directions; a no-op if it is already gone."""
-        self._shared.reset(self._state, Status(code, kind, message))
+        shared = self._shared
+        # (A stream gone from the connection sends nothing: no status to make.)
+        status = Status(code, kind, message) if shared.conn.is_open(self.stream_id) else None
+        shared.reset(self._state, status)
 
     async def aclose(self) -> None:
         """Reset the stream if it is still open (cancelling the peer's work on it)."""
@@ -264,9 +275,21 @@ class LinkStream(trio.abc.Channel[bytes]):
         inbox = state.inbox
         if inbox and not state.closed_locally:
             data, credit = inbox.popleft()
-            self._consumed(credit)
-            if self._shared.spend():
-                await _cancel_shielded_checkpoint()
+            # _consumed, inline on the hot path while the batch is not complete.
+            unacked = state.unacked + credit
+            if unacked < self._ack_batch and inbox:
+                self._shared.unacked_total += credit
+                state.unacked = unacked
+                state.unacked_messages += 1
+            else:
+                self._consumed(credit)
+            shared = self._shared
+            budget = shared.budget - 1  # LinkState.spend, inline
+            if budget > 0:
+                shared.budget = budget
+                return data
+            shared.budget = SCHEDULE_EVERY
+            await _cancel_shielded_checkpoint()
             return data
         parked = False
         while True:
@@ -409,9 +432,7 @@ class _CancelOnReset:
         scope = self._scope.__enter__()
         if state.error is not None:
             scope.cancel()
-        if state.scopes is None:
-            state.scopes = []
-        state.scopes.append(scope)
+        state.add_scope(scope)
         return scope
 
     def __exit__(
@@ -420,7 +441,5 @@ class _CancelOnReset:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        scopes = self._state.scopes
-        if scopes is not None:
-            scopes.remove(self._scope)
+        self._state.remove_scope(self._scope)
         return self._scope.__exit__(exc_type, exc, tb)

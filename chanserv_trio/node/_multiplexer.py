@@ -1056,6 +1056,24 @@ class Multiplexer:
         """
         self._require_nursery()
         key = route_key.encode() if isinstance(route_key, str) else route_key or b""
+        candidates = self.links_offering(service)
+        if candidates:
+            # The usual case: a link offers it and has room for a stream now, so
+            # nothing below waits and no timeout scope is needed.
+            link = pick_link(candidates, key)
+            if link.conn.can_open_stream():
+                try:
+                    return await link.open_stream(
+                        service,
+                        header() if callable(header) else header,
+                        local_open=local_open,
+                        remote_open=remote_open,
+                        route_key=key,
+                    )
+                except ConnectionLost:
+                    if link.is_alive:
+                        raise
+                    # That link died in between: look again, with the timeout.
         with trio.move_on_after(dial_timeout):
             while True:
                 candidates = self.links_offering(service)
