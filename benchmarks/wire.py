@@ -13,7 +13,9 @@ with resumption on, the resume buffer and its confirmations.
 
 Shapes: one stream, or many (1,000 by default) taken in turn; resumption off, or on
 (``ResumeOptions(timeout=30)`` on both sides). A figure is microseconds per frame of the
-whole exchange, both sides together: median of the runs, then ``(min..max)``.
+whole exchange, both sides together: median of the runs, then ``(min..max)``. Times are
+this process's CPU time (``time.process_time``), not wall-clock: on a shared machine the
+other processes' load then stretches a run much less (it still costs caches).
 
 With ``--baseline PATH`` each run goes to a process of its own, this tree's and PATH's in
 turns (see ``_trees``), and the ratio ``ours/base`` is shown (under 1 is faster).
@@ -96,7 +98,7 @@ def run(frames: int, streams: int, resume: bool) -> float:
         return count
 
     left = frames
-    start = time.perf_counter()
+    start = time.process_time()
     while left:
         for stream_id in ids[:left] if left < streams else ids:
             while not send(stream_id, payload):
@@ -105,7 +107,7 @@ def run(frames: int, streams: int, resume: bool) -> float:
                 received += deliver()
         left -= min(left, streams)
     received += deliver()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     if received != frames:
         raise SystemExit(f"{received} messages arrived of {frames}")
     for stream_id in ids:

@@ -59,6 +59,7 @@ from ._codec import (
     encode_hello,
     encode_open,
     encode_status,
+    frame_too_large,
 )
 from ._compression import MIN_COMPRESS_SIZE, compress, declared_size, decompress, lz4_available
 from ._events import (
@@ -132,6 +133,8 @@ _UNBOUNDED = 2**62
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_new_tuple = tuple.__new__
 _HANDSHAKE = int(ConnectionState.HANDSHAKE)
 _CLOSED = int(ConnectionState.CLOSED)
 _GOING_AWAY = (int(ConnectionState.LOCAL_GOAWAY), int(ConnectionState.BOTH_GOAWAY))
@@ -187,6 +190,15 @@ def check_memory_budget(budget: int, settings: Settings) -> None:
             f"({settings.connection_window} bytes), the receive buffer and one stream: "
             f"it must be at least {least}"
         )
+
+
+def _too_many_messages(budget: int) -> RemoteProtocolError:
+    # Flow control bounds bytes, not messages: only many tiny or empty ones get here.
+    return RemoteProtocolError(
+        f"peer sent more messages than the link's memory budget holds "
+        f"({budget} bytes, {MESSAGE_COST} a message besides its bytes)",
+        ErrorCode.ENHANCE_YOUR_CALM,
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -996,15 +1008,22 @@ class Connection:
     def _process(self, events: list[Event]) -> None:
         """Handle the whole frames buffered, until the connection closes or a peer
         waits for admission (its later frames stay buffered)."""
-        on_data = self._on_data
         try:
             if (self._resume_wait or self._refusal_expected) and not self._receive_resuming(
                 events
             ):
                 return
-            for ftype, flags, stream_id, payload in self._decoder.frames():
+            decoder = self._decoder
+            next_frame = decoder.next_frame
+            # The frames of the current read first, parsed here (most are whole
+            # messages in one DATA frame); then the one that spans reads, if any.
+            while self._receive_contiguous(events):
+                frame = next_frame()
+                if frame is None:
+                    break
+                ftype, flags, stream_id, payload = frame
                 if ftype == _DATA:
-                    on_data(flags, stream_id, payload, events)
+                    self._on_data(flags, stream_id, payload, events)
                     continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
                 if self._state == _CLOSED or self.admission_pending:
@@ -1025,6 +1044,78 @@ class Connection:
             raise
         if self._may_credit:
             self._grant_connection()
+
+    #: Whether :meth:`_receive_contiguous` takes whole messages in one DATA frame
+    #: itself (the tests compare it with ``_on_data``, which does every DATA frame).
+    _inline_messages = True
+
+    def _receive_contiguous(self, events: list[Event]) -> bool:
+        """Handle the whole frames that lie in the decoder's current read, as
+        ``FrameDecoder.next_frame`` would return them. Returns False when reading
+        must stop (closed, a peer waiting for admission, a resume request).
+
+        A whole message in one DATA frame (no flags) on a stream that receives and has
+        no message in assembly, within every limit, is handled inline: the same checks
+        and counts as ``_on_data``, which handles every other DATA frame, and any
+        such frame that is over a limit (and so raises or resets the stream).
+        """
+        decoder = self._decoder
+        buffer = decoder._buffer
+        offset = decoder._offset
+        available = len(buffer)
+        if available - offset < 10:
+            return True
+        limit = decoder.max_payload
+        unpack = _unpack_header
+        streams_get = self._streams.get
+        on_data = self._on_data
+        append = events.append
+        connection = self._windows
+        max_frame = self._max_frame_payload
+        budget = self._budget
+        inline = self._may_receive and self._inline_messages
+        while available - offset >= 10:
+            length, ftype, flags, stream_id = unpack(buffer, offset)
+            if length > limit:
+                raise frame_too_large(length, limit)
+            end = offset + 10 + length
+            if end > available:
+                break
+            payload = buffer[offset + 10 : end]
+            decoder._offset = offset = end
+            if ftype == 2:  # DATA
+                if not flags and inline:
+                    stream = streams_get(stream_id)
+                    if stream is not None and stream.may_receive and not stream.assembling:
+                        windows = stream.windows
+                        if (
+                            length <= max_frame
+                            and length <= connection.receive
+                            and length <= windows.receive
+                            and length <= stream.max_message
+                        ):
+                            # _on_data for this case: handed off the connection window,
+                            # a whole message held (Windows.message with no assembly).
+                            connection.receive -= length
+                            connection.owed += length
+                            windows.receive -= length
+                            windows.held += length
+                            stream.messages += 1
+                            held = self._held = self._held + length + 128  # MESSAGE_COST
+                            if held + connection.receive > budget:
+                                raise _too_many_messages(budget)
+                            self.messages_received += 1
+                            append(_new_tuple(MessageReceived, (stream_id, payload, length)))
+                            continue
+                on_data(flags, stream_id, payload, events)
+                continue
+            self._handle_frame(ftype, flags, stream_id, payload, events)
+            if self._state == _CLOSED or self.admission_pending or self.resume_request is not None:
+                return False
+            # A HELLO raises the limit and opens the table.
+            limit = decoder.max_payload
+            inline = self._may_receive and self._inline_messages
+        return True
 
     def _grant_connection(self) -> None:
         """Grant the connection credit owed (once it reaches a quarter of the window),
@@ -1492,13 +1583,7 @@ class Connection:
         stream.messages += 1
         held = self._held = self._held + size + 128  # MESSAGE_COST
         if held + connection.receive > self._budget:
-            # Flow control bounds bytes, not messages: only many tiny or empty ones
-            # get here.
-            raise RemoteProtocolError(
-                f"peer sent more messages than the link's memory budget holds "
-                f"({self._budget} bytes, {MESSAGE_COST} a message besides its bytes)",
-                ErrorCode.ENHANCE_YOUR_CALM,
-            )
+            raise _too_many_messages(self._budget)
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
 
