@@ -97,15 +97,13 @@ def run(frames: int, streams: int, resume: bool) -> float:
             sender.receive_data(b"".join(back))
         return count
 
-    left = frames
+    order = ids * (frames // streams) + ids[: frames % streams]
     start = time.process_time()
-    while left:
-        for stream_id in ids[:left] if left < streams else ids:
-            while not send(stream_id, payload):
-                received += deliver()
-            if sender.outgoing_size >= WRITE_SIZE:
-                received += deliver()
-        left -= min(left, streams)
+    for stream_id in order:
+        while not send(stream_id, payload):
+            received += deliver()
+        if sender.outgoing_size >= WRITE_SIZE:
+            received += deliver()
     received += deliver()
     elapsed = time.process_time() - start
     if received != frames:
