@@ -1,9 +1,10 @@
 """The connection's fast paths against its general ones, on arbitrary frames.
 
-The receive path handles a whole message in one DATA frame inline, and sends small
-messages with ``try_send_message``; each must do exactly what the general path does
-(``_on_data``; ``send_data``): the same events, errors, bytes queued, windows, memory
-accounting and resume positions, whatever the frames and however the bytes are split.
+The receive path handles a whole message in one DATA frame inline, ``acknowledge``
+whole consumed messages inline, and ``try_send_message`` sends small messages; each
+must do exactly what the general path does (``_on_data``; ``Windows.consume``;
+``send_data``): the same events, errors, bytes queued, windows, memory accounting and
+resume positions, whatever the frames, however the bytes are split and consumed.
 """
 
 from __future__ import annotations
@@ -274,3 +275,61 @@ def test_message_received_is_a_record() -> None:
             assert (sid, data, credit) == (3, b"abc", 3)
         case _:
             pytest.fail("not matched by position")
+
+
+#: Steps that reach each case ``acknowledge`` must leave to the general path: frames
+#: received, ``("ack", stream, credit, messages)``, ``("window", stream, size)``.
+ACK_CASES: dict[str, list[Any]] = {
+    "chunks wait while a message is held": [
+        [(_D, 0, 2, 100), (_D, _MORE, 2, 200)],
+        ("ack", 2, 100, 1),
+        [(_D, 0, 2, 50)],
+        ("ack", 2, 250, 1),
+    ],
+    "chunks credited before the message completes": [
+        [(_D, _MORE, 2, 400), (_D, 0, 2, 100)],
+        ("ack", 2, 500, 1),
+    ],
+    "a smaller window withholds credit": [
+        [(_D, 0, 2, 400), (_D, 0, 2, 400)],
+        ("window", 2, 500),
+        ("ack", 2, 400, 1),
+        ("ack", 2, 400, 1),
+    ],
+    "more than is held": [
+        [(_D, 0, 2, 100), (_D, 0, 4, 10)],
+        ("ack", 2, 150, 1),
+        ("ack", 4, 5, 3),
+        ("ack", 4, 5, 0),
+        ("ack", 4, 0, 0),
+    ],
+    "the peer sends no more": [
+        [(_D, 0, 2, 100), (int(FrameType.END), 0, 2, -1)],
+        ("ack", 2, 100, 1),
+    ],
+    "credit reaches a quarter of the window": [
+        [(_D, 0, 1, 300), (_D, 0, 1, 300), (_D, 0, 3, 1000)],
+        ("ack", 1, 300, 1),
+        ("ack", 1, 300, 1),
+        ("ack", 3, 1000, 1),
+    ],
+}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("case", sorted(ACK_CASES))
+def test_inline_acknowledge_matches_consume(case: str, resume: bool) -> None:
+    """Each case of ``acknowledge``: the same credit, WINDOW frames, held bytes and
+    windows whether whole consumed messages are handled inline or by
+    ``Windows.consume``."""
+    receivers = _receivers(resume, BUDGET, False)
+    for step in ACK_CASES[case]:
+        for server in receivers:
+            if isinstance(step, list):
+                server.receive_data(b"".join(_encode(*frame) for frame in step))
+            elif step[0] == "ack":
+                server.acknowledge(*step[1:])
+            else:
+                server.set_receive_window(*step[1:])
+        assert _snapshot(receivers[0]) == _snapshot(receivers[1])
+        assert _wire(receivers[0]) == _wire(receivers[1])

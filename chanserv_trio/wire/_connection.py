@@ -899,7 +899,8 @@ class Connection:
             return  # (no stream exists before the handshake)
         windows = stream.windows
         if (
-            0 < credit <= windows.held
+            self._inline_messages
+            and 0 < credit <= windows.held
             and 0 <= messages <= stream.messages
             and stream.may_credit
             and self._may_credit
@@ -1082,7 +1083,8 @@ class Connection:
             self._grant_connection()
 
     #: Whether :meth:`_receive_contiguous` takes whole messages in one DATA frame
-    #: itself (the tests compare it with ``_on_data``, which does every DATA frame).
+    #: itself, and :meth:`acknowledge` whole consumed messages (the tests compare
+    #: both with the general paths: ``_on_data`` and ``Windows.consume``).
     _inline_messages = True
 
     def _receive_contiguous(self, events: list[Event]) -> bool:
