@@ -59,6 +59,7 @@ from ._codec import (
     encode_hello,
     encode_open,
     encode_status,
+    frame_too_large,
 )
 from ._compression import MIN_COMPRESS_SIZE, compress, declared_size, decompress, lz4_available
 from ._events import (
@@ -132,6 +133,8 @@ _UNBOUNDED = 2**62
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_new_tuple = tuple.__new__
 _HANDSHAKE = int(ConnectionState.HANDSHAKE)
 _CLOSED = int(ConnectionState.CLOSED)
 _GOING_AWAY = (int(ConnectionState.LOCAL_GOAWAY), int(ConnectionState.BOTH_GOAWAY))
@@ -156,6 +159,9 @@ _RECEIVED = {
     int(FrameType.SERVICE): _CI.RECV_SERVICE,
 }
 _MORE = int(DataFlags.MORE)
+#: A whole small message is queued as one piece, header and payload copied together,
+#: up to this size (larger ones go as two: no copy of the payload).
+_COPY_UP_TO = 4096
 _COMPRESSED = int(DataFlags.COMPRESSED)
 #: HELLO field ids this version knows; the others are ignored.
 _KNOWN_FIELDS = frozenset(HelloField)
@@ -187,6 +193,15 @@ def check_memory_budget(budget: int, settings: Settings) -> None:
             f"({settings.connection_window} bytes), the receive buffer and one stream: "
             f"it must be at least {least}"
         )
+
+
+def _too_many_messages(budget: int) -> RemoteProtocolError:
+    # Flow control bounds bytes, not messages: only many tiny or empty ones get here.
+    return RemoteProtocolError(
+        f"peer sent more messages than the link's memory budget holds "
+        f"({budget} bytes, {MESSAGE_COST} a message besides its bytes)",
+        ErrorCode.ENHANCE_YOUR_CALM,
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -409,6 +424,9 @@ class Connection:
         #: The protocol version spoken, once the peer's HELLO arrived (0 before).
         self.version = 0
         self.compressing = False
+        # Messages shorter than this go out as one piece (header and payload copied
+        # together): those not worth compressing, up to 4 KiB.
+        self._copy_below = _COPY_UP_TO + 1
         self._decoder = FrameDecoder(MAX_HELLO_SIZE)
         self._streams: dict[int, _Stream] = {}
         self._enter(_HANDSHAKE)
@@ -809,20 +827,24 @@ class Connection:
         size = len(data)
         windows = stream.windows
         connection = self._windows
+        queued = self._outgoing_size
         if (
             size > windows.send
             or size > connection.send
             or size > self.peer_settings.max_frame_payload
-            or size + 10 > self._resume_limit - self._unconfirmed - self._outgoing_size
+            or size + 10 > self._resume_limit - self._unconfirmed - queued
         ):
             return False
         # Windows.spend, inline on this hot path.
         windows.send -= size
         connection.send -= size
         self.messages_sent += 1
-        if self.compressing and size >= MIN_COMPRESS_SIZE:
+        if size < self._copy_below:  # the most frequent case: small, not compressed
+            self._outgoing.append(_pack_header(size, 2, 0, stream_id) + data)  # DATA
+            self._outgoing_size = queued + 10 + size
+        elif self.compressing and size >= MIN_COMPRESS_SIZE:
             self._queue_data(stream_id, data, 0)
-        elif size <= 4096:  # one small copy beats one more piece for the writer to join
+        elif size <= _COPY_UP_TO:  # one small copy beats one more piece for the writer to join
             self._outgoing.append(_pack_header(size, _DATA, 0, stream_id) + data)
             self._outgoing_size += 10 + size
         else:
@@ -875,6 +897,33 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # (no stream exists before the handshake)
+        windows = stream.windows
+        if (
+            self._inline_messages
+            and 0 < credit <= windows.held
+            and 0 <= messages <= stream.messages
+            and stream.may_credit
+            and self._may_credit
+            and not windows.prepaid
+            and not windows.debt
+            and windows.assembly == windows.assembly_credited
+        ):
+            # The most frequent case, inline: whole messages consumed, credit owed
+            # back (Windows.consume with nothing prepaid, withheld or waiting).
+            stream.messages -= messages
+            windows.held -= credit
+            self._held -= credit + messages * 128  # MESSAGE_COST
+            owed = windows.owed + credit
+            if owed < windows.size >> 2:
+                windows.owed = owed
+            else:
+                windows.owed = 0
+                windows.receive += owed
+                self._queue(FrameType.WINDOW, 0, stream_id, owed.to_bytes(4, "big"))
+            connection = self._windows
+            if connection.owed >= connection.size >> 2:
+                self._grant_connection()
+            return
         held = self._held
         if messages:
             if messages > stream.messages:
@@ -996,15 +1045,22 @@ class Connection:
     def _process(self, events: list[Event]) -> None:
         """Handle the whole frames buffered, until the connection closes or a peer
         waits for admission (its later frames stay buffered)."""
-        on_data = self._on_data
         try:
             if (self._resume_wait or self._refusal_expected) and not self._receive_resuming(
                 events
             ):
                 return
-            for ftype, flags, stream_id, payload in self._decoder.frames():
+            decoder = self._decoder
+            next_frame = decoder.next_frame
+            # The frames of the current read first, parsed here (most are whole
+            # messages in one DATA frame); then the one that spans reads, if any.
+            while self._receive_contiguous(events):
+                frame = next_frame()
+                if frame is None:
+                    break
+                ftype, flags, stream_id, payload = frame
                 if ftype == _DATA:
-                    on_data(flags, stream_id, payload, events)
+                    self._on_data(flags, stream_id, payload, events)
                     continue
                 self._handle_frame(ftype, flags, stream_id, payload, events)
                 if self._state == _CLOSED or self.admission_pending:
@@ -1025,6 +1081,166 @@ class Connection:
             raise
         if self._may_credit:
             self._grant_connection()
+
+    #: Whether :meth:`_receive_contiguous` takes whole messages in one DATA frame
+    #: itself, and :meth:`acknowledge` whole consumed messages (the tests compare
+    #: both with the general paths: ``_on_data`` and ``Windows.consume``).
+    _inline_messages = True
+
+    def _receive_contiguous(self, events: list[Event]) -> bool:
+        """Handle the whole frames that lie in the decoder's current read, as
+        ``FrameDecoder.next_frame`` would return them. Returns False when reading
+        must stop (closed, a peer waiting for admission, a resume request).
+
+        A whole message in one DATA frame (no flags) on a stream that receives and has
+        no message in assembly, within every limit, is handled inline: the same checks
+        and counts as ``_on_data``, which handles every other DATA frame, and any
+        such frame that is over a limit (and so raises or resets the stream).
+        """
+        decoder = self._decoder
+        buffer = decoder._buffer
+        offset = decoder._offset
+        available = len(buffer)
+        if available - offset < 10:
+            return True
+        limit = decoder.max_payload
+        unpack = _unpack_header
+        streams_get = self._streams.get
+        append = events.append
+        connection = self._windows
+        # (Within the decoder's limit, which only a HELLO changes.)
+        max_frame = min(self._max_frame_payload, limit)
+        budget = self._budget
+        inline = self._may_receive and self._inline_messages
+        # The counts the inline path moves, kept here and stored back before anything
+        # else runs (or raises): the connection window, what is held, messages.
+        receive = connection.receive
+        owed = connection.owed
+        held = self._held
+        count = self.messages_received
+        while available - offset >= 10:
+            length, ftype, flags, stream_id = unpack(buffer, offset)
+            end = offset + 10 + length
+            if ftype == 2 and not flags and inline and end <= available:
+                stream = streams_get(stream_id)
+                if (
+                    stream is not None
+                    and stream.may_receive
+                    and not stream.assembling
+                    and length <= max_frame
+                    and length <= receive
+                    and length <= stream.windows.receive
+                    and length <= stream.max_message
+                ):
+                    # _on_data for this case: handed off the connection window, a
+                    # whole message held (Windows.message with nothing in assembly).
+                    payload = buffer[offset + 10 : end]
+                    offset = end
+                    receive -= length
+                    owed += length
+                    windows = stream.windows
+                    windows.receive -= length
+                    windows.held += length
+                    stream.messages += 1
+                    held += length + 128  # MESSAGE_COST
+                    if held + receive > budget:
+                        decoder._offset = offset
+                        connection.receive = receive
+                        connection.owed = owed
+                        self._held = held
+                        self.messages_received = count
+                        raise _too_many_messages(budget)
+                    count += 1
+                    append(_new_tuple(MessageReceived, (stream_id, payload, length)))
+                    continue
+            # Anything else: as FrameDecoder.next_frame returns it, handled by the
+            # general path, with the counts stored back first and read again after.
+            decoder._offset = offset
+            connection.receive = receive
+            connection.owed = owed
+            self._held = held
+            self.messages_received = count
+            if length > limit:
+                raise frame_too_large(length, limit)
+            if end > available:
+                return True
+            payload = buffer[offset + 10 : end]
+            decoder._offset = offset = end
+            if ftype == 2:  # DATA
+                self._on_data(flags, stream_id, payload, events)
+            else:
+                self._handle_frame(ftype, flags, stream_id, payload, events)
+                if (
+                    self._state == _CLOSED
+                    or self.admission_pending
+                    or self.resume_request is not None
+                ):
+                    return False
+                # A HELLO raises the limit and opens the table.
+                limit = decoder.max_payload
+                max_frame = min(self._max_frame_payload, limit)
+                inline = self._may_receive and self._inline_messages
+            receive = connection.receive
+            owed = connection.owed
+            held = self._held
+            count = self.messages_received
+        decoder._offset = offset
+        connection.receive = receive
+        connection.owed = owed
+        self._held = held
+        self.messages_received = count
+        return True
+        limit = decoder.max_payload
+        unpack = _unpack_header
+        streams_get = self._streams.get
+        on_data = self._on_data
+        append = events.append
+        connection = self._windows
+        max_frame = self._max_frame_payload
+        budget = self._budget
+        inline = self._may_receive and self._inline_messages
+        while available - offset >= 10:
+            length, ftype, flags, stream_id = unpack(buffer, offset)
+            if length > limit:
+                raise frame_too_large(length, limit)
+            end = offset + 10 + length
+            if end > available:
+                break
+            payload = buffer[offset + 10 : end]
+            decoder._offset = offset = end
+            if ftype == 2:  # DATA
+                if not flags and inline:
+                    stream = streams_get(stream_id)
+                    if stream is not None and stream.may_receive and not stream.assembling:
+                        windows = stream.windows
+                        if (
+                            length <= max_frame
+                            and length <= connection.receive
+                            and length <= windows.receive
+                            and length <= stream.max_message
+                        ):
+                            # _on_data for this case: handed off the connection window,
+                            # a whole message held (Windows.message with no assembly).
+                            connection.receive -= length
+                            connection.owed += length
+                            windows.receive -= length
+                            windows.held += length
+                            stream.messages += 1
+                            held = self._held = self._held + length + 128  # MESSAGE_COST
+                            if held + connection.receive > budget:
+                                raise _too_many_messages(budget)
+                            self.messages_received += 1
+                            append(_new_tuple(MessageReceived, (stream_id, payload, length)))
+                            continue
+                on_data(flags, stream_id, payload, events)
+                continue
+            self._handle_frame(ftype, flags, stream_id, payload, events)
+            if self._state == _CLOSED or self.admission_pending or self.resume_request is not None:
+                return False
+            # A HELLO raises the limit and opens the table.
+            limit = decoder.max_payload
+            inline = self._may_receive and self._inline_messages
+        return True
 
     def _grant_connection(self) -> None:
         """Grant the connection credit owed (once it reaches a quarter of the window),
@@ -1139,6 +1355,7 @@ class Connection:
         self.compressing = (
             self.local_settings.compression and self.peer_settings.compression and lz4_available()
         )
+        self._copy_below = MIN_COMPRESS_SIZE if self.compressing else _COPY_UP_TO + 1
         local = self.local_settings
         # OPEN frames carry a parent, a service name and a route key besides the header.
         self._decoder.max_payload = max(
@@ -1493,13 +1710,7 @@ class Connection:
         stream.messages += 1
         held = self._held = self._held + size + 128  # MESSAGE_COST
         if held + connection.receive > self._budget:
-            # Flow control bounds bytes, not messages: only many tiny or empty ones
-            # get here.
-            raise RemoteProtocolError(
-                f"peer sent more messages than the link's memory budget holds "
-                f"({self._budget} bytes, {MESSAGE_COST} a message besides its bytes)",
-                ErrorCode.ENHANCE_YOUR_CALM,
-            )
+            raise _too_many_messages(self._budget)
         self.messages_received += 1
         events.append(MessageReceived(stream_id, payload, total))
 
