@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
+from ._server_cli import add_resume_arguments
 from ._workload import Shape
 
 #: Frame size of the open scenario ("one small frame").
@@ -497,20 +498,7 @@ def client_arguments(argv: list[str] | None = None) -> ClientArguments:
         help="flood and heavy: N frames per source in every run, after two warm-up requests "
         "(default: calibrated to the budget)",
     )
-    parser.add_argument(
-        "--resume-timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="ours: turn resumption on, keeping a detached link S seconds (default: off)",
-    )
-    parser.add_argument(
-        "--resume-buffer-size",
-        type=int,
-        default=None,
-        metavar="BYTES",
-        help="ours, with --resume-timeout: Multiplexer(resume_buffer_size=...) (default: its own)",
-    )
+    add_resume_arguments(parser)
     args = parser.parse_args(argv)
     return ClientArguments(
         port=args.port,

@@ -21,11 +21,8 @@ class ServerArguments:
     resume_buffer_size: int | None = None
 
 
-def server_arguments(argv: list[str] | None = None) -> ServerArguments:
-    """Parse ``--port`` (0 picks a free one), ``--scheme`` and the resumption options."""
-    parser = argparse.ArgumentParser(description="One peer's benchmark server, on 127.0.0.1.")
-    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resume-timeout`` and ``--resume-buffer-size``, which ours' server and client share."""
     parser.add_argument(
         "--resume-timeout",
         type=float,
@@ -40,6 +37,14 @@ def server_arguments(argv: list[str] | None = None) -> ServerArguments:
         metavar="BYTES",
         help="ours, with --resume-timeout: Multiplexer(resume_buffer_size=...) (default: its own)",
     )
+
+
+def server_arguments(argv: list[str] | None = None) -> ServerArguments:
+    """Parse ``--port`` (0 picks a free one), ``--scheme`` and the resumption options."""
+    parser = argparse.ArgumentParser(description="One peer's benchmark server, on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument("--scheme", choices=("tcp", "ws"), default="tcp", help="transport")
+    add_resume_arguments(parser)
     args = parser.parse_args(argv)
     return ServerArguments(
         port=args.port,

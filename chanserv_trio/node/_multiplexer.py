@@ -1062,35 +1062,19 @@ class Multiplexer:
             # nothing below waits and no timeout scope is needed.
             link = pick_link(candidates, key)
             if link.conn.can_open_stream():
-                try:
-                    return await link.open_stream(
-                        service,
-                        header() if callable(header) else header,
-                        local_open=local_open,
-                        remote_open=remote_open,
-                        route_key=key,
-                    )
-                except ConnectionLost:
-                    if link.is_alive:
-                        raise
-                    # That link died in between: look again, with the timeout.
+                stream = await _open_on(link, service, header, local_open, remote_open, key)
+                if stream is not None:
+                    return stream
+                # That link died in between: look again, with the timeout.
         with trio.move_on_after(dial_timeout):
             while True:
                 candidates = self.links_offering(service)
                 if candidates:
                     link = pick_link(candidates, key)
-                    try:
-                        return await link.open_stream(
-                            service,
-                            header() if callable(header) else header,
-                            local_open=local_open,
-                            remote_open=remote_open,
-                            route_key=key,
-                        )
-                    except ConnectionLost:
-                        if link.is_alive:
-                            raise
-                        continue  # that link died in between: try another
+                    stream = await _open_on(link, service, header, local_open, remote_open, key)
+                    if stream is not None:
+                        return stream
+                    continue  # that link died in between: try another
                 elif fast_not_found and self.offers_known:
                     raise ServiceNotFound(
                         f"no linked node offers {service!r} (each has advertised all it offers)"
@@ -1129,6 +1113,30 @@ class Multiplexer:
             auth_refused=self._auth_refused,
             offers_ignored=sum(link.offers_ignored for link in self.links),
         )
+
+
+async def _open_on(
+    link: Link,
+    service: str,
+    header: bytes | Callable[[], bytes],
+    local_open: bool,
+    remote_open: bool,
+    key: bytes,
+) -> LinkStream | None:
+    """A stream to ``service`` on ``link``; None if the link died meanwhile (the caller
+    looks for another). A live link's :class:`ConnectionLost` is the caller's."""
+    try:
+        return await link.open_stream(
+            service,
+            header() if callable(header) else header,
+            local_open=local_open,
+            remote_open=remote_open,
+            route_key=key,
+        )
+    except ConnectionLost:
+        if link.is_alive:
+            raise
+        return None
 
 
 def _counted(link: Link) -> tuple[int, ...]:
