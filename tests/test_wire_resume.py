@@ -218,6 +218,27 @@ def test_the_buffer_bounds_what_senders_queue() -> None:
     assert sent >= 10
 
 
+def test_a_frame_that_fits_once_confirmed_waits_for_the_room_rather_than_being_cut() -> None:
+    small = ResumeOptions(timeout=1.0, buffer_size=8192)  # DATA up to 7168, confirmed per 2048
+    client, server = pair(small, small)
+    stream = client.open_stream("s", b"")
+    while client.try_send_message(stream, b"m" * 1000):
+        pass
+    room = client.send_window(stream)
+    assert 0 < room < 1000
+    # The whole 1000 bytes fit once the peer confirms: wait rather than send a piece.
+    assert client.send_window_for(stream, 1000) == 0
+    # What does not fit even then is sent in the parts that fit, and what fits now whole.
+    assert client.send_window_for(stream, 6000) == room
+    assert client.send_window_for(stream, room) == room
+    # What is held unconfirmed is past the peer's threshold, so the room comes back.
+    assert client.resume_held > 2048
+    deliver(client, server)
+    deliver(server, client)
+    assert client.send_window_for(stream, 1000) == 1000
+    assert client.resume_held == 0
+
+
 def test_a_position_no_longer_held_cannot_be_resumed_from() -> None:
     small = ResumeOptions(timeout=1.0, buffer_size=4096)
     client, server = pair(small, small)

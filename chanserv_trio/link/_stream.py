@@ -159,8 +159,7 @@ class LinkStream(trio.abc.Channel[bytes]):
         offset = 0
         try:
             while True:
-                window = conn.send_window(self.stream_id)
-                n = min(window, size - offset, max_chunk)
+                n = conn.send_window_for(self.stream_id, min(size - offset, max_chunk))
                 if n or offset == size:
                     more = offset + n < size
                     conn.send_data(self.stream_id, view[offset : offset + n], more=more)

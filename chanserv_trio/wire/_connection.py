@@ -376,6 +376,11 @@ class Connection:
             else self._resume_options.buffer_size - self._resume_options.buffer_size // 8
         )
         self._unconfirmed = 0
+        # What the peer may hold unconfirmed before it must confirm (a quarter of our
+        # buffer): room this far below the limit always comes back.
+        self._confirmed_after = (
+            0 if self._resume_options is None else self._resume_options.buffer_size // 4
+        )
         # Bytes fed to the current decoder, and the received position's offset from it.
         self._fed = 0
         self._recv_base = 0
@@ -582,6 +587,25 @@ class Connection:
         window = min(self._streams[stream_id].windows.send, self._windows.send)
         if self._resume_limit != _NO_LIMIT:
             window = min(window, self._resume_room())
+        return window
+
+    def send_window_for(self, stream_id: int, wanted: int) -> int:
+        """How many of ``wanted`` bytes of DATA to send on the stream in the next frame
+        now: as many as :meth:`send_window` allows, except on a resumable link when only
+        the room left in the resume buffer holds them back and all of them fit in it
+        once the peer confirms what is in flight: then 0, and the sender waits for that
+        confirmation (which the peer sends once what we hold unconfirmed reaches a
+        quarter of our buffer) rather than cutting the message into a piece that fits
+        now and a rest, which the peer would have to assemble. More than fits then
+        is sent in the parts that fit."""
+        if not self.can_send(stream_id):
+            return 0
+        window = min(self._streams[stream_id].windows.send, self._windows.send, wanted)
+        if self._resume_limit != _NO_LIMIT:
+            room = self._resume_room()
+            if room < window:
+                whole = window + 10 <= self._resume_limit - self._confirmed_after
+                window = 0 if whole else room
         return window
 
     def connection_send_window(self) -> int:
