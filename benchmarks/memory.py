@@ -5,9 +5,11 @@ process under ``tracemalloc``, the other in a child process, over TCP loopback; 
 swap. A source is *idle and open* when the server has announced it and its producer
 waits for its next frame, and the client holds the ``RemoteSource`` without reading.
 The server's figure includes the per-source producer task and the application's
-waiting async generator; the client's is the library's alone. With ``--baseline PATH``, this
-tree's chanserv_trio and PATH's are each measured the same way in processes of their own (see
-``_trees``), one after the other, and shown side by side.
+waiting async generator; the client's is the library's alone. The generator's share is
+measured apart (bare trio tasks driving the same generators, less bare tasks waiting on the
+same Event) and shown subtracted; the bare task's own cost is shown for scale. With
+``--baseline PATH``, this tree's chanserv_trio and PATH's are each measured the same way in
+processes of their own (see ``_trees``), one after the other, and shown side by side.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
+import trio.testing
 
 import chanserv_trio as cs
 
 from . import _trees as trees
 
 SERVICE = "idle"
+#: What :func:`measure` reports: each side, the application's generator (part of the
+#: server's figure) and a bare trio task waiting on an Event (for scale).
+SIDES = ("client", "server", "generator", "task")
 
 
 def idle_source_fn(release: trio.Event) -> cs.SourceFunction:
@@ -101,6 +107,36 @@ async def measure_server(count: int) -> int:
         return used
 
 
+async def measure_tasks(count: int, drive_generator: bool) -> int:
+    """Bytes ``count`` bare trio tasks cost, each waiting in the application's idle
+    generator (``drive_generator``) or on the same Event directly: no chanserv_trio at all.
+    The difference is the application's generator alone; the second is the floor of any
+    design that gives each source a task of its own."""
+    release = trio.Event()
+    sources = idle_source_fn(release)
+
+    async def drive(source: cs.Source) -> None:  # holding the Source, as the server does
+        async for _ in source.frames:
+            pass
+
+    async def wait() -> None:
+        await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        async for source in sources(b"%d" % count):
+            if drive_generator:
+                nursery.start_soon(drive, source, name="drive")
+            else:
+                nursery.start_soon(wait, name="wait")
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+        release.set()
+    return used
+
+
 def measure_client(count: int) -> int:
     with subprocess.Popen(
         [sys.executable, "-m", "benchmarks.memory", "--serve"],
@@ -121,8 +157,10 @@ def measure(count: int) -> dict[str, int]:
     tracemalloc.start()
     client = measure_client(count)
     server = trio.run(measure_server, count)
+    driving = trio.run(measure_tasks, count, True)
+    task = trio.run(measure_tasks, count, False)
     tracemalloc.stop()
-    return {"client": client, "server": server}
+    return {"client": client, "server": server, "generator": driving - task, "task": task}
 
 
 def measure_tree(tree: Path | None, count: int, scratch: Path) -> dict[str, int]:
@@ -141,20 +179,32 @@ def measure_tree(tree: Path | None, count: int, scratch: Path) -> dict[str, int]
     expected = str(trees.expected_package(tree))
     if report["package"] != expected:
         raise SystemExit(f"imported {trees.PACKAGE} from {report['package']}, not {expected}")
-    return {"client": int(report["client"]), "server": int(report["server"])}
+    return {side: int(report[side]) for side in SIDES}
 
 
 def compare(baseline: Path, count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="chanserv-memory-") as scratch:
         ours = measure_tree(None, count, Path(scratch))
         base = measure_tree(baseline, count, Path(scratch))
+    rows = [
+        ("client", "client"),
+        ("server", "server"),
+        ("server, beyond the application's generator", "own"),
+    ]
+    for figures in (ours, base):
+        figures["own"] = figures["server"] - figures["generator"]
+    width = max(len(label) for label, _ in rows)
     print(f"{count:,} idle open sources, bytes per source:")
-    print(f"  {'':6}  {'ours':>8}  {'base':>8}  ours/base")
-    for side in ("client", "server"):
+    print(f"  {'':{width}}  {'ours':>8}  {'base':>8}  ours/base")
+    for label, key in rows:
         print(
-            f"  {side:6}  {ours[side] / count:8,.0f}  {base[side] / count:8,.0f}  "
-            f"{ours[side] / base[side]:.2f}x"
+            f"  {label:{width}}  {ours[key] / count:8,.0f}  {base[key] / count:8,.0f}  "
+            f"{ours[key] / base[key]:.2f}x"
         )
+    print(
+        f"(the generator: {ours['generator'] / count:,.0f} B; a bare trio task waiting on "
+        f"an Event: {ours['task'] / count:,.0f} B)"
+    )
     print(f"ours: {trees.expected_package(None)}; base: {trees.expected_package(baseline)}")
 
 
@@ -188,10 +238,15 @@ def main() -> None:
     if args.report:
         print(json.dumps({"package": trees.imported_package(), **used}))
         return
-    client, server = used["client"], used["server"]
+    client, server, generator = used["client"], used["server"], used["generator"]
     print(f"{count:,} idle open sources ({trees.PACKAGE} of {trees.imported_package()}):")
     print(f"  client: {client / 1e6:.1f} MB, {client / count:,.0f} B per source")
     print(f"  server: {server / 1e6:.1f} MB, {server / count:,.0f} B per source")
+    print(f"  server, beyond the application's generator: {(server - generator) / count:,.0f} B")
+    print(
+        f"  (the generator: {generator / count:,.0f} B; a bare trio task waiting on an "
+        f"Event: {used['task'] / count:,.0f} B)"
+    )
 
 
 if __name__ == "__main__":

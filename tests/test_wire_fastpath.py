@@ -61,7 +61,7 @@ def _snapshot(conn: Connection) -> dict[str, Any]:
             stream.state,
             stream.messages,
             stream.assembling,
-            list(stream.chunks),
+            list(stream.chunks or ()),
             stream.cost,
             stream.max_message,
             {name: getattr(stream.windows, name) for name in type(stream.windows).__slots__},

@@ -36,6 +36,9 @@ __all__ = ["AllowFunction", "FrameLike", "Server", "Source", "SourceFunction"]
 #: requests, the server's own timeouts, error masses (WARNING).
 logger = logging.getLogger("chanserv_trio.server")
 
+#: The name of every source's pump task (what trio's task tree and tracebacks show).
+_PUMP_TASK_NAME = "chanserv_trio.Server source pump"
+
 #: Anything that can be sent as a frame.
 FrameLike = bytes | bytearray | memoryview | SupportsBytes
 
@@ -501,7 +504,8 @@ class Server:
                         self._open_source(master, header, credit),
                     )
                 counters.sources += 1
-                start_soon(pump, child, source, deadline, record)
+                # (A name of our own: trio would otherwise make one string per source.)
+                start_soon(pump, child, source, deadline, record, name=_PUMP_TASK_NAME)
         except _TimedOut as exc:
             logger.warning("request to %r from %s: %s", master.service, master.remote_addr, exc)
             self._report(exc.error, counters)

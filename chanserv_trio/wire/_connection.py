@@ -269,8 +269,9 @@ class _Stream:
         self.enter(state)
         #: Its flow-control windows, both ways.
         self.windows = Windows(send_window, recv_window)
-        #: The non-empty chunks of the message in assembly.
-        self.chunks: list[bytes] = []
+        #: The non-empty chunks of the message in assembly (None until the first: most
+        #: streams never assemble one).
+        self.chunks: list[bytes] | None = None
         #: A DATA frame with MORE arrived and the message has not completed yet.
         self.assembling = False
         #: What the stream's own state is charged to the memory budget.
@@ -1698,7 +1699,11 @@ class Connection:
         if flags & _MORE:
             stream.assembling = True
             if size:
-                stream.chunks.append(payload)
+                chunks = stream.chunks
+                if chunks is None:
+                    stream.chunks = [payload]
+                else:
+                    chunks.append(payload)
             self._held += size
             # Credited back at once while nothing is held, or a message larger than
             # the window could never complete.
@@ -1719,10 +1724,11 @@ class Connection:
                 )
             return
         if stream.assembling:  # the last chunk of a message
-            if stream.chunks:
-                stream.chunks.append(payload)
-                payload = b"".join(stream.chunks)
-                stream.chunks = []
+            chunks = stream.chunks
+            if chunks:
+                chunks.append(payload)
+                payload = b"".join(chunks)
+                stream.chunks = None
             stream.assembling = False
             total = windows.message(size)
         else:
@@ -1858,7 +1864,7 @@ class Connection:
             stream.cost + windows.held + windows.assembly + stream.messages * MESSAGE_COST
         )
         stream.cost = stream.messages = 0
-        stream.chunks = []
+        stream.chunks = None
         windows = self._windows
         if windows.owed >= windows.size >> 2 and self._may_credit:
             # Credit the budget withheld (otherwise it went out with the bytes' arrival).
