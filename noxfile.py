@@ -31,7 +31,16 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict over the package and its tests."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "chanserv_trio", "tests", "benchmarks", "js/test", "noxfile.py")
+    session.run(
+        "ruff",
+        "check",
+        "chanserv_trio",
+        "tests",
+        "benchmarks",
+        "js/test",
+        "noxfile.py",
+        "setup.py",
+    )
     session.run(
         "ruff",
         "format",
@@ -41,6 +50,7 @@ def lint(session: nox.Session) -> None:
         "benchmarks",
         "js/test",
         "noxfile.py",
+        "setup.py",
     )
     session.run("mypy", "--strict", "chanserv_trio", "tests")
 
@@ -63,6 +73,53 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.memory")
     session.run("python", "-m", "benchmarks.attacks")
     session.run("python", "-m", "benchmarks.resume")
+
+
+#: Tests that read the source tree itself (the docs against the code, the console's package
+#: data, the benchmark scripts, the JavaScript package): ``compiled`` runs all the others.
+SOURCE_TREE_TESTS = [
+    "test_bench_memory.py",
+    "test_bench_peers.py",
+    "test_bench_resume.py",
+    "test_console.py",
+    "test_docs.py",
+    "test_js.py",
+    "test_sphinx.py",
+]
+
+
+@nox.session(python=PYTHON[0])
+def compiled(session: nox.Session) -> None:
+    """The opt-in compiled build (``setup.py``): the wire layer's hot modules compiled with
+    mypyc and installed, not editable, in the session. The suite runs against it (less the
+    tests that read the source tree); then the sans-IO benchmark and, with posargs, the
+    main one (``nox -s compiled -- --scenarios flood,empty``) measure this tree interpreted
+    (``ours``) beside the compiled install (``base``), in turns."""
+    dependencies = PYPROJECT["project"]["dependencies"]
+    session.install("mypy>=1.10", "setuptools>=77", "wheel", *dependencies)
+    session.install("--no-build-isolation", ".[test]", env={"CHANSERV_TRIO_MYPYC": "1"})
+    # The pytest script, not python -m pytest, so the source tree is not on sys.path.
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *(f"--ignore=tests/{name}" for name in SOURCE_TREE_TESTS),
+        env={"CHANSERV_TRIO_EXPECT_COMPILED": "1"},
+    )
+    site = session.run(
+        "python",
+        "-P",
+        "-c",
+        "import chanserv_trio, pathlib; print(pathlib.Path(chanserv_trio.__file__).parent.parent)",
+        silent=True,
+    )
+    assert isinstance(site, str)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "bench"))
+    session.run("python", "-m", "benchmarks.wire", "--baseline", site.strip())
+    if session.posargs:
+        compare = ["--peers", "ours,base", "--baseline", site.strip()]
+        session.run("python", "-m", "benchmarks", *compare, *session.posargs)
 
 
 @nox.session(python=False)

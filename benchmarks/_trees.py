@@ -6,7 +6,9 @@ with *this* tree's benchmark code, so both sides run the same workloads. Neither
 can simply go first on the path: this one holds its own ``chanserv_trio``, and the other may
 hold a ``benchmarks`` of its own. So a base process starts in a folder of its own that holds
 just two links, ``chanserv_trio`` to PATH's package and ``benchmarks`` to this tree's, and that
-folder is the first entry of its ``PYTHONPATH``. Every process reports the package it imported
+folder is the first entry of its ``PYTHONPATH``. PATH may also be an environment's
+site-packages folder holding the compiled build (``nox -s compiled`` measures it so): its
+mypyc runtime module is linked too. Every process reports the package it imported
 (:func:`imported_package`) and the runner checks it against :func:`expected_package`.
 """
 
@@ -41,6 +43,10 @@ def _import_folder(tree: Path, scratch: Path) -> Path:
         folder.mkdir(parents=True)
         (folder / PACKAGE).symlink_to(tree / PACKAGE, target_is_directory=True)
         (folder / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
+        # A compiled build (setup.py, CHANSERV_TRIO_MYPYC=1) installed in a site-packages
+        # folder has its mypyc runtime beside the package, as a module of its own.
+        for runtime in tree.glob("*__mypyc.*"):
+            (folder / runtime.name).symlink_to(runtime)
     return folder
 
 

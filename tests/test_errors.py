@@ -19,6 +19,7 @@ from chanserv_trio.wire._codec import ErrorCode, FrameType, encode_frame
 from chanserv_trio.wire._connection import Connection
 
 PACKAGE = Path(cs.__file__).resolve().parent
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_errors_module_imports_nothing_of_the_package() -> None:
@@ -63,7 +64,7 @@ def test_remote_protocol_error_names_its_code_and_keeps_the_bare_message() -> No
 
 
 def test_the_error_tree_in_docs_matches_the_classes() -> None:
-    text = (PACKAGE.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    text = (DOCS / "errors.md").read_text(encoding="utf-8")
     block = text.split("```\nChanservError\n", 1)[1].split("```", 1)[0]
     documented: dict[str, str] = {}
     parents = ["ChanservError"]

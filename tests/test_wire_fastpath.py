@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_helpers import windows_fields
 
 from chanserv_trio._errors import LocalProtocolError, RemoteProtocolError
 from chanserv_trio.wire._codec import DataFlags, FrameType, Status, encode_frame, encode_status
@@ -64,7 +65,7 @@ def _snapshot(conn: Connection) -> dict[str, Any]:
             list(stream.chunks or ()),
             stream.cost,
             stream.max_message,
-            {name: getattr(stream.windows, name) for name in type(stream.windows).__slots__},
+            windows_fields(stream.windows),
         )
     return {
         "held": conn.held_bytes,

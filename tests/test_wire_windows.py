@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_helpers import copy_windows, windows_fields
 
 from chanserv_trio.wire._settings import MAX_WINDOW
 from chanserv_trio.wire._windows import Windows
@@ -95,11 +94,9 @@ def _windows(
 @HYPOTHESIS
 @given(windows_states, st.integers(1, 6000))
 def test_consume_is_consumed_then_owe(windows: Windows, credit: int) -> None:
-    twin = copy.copy(windows)
+    twin = copy_windows(windows)
     assert windows.consume(credit) == twin.owe(twin.consumed(credit))
-    assert {name: getattr(windows, name) for name in Windows.__slots__} == {
-        name: getattr(twin, name) for name in Windows.__slots__
-    }
+    assert windows_fields(windows) == windows_fields(twin)
 
 
 @HYPOTHESIS

@@ -214,8 +214,11 @@ def _clip(text: str, limit: int) -> str:
 
 def _code_name(code: int) -> str:
     """``SHUTDOWN`` for a known code, the number for an unknown one."""
-    known = ErrorCode.coerce(code)
-    return known.name if isinstance(known, ErrorCode) else str(code)
+    # (Not through ErrorCode.coerce: compiled, an ``ErrorCode | int`` is a plain int.)
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
 
 
 #: What the first bytes of other protocols look like, and what to tell the user.
