@@ -11,6 +11,8 @@ nox.options.reuse_existing_virtualenvs = True
 #: runs on each one found on the machine; the other sessions on the oldest.
 PYTHON = ["3.11", "3.12", "3.13"]
 PYPROJECT = nox.project.load_toml("pyproject.toml")
+#: What ruff checks and formats.
+LINTED = ["chanserv_trio", "tests", "benchmarks", "js/test", "noxfile.py", "setup.py"]
 
 
 @nox.session(python=PYTHON)
@@ -31,27 +33,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict over the package and its tests."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run(
-        "ruff",
-        "check",
-        "chanserv_trio",
-        "tests",
-        "benchmarks",
-        "js/test",
-        "noxfile.py",
-        "setup.py",
-    )
-    session.run(
-        "ruff",
-        "format",
-        "--check",
-        "chanserv_trio",
-        "tests",
-        "benchmarks",
-        "js/test",
-        "noxfile.py",
-        "setup.py",
-    )
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
     session.run("mypy", "--strict", "chanserv_trio", "tests")
 
 

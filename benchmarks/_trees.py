@@ -15,8 +15,12 @@ mypyc runtime module is linked too. Every process reports the package it importe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 #: This tree's root: the benchmark code always comes from here.
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,3 +70,26 @@ def imported_package() -> str:
     import chanserv_trio
 
     return str(Path(chanserv_trio.__file__).resolve().parent)
+
+
+def run_report(
+    tree: Path | None, scratch: Path, module: str, *args: str, timeout: float = 600
+) -> dict[str, Any]:
+    """Run ``python -m module *args --report`` in a process that imports chanserv_trio from
+    ``tree`` (see :func:`launch`) and return the JSON object its last line prints, once
+    its ``package`` is checked to be the one ``tree`` holds."""
+    cwd, env = launch(tree, scratch)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--report"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    expected = str(expected_package(tree))
+    if report["package"] != expected:
+        raise SystemExit(f"imported {PACKAGE} from {report['package']}, not {expected}")
+    return report

@@ -165,20 +165,7 @@ def measure(count: int) -> dict[str, int]:
 
 def measure_tree(tree: Path | None, count: int, scratch: Path) -> dict[str, int]:
     """:func:`measure` in a process of its own that imports chanserv_trio from ``tree``."""
-    cwd, env = trees.launch(tree, scratch)
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--sources", str(count), "--report"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    report = json.loads(done.stdout.splitlines()[-1])
-    expected = str(trees.expected_package(tree))
-    if report["package"] != expected:
-        raise SystemExit(f"imported {trees.PACKAGE} from {report['package']}, not {expected}")
+    report = trees.run_report(tree, scratch, "benchmarks.memory", "--sources", str(count))
     return {side: int(report[side]) for side in SIDES}
 
 

@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -138,29 +137,9 @@ def _loadavg() -> str:
 
 
 def _run_in(tree: Path | None, scratch: Path, frames: int, streams: int) -> dict[str, float]:
-    cwd, env = trees.launch(tree, scratch)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.wire",
-            "--frames",
-            str(frames),
-            "--streams",
-            str(streams),
-            "--report",
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        timeout=600,
+    report = trees.run_report(
+        tree, scratch, "benchmarks.wire", "--frames", str(frames), "--streams", str(streams)
     )
-    report = json.loads(done.stdout.splitlines()[-1])
-    expected = str(trees.expected_package(tree))
-    if report["package"] != expected:
-        raise SystemExit(f"imported {trees.PACKAGE} from {report['package']}, not {expected}")
     figures: dict[str, float] = report["figures"]
     return figures
 

@@ -4,17 +4,12 @@ the figures are the benchmark's business."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import trio
 
-from benchmarks.memory import SIDES, measure_tasks
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.memory import SIDES, measure_tasks, measure_tree
 
 
 def test_the_generator_share_is_what_driving_it_adds_to_a_bare_task() -> None:
@@ -30,17 +25,9 @@ def test_the_generator_share_is_what_driving_it_adds_to_a_bare_task() -> None:
     assert driving > waiting
 
 
-def test_a_run_reports_each_side_and_the_package_it_measured() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--sources", "50", "--report"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["package"].endswith("chanserv_trio")
+def test_a_run_reports_each_side_and_the_package_it_measured(tmp_path: Path) -> None:
+    # (run_report also checks the process imported this tree's package.)
+    report = measure_tree(None, 50, tmp_path)
     for side in SIDES:
         assert report[side] > 0, side
     assert report["server"] > report["generator"]
