@@ -78,8 +78,9 @@ def compiled(session: nox.Session) -> None:
     tests that read the source tree); then the sans-IO benchmark and, with posargs, the
     main one (``nox -s compiled -- --scenarios flood,empty``) measure this tree interpreted
     (``ours``) beside the compiled install (``base``), in turns."""
+    build = PYPROJECT["build-system"]["requires"]
     dependencies = PYPROJECT["project"]["dependencies"]
-    session.install("mypy>=1.10", "setuptools>=77", "wheel", *dependencies)
+    session.install("mypy>=1.10", "wheel", *build, *dependencies)
     session.install("--no-build-isolation", ".[test]", env={"CHANSERV_TRIO_MYPYC": "1"})
     # The pytest script, not python -m pytest, so the source tree is not on sys.path.
     session.run(

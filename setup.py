@@ -6,9 +6,10 @@ With ``CHANSERV_TRIO_MYPYC=1`` in the environment, the hot modules of the sans-I
 layer (the connection, the state table, the windows and the resumption records) are
 compiled with mypyc as well; their Python sources stay in the package and are what
 runs wherever they are not compiled. The compiler is not a build requirement by
-default, so the opt-in build runs in an environment that has it::
+default, so the opt-in build runs in an environment that has it (README.md, "Optional:
+the compiled wire layer")::
 
-    python -m pip install "mypy>=1.10" "setuptools>=77" wheel
+    python -m pip install "mypy>=1.10" "setuptools>=77" wheel trio trio-websocket attrs
     CHANSERV_TRIO_MYPYC=1 python -m pip install --no-build-isolation .
 
 ``chanserv_trio.wire.COMPILED`` says which one is running.
@@ -39,8 +40,9 @@ def _ext_modules() -> list[object]:
     except ModuleNotFoundError as exc:
         raise SystemExit(
             "CHANSERV_TRIO_MYPYC=1 needs mypy (which brings mypyc) in the build "
-            "environment: python -m pip install 'mypy>=1.10' setuptools wheel, then "
-            "build with --no-build-isolation"
+            "environment: python -m pip install 'mypy>=1.10' 'setuptools>=77' wheel "
+            "trio trio-websocket attrs, then build with --no-build-isolation "
+            "(README.md, 'Optional: the compiled wire layer')"
         ) from exc
     # The modules they import are type-checked only as far as the compiled ones need
     # (silently), so the optional extras need not be in the build environment.

@@ -263,6 +263,13 @@ def test_error_code_coerce_keeps_unknown_codes_as_ints() -> None:
     assert not isinstance(ErrorCode.coerce(4242), ErrorCode)
 
 
+def test_error_code_name_of_names_known_codes_only() -> None:
+    assert ErrorCode.name_of(4) == "FRAME_SIZE_ERROR"
+    assert ErrorCode.name_of(ErrorCode.SHUTDOWN) == "SHUTDOWN"
+    assert ErrorCode.name_of(0) == "OK"
+    assert ErrorCode.name_of(4242) is None
+
+
 def test_remote_protocol_error_carries_code_and_message() -> None:
     exc = RemoteProtocolError("too much", ErrorCode.FLOW_CONTROL_ERROR)
     assert exc.code is ErrorCode.FLOW_CONTROL_ERROR

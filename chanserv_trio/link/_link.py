@@ -1307,8 +1307,7 @@ def _batches(chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:
 def _why(error: ChanservError | None) -> str:
     """A link's end in words, with the error code when the protocol was broken."""
     if isinstance(error, ProtocolError):
-        code = ErrorCode.coerce(error.code)
-        return f"{error} ({code.name if isinstance(code, ErrorCode) else code})"
+        return f"{error} ({ErrorCode.name_of(error.code) or error.code})"
     return str(error)
 
 

@@ -27,8 +27,7 @@ __all__ = ["error_from_goaway", "error_from_status"]
 def error_from_status(status: Status, where: str = "") -> ChanservError:
     """The exception that a non-OK END or RESET status stands for."""
     code = status.code
-    known = ErrorCode.coerce(code)
-    text = status.message or (known.name if isinstance(known, ErrorCode) else f"code {code}")
+    text = status.message or ErrorCode.name_of(code) or f"code {code}"
     if where:
         text = f"{where}: {text}"
     if code == ErrorCode.APPLICATION_ERROR:

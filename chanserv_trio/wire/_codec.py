@@ -182,6 +182,18 @@ class ErrorCode(enum.IntEnum):
         except ValueError:
             return value
 
+    @classmethod
+    def name_of(cls, value: int) -> str | None:
+        """``"SHUTDOWN"`` for a known code, None for an unknown one.
+
+        Works alike in the compiled wire layer, where a value typed ``ErrorCode | int``
+        arrives as a plain int and ``isinstance(..., ErrorCode)`` is false.
+        """
+        try:
+            return cls(value).name
+        except ValueError:
+            return None
+
 
 class HelloField(enum.IntEnum):
     """Ids of the byte fields HELLO carries after the settings. Unknown ids are ignored

@@ -214,11 +214,7 @@ def _clip(text: str, limit: int) -> str:
 
 def _code_name(code: int) -> str:
     """``SHUTDOWN`` for a known code, the number for an unknown one."""
-    # (Not through ErrorCode.coerce: compiled, an ``ErrorCode | int`` is a plain int.)
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return str(code)
+    return ErrorCode.name_of(code) or str(code)
 
 
 #: What the first bytes of other protocols look like, and what to tell the user.
