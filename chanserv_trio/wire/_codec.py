@@ -379,10 +379,14 @@ def encode_status(status: Status) -> bytes:
     return _STATUS.pack(status.code, len(kind)) + kind + status.message.encode()
 
 
+#: What an empty END or RESET payload decodes to (one frozen instance, shared).
+_OK_STATUS = Status(ErrorCode.OK)
+
+
 def decode_status(payload: bytes) -> Status:
     """Parse an END or RESET payload (an empty payload means ``OK``)."""
     if not payload:
-        return Status(ErrorCode.OK)
+        return _OK_STATUS
     if len(payload) < _STATUS.size:
         raise RemoteProtocolError("status too short", ErrorCode.PROTOCOL_ERROR)
     code, kind_len = _STATUS.unpack_from(payload)

@@ -163,6 +163,8 @@ _MORE = int(DataFlags.MORE)
 #: up to this size (larger ones go as two: no copy of the payload).
 _COPY_UP_TO = 4096
 _COMPRESSED = int(DataFlags.COMPRESSED)
+_NO_SEND = int(OpenFlags.NO_SEND)
+_NO_REPLY = int(OpenFlags.NO_REPLY)
 #: HELLO field ids this version knows; the others are ignored.
 _KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
@@ -806,9 +808,7 @@ class Connection:
         )
         self._streams[stream_id] = stream
         self._local_open_count += 1
-        flags = (0 if local_open else OpenFlags.NO_SEND) | (
-            0 if remote_open else OpenFlags.NO_REPLY
-        )
+        flags = (0 if local_open else _NO_SEND) | (0 if remote_open else _NO_REPLY)
         self._queue(
             FrameType.OPEN, flags, stream_id, encode_open(parent, service, header, route_key)
         )
@@ -897,7 +897,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         next_state = self._check_stream(stream, _SI.SEND_END, stream_id)
         assert stream is not None
-        payload = b"" if status == _OK else self._status_payload(status)
+        payload = b"" if status is _OK or status == _OK else self._status_payload(status)
         self._queue(FrameType.END, 0, stream_id, payload)
         stream.enter(next_state)
         self._maybe_forget(stream)
@@ -1624,8 +1624,7 @@ class Connection:
         stream = _Stream(
             stream_id,
             parent,
-            (0 if flags & OpenFlags.NO_REPLY else LOCAL_OPEN)
-            | (0 if flags & OpenFlags.NO_SEND else REMOTE_OPEN),
+            (0 if flags & _NO_REPLY else LOCAL_OPEN) | (0 if flags & _NO_SEND else REMOTE_OPEN),
             self.peer_settings.initial_stream_window,
             self.local_settings.initial_stream_window,
             self._max_message_size,
