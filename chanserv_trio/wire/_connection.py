@@ -132,6 +132,14 @@ _UNBOUNDED = 2**62
 
 # Plain ints for the hot paths: IntFlag arithmetic is far slower than int arithmetic.
 _DATA = int(FrameType.DATA)
+_HELLO = int(FrameType.HELLO)
+_OPEN = int(FrameType.OPEN)
+_END = int(FrameType.END)
+_RESET = int(FrameType.RESET)
+_WINDOW = int(FrameType.WINDOW)
+_PING = int(FrameType.PING)
+_SERVICE = int(FrameType.SERVICE)
+_GOAWAY = int(FrameType.GOAWAY)
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _new_tuple = tuple.__new__
@@ -147,16 +155,26 @@ _STREAM_CLOSED = int(StreamState.CLOSED)
 _STREAM_SEND_DATA = int(_SI.SEND_DATA)
 _STREAM_SEND_WINDOW = int(_SI.SEND_WINDOW)
 _STREAM_RECV_DATA = int(_SI.RECV_DATA)
+# (And the per-stream inputs, checked for every stream opened and ended.)
+_SEND_OPEN = int(_CI.SEND_OPEN)
+_SEND_END = int(_CI.SEND_END)
+_SEND_RESET = int(_CI.SEND_RESET)
+_RECV_UNKNOWN = int(_CI.RECV_UNKNOWN)
+_STREAM_SEND_END = int(_SI.SEND_END)
+_STREAM_SEND_RESET = int(_SI.SEND_RESET)
+_STREAM_RECV_END = int(_SI.RECV_END)
+_STREAM_RECV_RESET = int(_SI.RECV_RESET)
+_STREAM_RECV_WINDOW = int(_SI.RECV_WINDOW)
 #: The input each known frame type is to the connection's table (GOAWAY: see _on_goaway).
 _RECEIVED = {
-    int(FrameType.HELLO): _CI.RECV_HELLO,
-    int(FrameType.OPEN): _CI.RECV_OPEN,
-    int(FrameType.DATA): _CI.RECV_DATA,
-    int(FrameType.END): _CI.RECV_END,
-    int(FrameType.RESET): _CI.RECV_RESET,
-    int(FrameType.WINDOW): _CI.RECV_WINDOW,
-    int(FrameType.PING): _CI.RECV_PING,
-    int(FrameType.SERVICE): _CI.RECV_SERVICE,
+    _HELLO: _CI.RECV_HELLO,
+    _OPEN: _CI.RECV_OPEN,
+    _DATA: _CI.RECV_DATA,
+    _END: _CI.RECV_END,
+    _RESET: _CI.RECV_RESET,
+    _WINDOW: _CI.RECV_WINDOW,
+    _PING: _CI.RECV_PING,
+    _SERVICE: _CI.RECV_SERVICE,
 }
 _MORE = int(DataFlags.MORE)
 #: A whole small message is queued as one piece, header and payload copied together,
@@ -565,7 +583,7 @@ class Connection:
         """Whether a stream may be opened now: the state allows it (handshake done, no
         GOAWAY from the peer, not closed) and so does the peer's concurrency limit."""
         return (
-            CONNECTION_NEXT[self._state][_CI.SEND_OPEN] >= 0
+            CONNECTION_NEXT[self._state][_SEND_OPEN] >= 0
             and self._local_open_count < self.peer_settings.max_concurrent_streams
             and not self._hello_deferred
         )
@@ -651,7 +669,7 @@ class Connection:
         self.bytes_sent += size
         return out
 
-    def _queue(self, ftype: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
+    def _queue(self, ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
         header = _pack_header(len(payload), ftype, flags, stream_id)
         if payload:
             self._outgoing.append(header + payload)
@@ -744,7 +762,7 @@ class Connection:
             for stream in self._streams.values():
                 stream.may_send = stream.may_receive = stream.may_credit = False
 
-    def _check(self, event: ConnectionInput, frame_type: int | None = None) -> int:
+    def _check(self, event: int, frame_type: int | None = None) -> int:
         """The state after ``event`` (or IGNORED); raises if the table forbids it now.
         The caller moves the connection to the returned state once the input is done."""
         next_state = CONNECTION_NEXT[self._state][event]
@@ -753,7 +771,7 @@ class Connection:
         return next_state
 
     @staticmethod
-    def _check_stream(stream: _Stream | None, event: StreamInput, stream_id: int) -> int:
+    def _check_stream(stream: _Stream | None, event: int, stream_id: int) -> int:
         """The same for a stream (``None``: one that is gone, in state CLOSED)."""
         state = 0 if stream is None else stream.state
         next_state = STREAM_NEXT[state][event]
@@ -782,7 +800,7 @@ class Connection:
         (check :meth:`can_open_stream` first) or the header is larger than the peer
         accepts.
         """
-        self._check(_CI.SEND_OPEN)
+        self._check(_SEND_OPEN)
         if self._local_open_count >= self.peer_settings.max_concurrent_streams:
             raise LocalProtocolError("no stream may be opened now: the peer's limit is reached")
         if len(header) > self.peer_settings.max_open_payload:
@@ -809,9 +827,7 @@ class Connection:
         self._streams[stream_id] = stream
         self._local_open_count += 1
         flags = (0 if local_open else _NO_SEND) | (0 if remote_open else _NO_REPLY)
-        self._queue(
-            FrameType.OPEN, flags, stream_id, encode_open(parent, service, header, route_key)
-        )
+        self._queue(_OPEN, flags, stream_id, encode_open(parent, service, header, route_key))
         self._maybe_forget(stream)
         return stream_id
 
@@ -820,9 +836,9 @@ class Connection:
 
         ``len(data)`` must fit :meth:`send_window` and the peer's ``max_frame_payload``.
         """
-        self._check(_CI.SEND_DATA)
+        self._check(_SEND_DATA)
         stream = self._streams.get(stream_id)
-        self._check_stream(stream, _SI.SEND_DATA, stream_id)
+        self._check_stream(stream, _STREAM_SEND_DATA, stream_id)
         assert stream is not None
         size = len(data)
         if size > stream.windows.send or size > self._windows.send:
@@ -893,25 +909,25 @@ class Connection:
 
     def end_stream(self, stream_id: int, status: Status = _OK) -> None:
         """Close our half of the stream with a status (OK or an error)."""
-        self._check(_CI.SEND_END)
+        self._check(_SEND_END)
         stream = self._streams.get(stream_id)
-        next_state = self._check_stream(stream, _SI.SEND_END, stream_id)
+        next_state = self._check_stream(stream, _STREAM_SEND_END, stream_id)
         assert stream is not None
         payload = b"" if status is _OK or status == _OK else self._status_payload(status)
-        self._queue(FrameType.END, 0, stream_id, payload)
+        self._queue(_END, 0, stream_id, payload)
         stream.enter(next_state)
         self._maybe_forget(stream)
 
     def reset_stream(self, stream_id: int, status: Status) -> bool:
         """Abort the stream both ways. Returns False (and sends nothing) if already gone,
         or if the connection is closed or not yet through its handshake."""
-        if self._check(_CI.SEND_RESET) == IGNORED:
+        if self._check(_SEND_RESET) == IGNORED:
             return False
         stream = self._streams.get(stream_id)
-        if self._check_stream(stream, _SI.SEND_RESET, stream_id) == IGNORED:
+        if self._check_stream(stream, _STREAM_SEND_RESET, stream_id) == IGNORED:
             return False
         assert stream is not None
-        self._queue(FrameType.RESET, 0, stream_id, self._status_payload(status))
+        self._queue(_RESET, 0, stream_id, self._status_payload(status))
         self._forget(stream)
         return True
 
@@ -943,7 +959,7 @@ class Connection:
             else:
                 windows.owed = 0
                 windows.receive += owed
-                self._queue(FrameType.WINDOW, 0, stream_id, owed.to_bytes(4, "big"))
+                self._queue(_WINDOW, 0, stream_id, owed.to_bytes(4, "big"))
             connection = self._windows
             if connection.owed >= connection.size >> 2:
                 self._grant_connection()
@@ -965,7 +981,7 @@ class Connection:
             else:
                 increment = windows.consume(credit)
                 if increment:
-                    self._queue(FrameType.WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+                    self._queue(_WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
             held -= before - windows.held
         self._held = held
         connection = self._windows
@@ -982,15 +998,15 @@ class Connection:
         """
         if not 0 < window <= MAX_WINDOW:
             raise LocalProtocolError(f"a window must be between 1 and {MAX_WINDOW}")
-        if self._check(_CI.SEND_WINDOW) == IGNORED:
+        if self._check(_SEND_WINDOW) == IGNORED:
             return
         stream = self._streams.get(stream_id)
-        if self._check_stream(stream, _SI.SEND_WINDOW, stream_id) == IGNORED:
+        if self._check_stream(stream, _STREAM_SEND_WINDOW, stream_id) == IGNORED:
             return  # gone, or the peer sends no more: its window no longer matters
         assert stream is not None
         change = stream.windows.resize(window)
         if change:
-            self._queue(FrameType.WINDOW, 0, stream_id, change.to_bytes(4, "big"))
+            self._queue(_WINDOW, 0, stream_id, change.to_bytes(4, "big"))
 
     def _return_credit(self, stream: _Stream, credit: int) -> None:
         if not stream.may_credit:
@@ -999,14 +1015,14 @@ class Connection:
             return
         increment = stream.windows.owe(credit)
         if increment:
-            self._queue(FrameType.WINDOW, 0, stream.stream_id, increment.to_bytes(4, "big"))
+            self._queue(_WINDOW, 0, stream.stream_id, increment.to_bytes(4, "big"))
 
     def ping(self, payload: bytes) -> None:
         """Queue a PING; its echo comes back as :class:`PingAcknowledged`."""
         if len(payload) != 8:
             raise LocalProtocolError("PING payload must be 8 bytes")
         if self._check(_CI.SEND_PING) != IGNORED:
-            self._queue(FrameType.PING, 0, 0, payload)
+            self._queue(_PING, 0, 0, payload)
 
     def advertise(self, name: str, available: bool = True, *, relayed: bool = False) -> None:
         """Tell the peer we offer (or no longer offer) a named service; ``relayed``:
@@ -1015,13 +1031,13 @@ class Connection:
             flags = (0 if available else ServiceFlags.REMOVE) | (
                 ServiceFlags.RELAYED if relayed else 0
             )
-            self._queue(FrameType.SERVICE, flags, 0, name.encode())
+            self._queue(_SERVICE, flags, 0, name.encode())
 
     def advertise_complete(self) -> None:
         """Tell the peer that every service we offer has been advertised (a SERVICE
         with ``COMPLETE``, an empty name and ``REMOVE``; protocol.md section 13)."""
         if self._check(_CI.SEND_SERVICE) != IGNORED:
-            self._queue(FrameType.SERVICE, ServiceFlags.REMOVE | ServiceFlags.COMPLETE, 0)
+            self._queue(_SERVICE, ServiceFlags.REMOVE | ServiceFlags.COMPLETE, 0)
 
     def go_away(self, code: int = ErrorCode.OK, message: str = "") -> None:
         """Refuse new streams from the peer; with an error code, close the connection."""
@@ -1032,7 +1048,7 @@ class Connection:
         self.local_goaway = True
         # 8 bytes of last stream id and code precede the message.
         message = _clip(message, self._peer_frame_limit() - 8)
-        self._queue(FrameType.GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
+        self._queue(_GOAWAY, 0, 0, encode_goaway(self._highest_peer_id, code, message))
         self._enter(next_state)
 
     # ---------------------------------------------------------------- incoming
@@ -1289,36 +1305,36 @@ class Connection:
             position = self.received_position
             if increment or position - self._told >= self._confirm_every:
                 self._told = position
-                self._queue(FrameType.WINDOW, 0, 0, pack_position_window(increment, position))
+                self._queue(_WINDOW, 0, 0, pack_position_window(increment, position))
         elif increment:
-            self._queue(FrameType.WINDOW, 0, 0, increment.to_bytes(4, "big"))
+            self._queue(_WINDOW, 0, 0, increment.to_bytes(4, "big"))
 
     def _handle_frame(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
-        if ftype == FrameType.GOAWAY:
+        if ftype == _GOAWAY:
             self._on_goaway(stream_id, payload, events)
             return
-        event = _RECEIVED.get(ftype, _CI.RECV_UNKNOWN)
+        event = _RECEIVED.get(ftype, _RECV_UNKNOWN)
         next_state = self._check(event, ftype)
-        if ftype == FrameType.HELLO:
+        if ftype == _HELLO:
             self._on_hello(payload, events)
-        elif ftype == FrameType.OPEN:
+        elif ftype == _OPEN:
             self._on_open(flags, stream_id, payload, events)
-        elif ftype == FrameType.END:
+        elif ftype == _END:
             self._on_end(stream_id, payload, events)
-        elif ftype == FrameType.RESET:
+        elif ftype == _RESET:
             self._on_reset(stream_id, payload, events)
-        elif ftype == FrameType.WINDOW:
+        elif ftype == _WINDOW:
             self._on_window(stream_id, payload, events)
-        elif ftype == FrameType.PING:
+        elif ftype == _PING:
             if stream_id or len(payload) != 8:
                 raise RemoteProtocolError("malformed PING", ErrorCode.PROTOCOL_ERROR)
             if flags & PingFlags.ACK:
                 events.append(PingAcknowledged(payload))
             else:
-                self._queue(FrameType.PING, PingFlags.ACK, 0, payload)
-        elif ftype == FrameType.SERVICE:
+                self._queue(_PING, PingFlags.ACK, 0, payload)
+        elif ftype == _SERVICE:
             if stream_id:
                 raise RemoteProtocolError("SERVICE on a stream", ErrorCode.PROTOCOL_ERROR)
             if flags & ServiceFlags.COMPLETE:
@@ -1467,7 +1483,7 @@ class Connection:
         if position == self._told:
             return False
         self._told = position
-        self._queue(FrameType.WINDOW, 0, 0, pack_position_window(0, position))
+        self._queue(_WINDOW, 0, 0, pack_position_window(0, position))
         return True
 
     def take_unread(self) -> bytes:
@@ -1581,7 +1597,7 @@ class Connection:
             raise RemoteProtocolError("OPEN header exceeds the limit", ErrorCode.FRAME_SIZE_ERROR)
         if self._state in _GOING_AWAY:
             self._queue(
-                FrameType.RESET,
+                _RESET,
                 0,
                 stream_id,
                 encode_status(Status(ErrorCode.REFUSED_STREAM, "", "going away")),
@@ -1589,7 +1605,7 @@ class Connection:
             return
         if self._peer_open_count >= self.local_settings.max_concurrent_streams:
             self._queue(
-                FrameType.RESET,
+                _RESET,
                 0,
                 stream_id,
                 encode_status(Status(ErrorCode.REFUSED_STREAM, "", "too many concurrent streams")),
@@ -1600,7 +1616,7 @@ class Connection:
             # The stream's state would not fit the memory budget: refused, as over the
             # concurrency limit (the peer may retry once streams close).
             self._queue(
-                FrameType.RESET,
+                _RESET,
                 0,
                 stream_id,
                 encode_status(
@@ -1615,7 +1631,7 @@ class Connection:
                 )
             # The parent closed while this OPEN was in flight: refuse the child quietly.
             self._queue(
-                FrameType.RESET,
+                _RESET,
                 0,
                 stream_id,
                 encode_status(Status(ErrorCode.CANCEL, "", "parent stream closed")),
@@ -1769,7 +1785,7 @@ class Connection:
     def _on_end(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "END")
-        next_state = self._check_stream(stream, _SI.RECV_END, stream_id)
+        next_state = self._check_stream(stream, _STREAM_RECV_END, stream_id)
         if stream is None:
             return
         if stream.assembling:
@@ -1783,7 +1799,7 @@ class Connection:
     def _on_reset(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         status = decode_status(payload)
         stream = self._lookup(stream_id, "RESET")
-        if self._check_stream(stream, _SI.RECV_RESET, stream_id) == IGNORED:
+        if self._check_stream(stream, _STREAM_RECV_RESET, stream_id) == IGNORED:
             return
         assert stream is not None
         self._forget(stream)
@@ -1815,7 +1831,7 @@ class Connection:
             events.append(WindowOpened(0))
             return
         stream = self._lookup(stream_id, "WINDOW")
-        if self._check_stream(stream, _SI.RECV_WINDOW, stream_id) == IGNORED:
+        if self._check_stream(stream, _STREAM_RECV_WINDOW, stream_id) == IGNORED:
             return
         assert stream is not None
         if not stream.windows.granted(increment):
