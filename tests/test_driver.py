@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 from functools import partial
 from pathlib import Path
 
@@ -146,6 +147,26 @@ async def test_receive_nowait_and_receive_buffered() -> None:
         assert stream.receive_buffered() == []
         with pytest.raises(trio.EndOfChannel):
             stream.receive_nowait()
+
+
+async def test_a_receiver_waits_without_holding_an_exception() -> None:
+    # A task parked inside an ``except`` block keeps the exception and its traceback
+    # alive for the whole wait, which the garbage collector then promotes: every
+    # waiting reader would carry one.
+    got: list[bytes] = []
+
+    async def wait_for_one(stream: cs.LinkStream) -> None:
+        got.append(await stream.receive())
+
+    async with link_pair(right_handlers={"wait": wait_for_one}) as pair:
+        stream = await pair.left.open_stream("wait", b"")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not got  # the handler is waiting in receive()
+        held = [obj for obj in gc.get_objects() if isinstance(obj, trio.WouldBlock)]
+        assert held == []
+        with trio.fail_after(5):
+            await stream.send(b"now")
+            await wait_until(lambda: got == [b"now"])
 
 
 async def test_a_stream_is_a_trio_channel_read_with_async_for() -> None:

@@ -291,21 +291,26 @@ class LinkStream(trio.abc.Channel[bytes]):
             shared.budget = SCHEDULE_EVERY
             await _cancel_shielded_checkpoint()
             return data
+        # Parks outside any ``except`` block: a task waiting inside one keeps the
+        # exception and its traceback alive for the whole wait, which the cyclic
+        # garbage collector then carries into its old generations.
         parked = False
         while True:
-            try:
-                data = self.receive_nowait()
-            except trio.WouldBlock:
-                await state.parking().park()
-                parked = True
-                continue
-            except BaseException:
-                if not parked:
-                    await _cancel_shielded_checkpoint()
-                raise
-            if not parked and self._shared.spend():
+            if state.inbox or state.closed_locally:
+                break
+            if state.remote_status is not None or state.error is not None:
+                break
+            await state.parking().park()
+            parked = True
+        try:
+            data = self.receive_nowait()
+        except BaseException:
+            if not parked:
                 await _cancel_shielded_checkpoint()
-            return data
+            raise
+        if not parked and self._shared.spend():
+            await _cancel_shielded_checkpoint()
+        return data
 
     def receive_buffered(self, max_messages: int = 2**31) -> list[bytes]:
         """Every message already buffered (up to ``max_messages``), without waiting."""
