@@ -122,8 +122,11 @@ def _encode(ftype: int, flags: int, stream_id: int, size: int) -> bytes:
     return encode_frame(ftype, flags, stream_id, payload)  # type: ignore[arg-type]
 
 
-def _receivers(resume: bool, budget: int | None, limited: bool) -> list[Connection]:
-    """Two identical receivers (the second handles every DATA frame with ``_on_data``).
+def _receivers(
+    resume: bool, budget: int | None, limited: bool, second: str = "general"
+) -> list[Connection]:
+    """Two identical receivers (the second handles every DATA frame with ``_on_data``,
+    or with ``second="tuples"`` reports its fast path's messages as plain tuples).
 
     Streams 2..8 are the receiver's, opened towards its peer, which may send on them;
     8 receives nothing; 6 accepts messages of at most 10 bytes when ``limited``. Streams
@@ -132,7 +135,10 @@ def _receivers(resume: bool, budget: int | None, limited: bool) -> list[Connecti
     for inline in (True, False):
         client, server = _pair(resume, budget)
         if not inline:
-            server._inline_messages = False
+            if second == "tuples":
+                server.message_tuples = True
+            else:
+                server._inline_messages = False
         for index in range(4):
             server.open_stream("svc", b"h", local_open=index != 3, remote_open=index != 3)
         opened = [e for e in client.receive_data(_wire(server)) if isinstance(e, StreamOpened)]
@@ -191,6 +197,53 @@ def test_inline_messages_match_on_data(
     points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
     pieces = [data[start:end] for start, end in zip([0, *points], points, strict=False)]
     _compare(_receivers(resume, budget, limited), [p for p in pieces if p], acks)
+
+
+def _as_records(events: Any) -> Any:
+    if not isinstance(events, list):
+        return events
+    return [MessageReceived(*e) if type(e) is tuple else e for e in events]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(_frame, max_size=60),
+    cuts=st.lists(st.integers(0, 1 << 16), max_size=8),
+    resume=st.booleans(),
+    budget=st.sampled_from([None, BUDGET]),
+)
+def test_message_tuples_are_the_same_events_as_plain_tuples(
+    frames: list[tuple[int, int, int, int]],
+    cuts: list[int],
+    resume: bool,
+    budget: int | None,
+) -> None:
+    """With ``message_tuples`` the fast path's messages come as plain tuples: the same
+    fields in the same place among the events, and nothing else changes."""
+    data = b"".join(_encode(*frame) for frame in frames)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
+    pieces = [data[start:end] for start, end in zip([0, *points], points, strict=False)]
+    records, tuples = _receivers(resume, budget, False, second="tuples")
+    for piece in pieces:
+        if not piece:
+            continue
+        expected, got = _outcome(records, piece), _outcome(tuples, piece)
+        assert (_as_records(got[0]), *got[1:]) == expected
+        if isinstance(got[0], list):
+            for want, event in zip(expected[0], got[0], strict=True):
+                # Messages the fast path took are plain; the general path's are records.
+                if isinstance(want, MessageReceived) and type(event) is tuple:
+                    assert want == MessageReceived(*event)
+                else:
+                    assert type(event) is type(want)
+
+
+def test_message_tuples_come_from_the_fast_path() -> None:
+    records, tuples = _receivers(False, None, False, second="tuples")
+    frame = _encode(int(FrameType.DATA), 0, 2, 5)
+    assert records.receive_data(frame) == [MessageReceived(2, bytes([2]) * 5, 5)]
+    event = tuples.receive_data(frame)[0]
+    assert type(event) is tuple and event == (2, bytes([2]) * 5, 5)
 
 
 _D = int(FrameType.DATA)

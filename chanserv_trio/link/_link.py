@@ -41,7 +41,6 @@ from ..wire._events import (
     Event,
     GoAwayReceived,
     HandshakeCompleted,
-    MessageReceived,
     PingAcknowledged,
     Resumed,
     ResumeRequested,
@@ -164,6 +163,9 @@ class Link:
             # transport to the link (``Multiplexer``).
             resume=options.resume,
         )
+        # Whole messages as plain tuples: the garbage collector's part in a read of
+        # many small messages (``wire.MessageTuple``).
+        self.conn.message_tuples = True
         self.remote_addr = remote_addr
         #: What is known of the peer (for ``authenticate``).
         self.peer = peer or PeerInfo(remote_addr, "")
@@ -963,24 +965,30 @@ class Link:
     def _dispatch(self, events: list[Event]) -> None:
         """Act on received events in order, never waiting (the reader's only work).
 
-        One ``match`` over the :data:`Event` union, which the type checker proves
-        exhaustive; messages come first and are handled inline, being most of them.
+        Messages (the only tuple events) are handled first and inline, being most of
+        them; then one ``match`` over the rest of the :data:`Event` union, which the
+        type checker proves exhaustive.
         """
         streams = self._streams
         for event in events:
+            if isinstance(event, tuple):
+                # A whole message, the most common event by far: a MessageReceived or,
+                # from the connection's fast path, a plain MessageTuple (the only
+                # events that are tuples; see ``Connection.message_tuples``).
+                stream_id, data, credit = event
+                stream = streams.get(stream_id)
+                if stream is None or stream.closed_locally:
+                    self.conn.acknowledge(stream_id, credit, 1)
+                    continue
+                inbox = stream.inbox
+                if inbox is None:
+                    inbox = stream.inbox = deque()
+                inbox.append((data, credit))
+                lot = stream.lot
+                if lot:
+                    lot.unpark()
+                continue
             match event:
-                case MessageReceived():
-                    stream = streams.get(event.stream_id)
-                    if stream is None or stream.closed_locally:
-                        self.conn.acknowledge(event.stream_id, event.credit, 1)
-                        continue
-                    inbox = stream.inbox
-                    if inbox is None:
-                        inbox = stream.inbox = deque()
-                    inbox.append((event.data, event.credit))
-                    lot = stream.lot
-                    if lot:
-                        lot.unpark()
                 case WindowOpened():
                     self._on_window_opened(event)
                 case StreamOpened():

@@ -1127,6 +1127,12 @@ class Connection:
     #: both with the general paths: ``_on_data`` and ``Windows.consume``).
     _inline_messages = True
 
+    #: Report the whole messages the fast path takes as plain :data:`MessageTuple`
+    #: tuples instead of :class:`MessageReceived` (same fields, same order among the
+    #: events). Off by default; the trio driver sets it: see :data:`MessageTuple` for
+    #: why it matters at many small messages per read.
+    message_tuples = False
+
     def _receive_contiguous(self, events: list[Event]) -> bool:
         """Handle the whole frames that lie in the decoder's current read, as
         ``FrameDecoder.next_frame`` would return them. Returns False when reading
@@ -1152,6 +1158,8 @@ class Connection:
         max_frame = min(self._max_frame_payload, limit)
         budget = self._budget
         inline = self._may_receive and self._inline_messages
+        # (tuple.__new__(tuple, t) is t itself.)
+        message: type[tuple[int, bytes, int]] = tuple if self.message_tuples else MessageReceived
         # The counts the inline path moves, kept here and stored back before anything
         # else runs (or raises): the connection window, what is held, messages.
         receive = connection.receive
@@ -1191,7 +1199,7 @@ class Connection:
                         self.messages_received = count
                         raise _too_many_messages(budget)
                     count += 1
-                    append(_new_tuple(MessageReceived, (stream_id, payload, length)))
+                    append(_new_tuple(message, (stream_id, payload, length)))
                     continue
             # Anything else: as FrameDecoder.next_frame returns it, handled by the
             # general path, with the counts stored back first and read again after.
@@ -1229,57 +1237,6 @@ class Connection:
         connection.owed = owed
         self._held = held
         self.messages_received = count
-        return True
-        limit = decoder.max_payload
-        unpack = _unpack_header
-        streams_get = self._streams.get
-        on_data = self._on_data
-        append = events.append
-        connection = self._windows
-        max_frame = self._max_frame_payload
-        budget = self._budget
-        inline = self._may_receive and self._inline_messages
-        while available - offset >= 10:
-            length, ftype, flags, stream_id = unpack(buffer, offset)
-            if length > limit:
-                raise frame_too_large(length, limit)
-            end = offset + 10 + length
-            if end > available:
-                break
-            payload = buffer[offset + 10 : end]
-            decoder._offset = offset = end
-            if ftype == 2:  # DATA
-                if not flags and inline:
-                    stream = streams_get(stream_id)
-                    if stream is not None and stream.may_receive and not stream.assembling:
-                        windows = stream.windows
-                        if (
-                            length <= max_frame
-                            and length <= connection.receive
-                            and length <= windows.receive
-                            and length <= stream.max_message
-                        ):
-                            # _on_data for this case: handed off the connection window,
-                            # a whole message held (Windows.message with no assembly).
-                            connection.receive -= length
-                            connection.owed += length
-                            windows.receive -= length
-                            windows.held += length
-                            stream.messages += 1
-                            held = self._held = self._held + length + 128  # MESSAGE_COST
-                            if held + connection.receive > budget:
-                                raise _too_many_messages(budget)
-                            self.messages_received += 1
-                            append(_new_tuple(MessageReceived, (stream_id, payload, length)))
-                            continue
-                on_data(flags, stream_id, payload, events)
-                continue
-            self._handle_frame(ftype, flags, stream_id, payload, events)
-            if self._state == _CLOSED or self.admission_pending or self.resume_request is not None:
-                return False
-            # A HELLO raises the limit and opens the table.
-            limit = decoder.max_payload
-            inline = self._may_receive and self._inline_messages
         return True
 
     def _grant_connection(self) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "GoAwayReceived",
     "HandshakeCompleted",
     "MessageReceived",
+    "MessageTuple",
     "PingAcknowledged",
     "ResumeRequested",
     "Resumed",
@@ -227,11 +228,20 @@ class Resumed:
 
 
 #: Every event a Connection returns (a driver's dispatch over it can be checked exhaustive).
+#: How a connection with ``message_tuples`` set reports a whole message taken on its fast
+#: path: ``(stream_id, data, credit)``, the fields of :class:`MessageReceived` in a plain
+#: tuple. A plain tuple of ints and bytes is one the cyclic garbage collector stops
+#: tracking at its first pass; a tuple subclass it tracks for as long as it lives, and
+#: one read's thousands of small messages, alive together until the driver dispatches
+#: them, would be carried into its old generations and make full collections frequent.
+MessageTuple: TypeAlias = tuple[int, bytes, int]
+
 Event: TypeAlias = (
     HandshakeCompleted
     | AdmissionRequested
     | StreamOpened
     | MessageReceived
+    | MessageTuple
     | StreamEnded
     | StreamReset
     | WindowOpened
