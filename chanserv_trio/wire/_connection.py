@@ -1158,8 +1158,7 @@ class Connection:
         max_frame = min(self._max_frame_payload, limit)
         budget = self._budget
         inline = self._may_receive and self._inline_messages
-        # (tuple.__new__(tuple, t) is t itself.)
-        message: type[tuple[int, bytes, int]] = tuple if self.message_tuples else MessageReceived
+        plain = self.message_tuples
         # The counts the inline path moves, kept here and stored back before anything
         # else runs (or raises): the connection window, what is held, messages.
         receive = connection.receive
@@ -1199,7 +1198,10 @@ class Connection:
                         self.messages_received = count
                         raise _too_many_messages(budget)
                     count += 1
-                    append(_new_tuple(message, (stream_id, payload, length)))
+                    if plain:
+                        append((stream_id, payload, length))
+                    else:
+                        append(_new_tuple(MessageReceived, (stream_id, payload, length)))
                     continue
             # Anything else: as FrameDecoder.next_frame returns it, handled by the
             # general path, with the counts stored back first and read again after.
