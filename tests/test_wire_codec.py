@@ -15,6 +15,7 @@ from chanserv_trio.wire._codec import (
     HEADER_SIZE,
     MAGIC,
     MIN_PROTOCOL_VERSION,
+    OK_STATUS,
     PROTOCOL_VERSION,
     DataFlags,
     ErrorCode,
@@ -219,6 +220,8 @@ def test_status_round_trip(code: int, kind: str, message: str) -> None:
 
 def test_empty_status_means_ok() -> None:
     assert decode_status(b"") == Status(ErrorCode.OK, "", "")
+    # The one shared instance, which the connection and the driver end streams with.
+    assert decode_status(b"") is OK_STATUS
 
 
 def test_status_with_bad_utf8_is_replaced_not_rejected() -> None:

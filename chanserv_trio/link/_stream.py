@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._errors import ChanservError, MessageTooLarge
-from ..wire._codec import ErrorCode, Status
+from ..wire._codec import OK_STATUS, ErrorCode, Status
 from ._state import QUEUE_LIMIT, SCHEDULE_EVERY, LinkState, StreamState
 from ._status import error_from_status
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LinkStream", "StreamHandler"]
 
-_OK = Status(ErrorCode.OK)
 _OK_CODE = int(ErrorCode.OK)  # (a plain int: an enum member's lookup costs more)
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
@@ -190,7 +189,7 @@ class LinkStream(trio.abc.Channel[bytes]):
         if state.closed_locally or not self._shared.conn.can_send(self.stream_id):
             raise trio.ClosedResourceError("this stream's sending half is closed")
 
-    def end(self, status: Status = _OK) -> None:
+    def end(self, status: Status = OK_STATUS) -> None:
         """Close our sending half, telling the peer how it ended (OK or an error)."""
         state = self._state
         if state.error is not None or state.closed_locally:

@@ -31,6 +31,7 @@ __all__ = [
     "MAGIC",
     "MAX_HELLO_SIZE",
     "MIN_PROTOCOL_VERSION",
+    "OK_STATUS",
     "OPEN_OVERHEAD",
     "PROTOCOL_VERSION",
     "DataFlags",
@@ -379,14 +380,15 @@ def encode_status(status: Status) -> bytes:
     return _STATUS.pack(status.code, len(kind)) + kind + status.message.encode()
 
 
-#: What an empty END or RESET payload decodes to (one frozen instance, shared).
-_OK_STATUS = Status(ErrorCode.OK)
+#: A normal end: what an empty END or RESET payload decodes to, and the default status
+#: of an END (one frozen instance, shared, so an ``is`` test finds it).
+OK_STATUS: Final = Status(ErrorCode.OK)
 
 
 def decode_status(payload: bytes) -> Status:
     """Parse an END or RESET payload (an empty payload means ``OK``)."""
     if not payload:
-        return _OK_STATUS
+        return OK_STATUS
     if len(payload) < _STATUS.size:
         raise RemoteProtocolError("status too short", ErrorCode.PROTOCOL_ERROR)
     code, kind_len = _STATUS.unpack_from(payload)

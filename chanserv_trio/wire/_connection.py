@@ -37,6 +37,7 @@ from .._errors import LocalProtocolError, RemoteProtocolError
 from ._codec import (
     HEADER,
     MAX_HELLO_SIZE,
+    OK_STATUS,
     OPEN_OVERHEAD,
     PROTOCOL_VERSION,
     DataFlags,
@@ -187,7 +188,6 @@ _NO_REPLY = int(OpenFlags.NO_REPLY)
 _KNOWN_FIELDS = frozenset(HelloField)
 #: The longest exception type name an END or RESET carries.
 _MAX_KIND = 256
-_OK = Status(ErrorCode.OK)
 #: The resume room of a link that does not resume: no limit.
 _NO_LIMIT = 1 << 62
 _RESUME_TIMEOUT = int(ResumeSetting.RESUME_TIMEOUT)
@@ -907,13 +907,14 @@ class Connection:
             self._outgoing.append(payload)
         self._outgoing_size += 10 + size
 
-    def end_stream(self, stream_id: int, status: Status = _OK) -> None:
+    def end_stream(self, stream_id: int, status: Status = OK_STATUS) -> None:
         """Close our half of the stream with a status (OK or an error)."""
         self._check(_SEND_END)
         stream = self._streams.get(stream_id)
         next_state = self._check_stream(stream, _STREAM_SEND_END, stream_id)
         assert stream is not None
-        payload = b"" if status is _OK or status == _OK else self._status_payload(status)
+        ok = status is OK_STATUS or status == OK_STATUS
+        payload = b"" if ok else self._status_payload(status)
         self._queue(_END, 0, stream_id, payload)
         stream.enter(next_state)
         self._maybe_forget(stream)
