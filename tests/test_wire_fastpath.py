@@ -173,6 +173,14 @@ def _compare(receivers: list[Connection], pieces: list[bytes], acks: list[int]) 
             assert _wire(receivers[0]) == _wire(receivers[1])
 
 
+def _pieces(frames: list[tuple[int, int, int, int]], cuts: list[int]) -> list[bytes]:
+    """The frames' bytes, cut at the given offsets (empty pieces left out)."""
+    data = b"".join(_encode(*frame) for frame in frames)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
+    pieces = [data[start:end] for start, end in zip([0, *points], points, strict=False)]
+    return [piece for piece in pieces if piece]
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     frames=st.lists(_frame, max_size=60),
@@ -193,10 +201,7 @@ def test_inline_messages_match_on_data(
     """The same bytes, cut at the same places and acknowledged alike, leave the same
     events, errors, bytes queued and state whether whole messages are handled inline
     or by ``_on_data``."""
-    data = b"".join(_encode(*frame) for frame in frames)
-    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
-    pieces = [data[start:end] for start, end in zip([0, *points], points, strict=False)]
-    _compare(_receivers(resume, budget, limited), [p for p in pieces if p], acks)
+    _compare(_receivers(resume, budget, limited), _pieces(frames, cuts), acks)
 
 
 def _as_records(events: Any) -> Any:
@@ -220,13 +225,8 @@ def test_message_tuples_are_the_same_events_as_plain_tuples(
 ) -> None:
     """With ``message_tuples`` the fast path's messages come as plain tuples: the same
     fields in the same place among the events, and nothing else changes."""
-    data = b"".join(_encode(*frame) for frame in frames)
-    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
-    pieces = [data[start:end] for start, end in zip([0, *points], points, strict=False)]
     records, tuples = _receivers(resume, budget, False, second="tuples")
-    for piece in pieces:
-        if not piece:
-            continue
+    for piece in _pieces(frames, cuts):
         expected, got = _outcome(records, piece), _outcome(tuples, piece)
         assert (_as_records(got[0]), *got[1:]) == expected
         if isinstance(got[0], list):
